@@ -1,0 +1,6 @@
+//! `ixn`: the IXN/1 registration server's library: a sans-IO protocol core and its io_uring shell.
+//!
+//! The pure core (`protocol`, `session`, `registry`, `timer_wheel`) holds all protocol
+//! logic and never touches a socket or a clock; the runtime feeds it bytes and time.
+
+pub mod protocol;

@@ -1,0 +1,3 @@
+//! `ixn-server` binary entry point.
+
+fn main() {}
