@@ -4,3 +4,4 @@
 //! logic and never touches a socket or a clock; the runtime feeds it bytes and time.
 
 pub mod protocol;
+pub mod registry;

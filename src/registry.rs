@@ -1,0 +1,372 @@
+//! The client registry (IXN1.md section 7): who may register, as what, with which secret, from where.
+//!
+//! Loaded from TOML once (and again on SIGHUP by the runtime, which swaps whole registries);
+//! lookups are a hash of the ClientName. Pure: parsing takes text, validation takes the
+//! peer address as an argument.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::protocol::{ClientType, ErrorCode};
+
+/// The registry compiled into the binary, used when no `--registry` is given.
+pub const EMBEDDED_REGISTRY: &str = include_str!("../config/registry.toml");
+
+/// Default for `max_logical_clients` (IXN1.md section 7).
+pub const DEFAULT_MAX_LOGICAL_CLIENTS: u32 = 64;
+
+/// A registry file that could not be used; the message names file, line and field.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// Path as given.
+        file: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid registry.
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        /// Path as given (or `<embedded>`).
+        file: String,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// One registered ClientName.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEntry {
+    types: u8,
+    credential_sha256: Option<[u8; 32]>,
+    allow: Vec<IpNet>,
+    max_logical_clients: u32,
+}
+
+impl ClientEntry {
+    /// Whether `t` is among the entry's allowed types.
+    pub fn allows_type(&self, t: ClientType) -> bool {
+        self.types & t.bit() != 0
+    }
+
+    /// Whether a Credential is required.
+    pub fn needs_credential(&self) -> bool {
+        self.credential_sha256.is_some()
+    }
+
+    /// Logical clients a Proxy with this name may register besides itself.
+    pub fn max_logical_clients(&self) -> u32 {
+        self.max_logical_clients
+    }
+}
+
+/// The set of valid clients, keyed by ClientName.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    clients: HashMap<Box<str>, ClientEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    client: Vec<RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: toml::Spanned<String>,
+    types: toml::Spanned<Vec<ClientType>>,
+    #[serde(default, deserialize_with = "de_sha256")]
+    credential_sha256: Option<[u8; 32]>,
+    #[serde(default)]
+    allow: Option<toml::Spanned<Vec<IpNet>>>,
+    #[serde(default)]
+    max_logical_clients: Option<u32>,
+}
+
+fn de_sha256<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+    let s = String::deserialize(d)?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).map_err(|_| {
+        serde::de::Error::custom("credential_sha256 must be 64 hexadecimal digits (a SHA-256)")
+    })?;
+    Ok(Some(out))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+impl Registry {
+    /// The embedded default registry.
+    pub fn embedded() -> Self {
+        // The embedded file is checked by a unit test, so this cannot fail in a release.
+        Self::parse(EMBEDDED_REGISTRY, "<embedded>").expect("embedded registry is valid")
+    }
+
+    /// Reads and parses a registry file.
+    pub fn load(path: &Path) -> Result<Self, RegistryError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses registry text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, RegistryError> {
+        let invalid = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
+            RegistryError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            invalid(offset, e.message().trim().to_string())
+        })?;
+        let mut clients = HashMap::with_capacity(raw.client.len());
+        for c in raw.client {
+            let name_span = c.name.span();
+            let name = c.name.into_inner();
+            if name.is_empty() || name.len() > crate::protocol::MAX_CLIENT_NAME_LEN {
+                return Err(invalid(
+                    name_span.start,
+                    "field `name` must be 1..=255 bytes".into(),
+                ));
+            }
+            if c.types.get_ref().is_empty() {
+                return Err(invalid(
+                    c.types.span().start,
+                    format!("field `types` of client {name:?} lists no ClientType"),
+                ));
+            }
+            let types = c.types.get_ref().iter().fold(0u8, |acc, t| acc | t.bit());
+            let allow = match c.allow {
+                None => Vec::new(),
+                Some(a) if a.get_ref().is_empty() => return Err(invalid(
+                    a.span().start,
+                    format!(
+                        "field `allow` of client {name:?} is empty; omit it to allow any address"
+                    ),
+                )),
+                Some(a) => a.into_inner().into_iter().map(|n| n.trunc()).collect(),
+            };
+            let entry = ClientEntry {
+                types,
+                credential_sha256: c.credential_sha256,
+                allow,
+                max_logical_clients: c.max_logical_clients.unwrap_or(DEFAULT_MAX_LOGICAL_CLIENTS),
+            };
+            if clients
+                .insert(name.clone().into_boxed_str(), entry)
+                .is_some()
+            {
+                return Err(invalid(
+                    name_span.start,
+                    format!("field `name`: client {name:?} is listed twice"),
+                ));
+            }
+        }
+        Ok(Self { clients })
+    }
+
+    /// Number of ClientNames.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether the registry holds no client.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The entry for a ClientName.
+    pub fn get(&self, name: &str) -> Option<&ClientEntry> {
+        self.clients.get(name)
+    }
+
+    /// Validates a registration in the spec's order: name (2), type (3), credential (4),
+    /// peer address (5). Returns the entry and the parsed ClientType on success.
+    pub fn validate(
+        &self,
+        name: &str,
+        client_type: i32,
+        credential: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<(&ClientEntry, ClientType), ErrorCode> {
+        let entry = self.clients.get(name).ok_or(ErrorCode::UnknownClient)?;
+        let ty = ClientType::from_i32(client_type)
+            .filter(|t| entry.allows_type(*t))
+            .ok_or(ErrorCode::ClientTypeNotAllowed)?;
+        if let Some(want) = &entry.credential_sha256 {
+            let given = credential.ok_or(ErrorCode::AuthenticationFailed)?;
+            let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            // Constant time, so response timing never tells how much of a guess was right.
+            if !bool::from(digest.ct_eq(want)) {
+                return Err(ErrorCode::AuthenticationFailed);
+            }
+        }
+        if !entry.allow.is_empty() {
+            let peer = peer.to_canonical();
+            if !entry.allow.iter().any(|net| net.contains(&peer)) {
+                return Err(ErrorCode::AddressNotAllowed);
+            }
+        }
+        Ok((entry, ty))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOOP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn embedded_registry_parses() {
+        let r = Registry::embedded();
+        assert!(r.len() >= 5);
+        assert_eq!(
+            r.get("Proxy_small").map(|e| e.max_logical_clients()),
+            Some(2)
+        );
+        assert_eq!(
+            r.get("MediaServer_email").map(|e| e.max_logical_clients()),
+            Some(DEFAULT_MAX_LOGICAL_CLIENTS)
+        );
+    }
+
+    #[test]
+    fn validation_order_is_name_type_credential_address() {
+        let r = Registry::embedded();
+        // Unknown name wins over everything else being wrong too.
+        assert_eq!(
+            r.validate("nobody", 99, None, LOOP).err(),
+            Some(ErrorCode::UnknownClient)
+        );
+        // Type is checked before the missing credential.
+        assert_eq!(
+            r.validate("AgentDesktop", 1, None, LOOP).err(),
+            Some(ErrorCode::ClientTypeNotAllowed)
+        );
+        assert_eq!(
+            r.validate("AgentDesktop", 0, None, LOOP).err(),
+            Some(ErrorCode::ClientTypeNotAllowed),
+            "undefined ClientType"
+        );
+        assert_eq!(
+            r.validate("AgentDesktop", 2, None, LOOP).err(),
+            Some(ErrorCode::AuthenticationFailed)
+        );
+        assert_eq!(
+            r.validate("AgentDesktop", 2, Some("s3creT"), LOOP).err(),
+            Some(ErrorCode::AuthenticationFailed)
+        );
+        assert!(r.validate("AgentDesktop", 2, Some("s3cret"), LOOP).is_ok());
+        // Address last.
+        assert_eq!(
+            r.validate("Reporting_dc", 5, None, LOOP).err(),
+            Some(ErrorCode::AddressNotAllowed)
+        );
+        assert!(r
+            .validate("Reporting_dc", 5, None, "10.1.2.3".parse().unwrap())
+            .is_ok());
+        // IPv4-mapped IPv6 peers match IPv4 networks.
+        assert!(r
+            .validate("Router_local", 4, None, "::ffff:127.0.0.9".parse().unwrap())
+            .is_ok());
+        assert!(r
+            .validate("Router_local", 5, None, "::1".parse().unwrap())
+            .is_ok());
+        assert_eq!(
+            r.validate("Router_local", 5, None, "192.168.1.1".parse().unwrap())
+                .err(),
+            Some(ErrorCode::AddressNotAllowed)
+        );
+    }
+
+    #[test]
+    fn credential_is_ignored_when_not_required() {
+        let r = Registry::embedded();
+        assert!(r
+            .validate("MediaServer_email", 1, Some("anything"), LOOP)
+            .is_ok());
+    }
+
+    fn err_of(text: &str) -> (usize, String) {
+        match Registry::parse(text, "reg.toml") {
+            Err(RegistryError::Invalid {
+                line,
+                message,
+                file,
+                ..
+            }) => {
+                assert_eq!(file, "reg.toml");
+                (line, message)
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn broken_files_name_line_and_field() {
+        let (line, msg) = err_of("[[client]]\nname = \"a\"\ntypes = [\"Nope\"]\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("Nope"), "{msg}");
+
+        let (line, msg) =
+            err_of("[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\nallow = [\"10.0.0.0/33\"]\n");
+        assert_eq!(line, 4, "{msg}");
+
+        let (line, msg) =
+            err_of("[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\ncredential_sha256 = \"abc\"\n");
+        assert_eq!(line, 4);
+        assert!(msg.contains("credential_sha256"), "{msg}");
+
+        let (line, msg) = err_of(
+            "[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\n[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\n",
+        );
+        assert_eq!(line, 5);
+        assert!(msg.contains("twice"), "{msg}");
+
+        let (line, msg) = err_of("[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\nalow = []\n");
+        assert_eq!(line, 4);
+        assert!(msg.contains("alow"), "{msg}");
+
+        let (line, msg) = err_of("[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\nallow = []\n");
+        assert_eq!(line, 4);
+        assert!(msg.contains("allow"), "{msg}");
+
+        let (_, msg) = err_of("[[client]]\ntypes = [\"Proxy\"]\n");
+        assert!(msg.contains("name"), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_it() {
+        let e = Registry::load(Path::new("/nonexistent/reg.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/reg.toml"));
+    }
+}
