@@ -5,3 +5,4 @@
 
 pub mod protocol;
 pub mod registry;
+pub mod session;

@@ -166,12 +166,14 @@ impl Registry {
             let types = c.types.get_ref().iter().fold(0u8, |acc, t| acc | t.bit());
             let allow = match c.allow {
                 None => Vec::new(),
-                Some(a) if a.get_ref().is_empty() => return Err(invalid(
-                    a.span().start,
-                    format!(
+                Some(a) if a.get_ref().is_empty() => {
+                    return Err(invalid(
+                        a.span().start,
+                        format!(
                         "field `allow` of client {name:?} is empty; omit it to allow any address"
                     ),
-                )),
+                    ))
+                }
                 Some(a) => a.into_inner().into_iter().map(|n| n.trunc()).collect(),
             };
             let entry = ClientEntry {

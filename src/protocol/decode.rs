@@ -151,7 +151,7 @@ pub fn decode(buf: &[u8], max_frame_len: usize) -> Result<Option<Frame<'_>>, Dec
         return Err(malformed(&attrs, reason).into());
     }
     let message = attrs
-        .into_message(msg_id)
+        .to_message(msg_id)
         .map_err(|reason| malformed(&attrs, reason))?;
     Ok(Some(Frame { message, frame_len }))
 }
@@ -245,7 +245,7 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    fn into_message(&self, msg_id: u16) -> Result<Message<'a>, MalformedReason> {
+    fn to_message(&self, msg_id: u16) -> Result<Message<'a>, MalformedReason> {
         let need = |v: Option<i32>, id| v.ok_or(MalformedReason::Missing(id));
         Ok(match msg_id {
             msg::REQUEST_REGISTER_CLIENT => Message::RegisterClient(RegisterClient {

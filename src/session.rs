@@ -1,0 +1,552 @@
+//! One connection's registration state machine (IXN1.md section 6), sans-IO.
+//!
+//! [`Session::handle`] takes one input (a decoded frame, a malformed one, a framing error,
+//! a deadline or the drain signal), the peer address, the registry and the current time
+//! as arguments, writes its answer into the caller's buffer and returns what the caller
+//! must do next: which deadline to arm or cancel and whether to close. It never reads a
+//! clock or touches a socket, so every row of the spec's table is a plain unit test.
+//!
+//! A connection holds at most one deadline at a time: the registration deadline from
+//! accept until it registers or is rejected, then (if rejected) the error deadline.
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BufMut;
+
+use crate::protocol::{
+    encode_event_ack, encode_event_error, ClientType, ErrorCode, FramingError, Malformed, Message,
+    RegisterClient, UnregisterClient,
+};
+use crate::registry::Registry;
+
+/// Most EventErrors a rejected connection receives before it is closed.
+pub const MAX_ERRORS_WHEN_REJECTED: u8 = 16;
+
+/// Timeouts a session works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// From accept to a successful registration.
+    pub registration_timeout: Duration,
+    /// From the first rejection to the close; never extended.
+    pub error_disconnect_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            registration_timeout: Duration::from_secs(5),
+            error_disconnect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Accepted, not yet registered.
+    Unregistered,
+    /// Registered; may be a Proxy with logical clients.
+    Registered,
+    /// Refused; waits for its error deadline.
+    Rejected,
+    /// A close has been decided; further input is ignored.
+    Closing,
+}
+
+/// Which deadline a timer entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    /// `registration_timeout` after accept.
+    Registration,
+    /// `error_disconnect_timeout` after the first rejection.
+    ErrorDisconnect,
+}
+
+impl TimerKind {
+    /// Metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Registration => "registration",
+            Self::ErrorDisconnect => "error_disconnect",
+        }
+    }
+}
+
+/// One input to the state machine.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A well-formed message.
+    Message(Message<'a>),
+    /// A well-framed message that breaks the spec.
+    Malformed(Malformed),
+    /// The stream cannot be resynchronised.
+    FramingError(FramingError),
+    /// A deadline armed earlier has passed.
+    Deadline(TimerKind),
+    /// The server is draining (SIGTERM).
+    Drain,
+}
+
+/// What the caller must do about the connection's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Leave it as it is.
+    Keep,
+    /// Cancel the armed deadline.
+    Cancel,
+    /// Replace the armed deadline (if any) with this one.
+    Arm(TimerKind, Instant),
+}
+
+/// Whether, and when, the caller closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Keep it open.
+    No,
+    /// Close once everything written so far has been sent.
+    AfterWrite,
+    /// Close now; nothing more is written.
+    Now,
+}
+
+/// What the session wrote, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// An EventAck.
+    Ack,
+    /// An EventError with this code.
+    Error(ErrorCode),
+}
+
+/// A successful registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// The id the EventAck carried.
+    pub proxy_client_id: i32,
+    /// True for a Proxy's logical client, false for the connection itself.
+    pub logical: bool,
+}
+
+/// The result of one [`Session::handle`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Output {
+    /// What was appended to the output buffer, if anything.
+    pub answer: Option<Answer>,
+    /// For every RequestRegisterClient frame (malformed ones included): its outcome.
+    pub registration: Option<Result<Registration, ErrorCode>>,
+    /// Deadline change.
+    pub timer: TimerAction,
+    /// Close decision.
+    pub close: Close,
+}
+
+impl Output {
+    const NOTHING: Output = Output {
+        answer: None,
+        registration: None,
+        timer: TimerAction::Keep,
+        close: Close::No,
+    };
+}
+
+/// Hands out ProxyClientIds: never 0, unique among the ids one allocator has live.
+///
+/// Each worker owns one, starting at `first` and stepping by `step` (the worker count), so
+/// ids are unique across the whole server without any shared counter.
+#[derive(Debug, Clone)]
+pub struct IdAllocator {
+    next: u32,
+    first: u32,
+    step: u32,
+}
+
+impl IdAllocator {
+    /// Ids `first`, `first + step`, …, wrapping before they leave the positive i32 range.
+    pub fn new(first: u32, step: u32) -> Self {
+        let first = first.clamp(1, i32::MAX as u32);
+        Self {
+            next: first,
+            first,
+            step: step.max(1),
+        }
+    }
+
+    /// The next id.
+    pub fn next_id(&mut self) -> i32 {
+        let id = self.next;
+        self.next = match self.next.checked_add(self.step) {
+            Some(n) if n <= i32::MAX as u32 => n,
+            _ => self.first,
+        };
+        id as i32
+    }
+}
+
+impl Default for IdAllocator {
+    fn default() -> Self {
+        Self::new(1, 1)
+    }
+}
+
+/// What the session needs from its surroundings for one input.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// Who may register.
+    pub registry: &'a Registry,
+    /// The peer's address (after any PROXY header), checked against `allow` lists.
+    pub peer: IpAddr,
+    /// The current time.
+    pub now: Instant,
+    /// Source of ProxyClientIds.
+    pub ids: &'a mut IdAllocator,
+}
+
+/// One connection's registration state.
+#[derive(Debug, Clone)]
+pub struct Session {
+    state: State,
+    errors_sent: u8,
+    is_proxy: bool,
+    own_id: i32,
+    max_logical: u32,
+    logical: Vec<i32>,
+    config: SessionConfig,
+}
+
+impl Session {
+    /// A freshly accepted connection, and the registration deadline to arm for it.
+    pub fn accept(now: Instant, config: SessionConfig) -> (Self, TimerAction) {
+        let s = Self {
+            state: State::Unregistered,
+            errors_sent: 0,
+            is_proxy: false,
+            own_id: 0,
+            max_logical: 0,
+            logical: Vec::new(),
+            config,
+        };
+        let deadline = now + config.registration_timeout;
+        (s, TimerAction::Arm(TimerKind::Registration, deadline))
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The connection's own ProxyClientId once registered.
+    pub fn proxy_client_id(&self) -> Option<i32> {
+        (self.own_id != 0).then_some(self.own_id)
+    }
+
+    /// Logical clients a registered Proxy holds besides itself.
+    pub fn logical_clients(&self) -> usize {
+        self.logical.len()
+    }
+
+    /// Feeds one input; any answer is appended to `out`.
+    pub fn handle(&mut self, input: Input<'_>, ctx: &mut Ctx<'_>, out: &mut impl BufMut) -> Output {
+        if self.state == State::Closing {
+            return Output::NOTHING;
+        }
+        match input {
+            Input::FramingError(_) => {
+                self.state = State::Closing;
+                encode_event_error(out, 0, ErrorCode::FrameTooLarge);
+                Output {
+                    answer: Some(Answer::Error(ErrorCode::FrameTooLarge)),
+                    registration: None,
+                    timer: TimerAction::Cancel,
+                    close: Close::AfterWrite,
+                }
+            }
+            Input::Drain => self.drain(out),
+            Input::Deadline(kind) => self.deadline(kind),
+            Input::Malformed(m) => {
+                let reference_id = m.reference_id.unwrap_or(0);
+                let mut o = match self.state {
+                    State::Unregistered => {
+                        self.reject(ErrorCode::MalformedMessage, reference_id, ctx.now, out)
+                    }
+                    State::Rejected => self.error_when_rejected(reference_id, out),
+                    _ => answer_error(out, reference_id, ErrorCode::MalformedMessage),
+                };
+                if m.msg_id == crate::protocol::msg::REQUEST_REGISTER_CLIENT {
+                    o.registration = o.answer.and_then(answer_code).map(Err);
+                }
+                o
+            }
+            Input::Message(msg) => match (self.state, msg) {
+                (State::Rejected, m) => {
+                    let mut o = self.error_when_rejected(m.reference_id(), out);
+                    if let Message::RegisterClient(_) = m {
+                        o.registration = Some(Err(ErrorCode::ClientNotRegistered));
+                    }
+                    o
+                }
+                (State::Unregistered, Message::RegisterClient(req)) => self.register(req, ctx, out),
+                (State::Unregistered, m) => self.reject(
+                    ErrorCode::ClientNotRegistered,
+                    m.reference_id(),
+                    ctx.now,
+                    out,
+                ),
+                (_, Message::RegisterClient(req)) => self.register_again(req, ctx, out),
+                (_, Message::UnregisterClient(req)) => self.unregister(req, out),
+                (_, m) => answer_error(out, m.reference_id(), ErrorCode::UnsupportedRequest),
+            },
+        }
+    }
+
+    fn deadline(&mut self, kind: TimerKind) -> Output {
+        let due = matches!(
+            (self.state, kind),
+            (State::Unregistered, TimerKind::Registration)
+                | (State::Rejected, TimerKind::ErrorDisconnect)
+        );
+        if !due {
+            // A deadline left over from an earlier state: the caller failed to cancel it.
+            return Output::NOTHING;
+        }
+        self.state = State::Closing;
+        Output {
+            close: Close::Now,
+            ..Output::NOTHING
+        }
+    }
+
+    fn drain(&mut self, out: &mut impl BufMut) -> Output {
+        let was = self.state;
+        self.state = State::Closing;
+        if was == State::Registered {
+            encode_event_error(out, 0, ErrorCode::ServerShuttingDown);
+            Output {
+                answer: Some(Answer::Error(ErrorCode::ServerShuttingDown)),
+                registration: None,
+                timer: TimerAction::Cancel,
+                close: Close::AfterWrite,
+            }
+        } else {
+            Output {
+                timer: TimerAction::Cancel,
+                close: Close::Now,
+                ..Output::NOTHING
+            }
+        }
+    }
+
+    fn reject(
+        &mut self,
+        code: ErrorCode,
+        reference_id: i32,
+        now: Instant,
+        out: &mut impl BufMut,
+    ) -> Output {
+        self.state = State::Rejected;
+        self.errors_sent = 1;
+        encode_event_error(out, reference_id, code);
+        Output {
+            answer: Some(Answer::Error(code)),
+            registration: None,
+            timer: TimerAction::Arm(
+                TimerKind::ErrorDisconnect,
+                now + self.config.error_disconnect_timeout,
+            ),
+            close: Close::No,
+        }
+    }
+
+    fn error_when_rejected(&mut self, reference_id: i32, out: &mut impl BufMut) -> Output {
+        self.errors_sent += 1;
+        let mut o = answer_error(out, reference_id, ErrorCode::ClientNotRegistered);
+        if self.errors_sent >= MAX_ERRORS_WHEN_REJECTED {
+            self.state = State::Closing;
+            o.timer = TimerAction::Cancel;
+            o.close = Close::AfterWrite;
+        }
+        o
+    }
+
+    fn register(
+        &mut self,
+        req: RegisterClient<'_>,
+        ctx: &mut Ctx<'_>,
+        out: &mut impl BufMut,
+    ) -> Output {
+        match ctx
+            .registry
+            .validate(req.client_name, req.client_type, req.credential, ctx.peer)
+        {
+            Ok((entry, ty)) => {
+                self.state = State::Registered;
+                self.own_id = ctx.ids.next_id();
+                self.is_proxy = ty == ClientType::Proxy;
+                self.max_logical = if self.is_proxy {
+                    entry.max_logical_clients()
+                } else {
+                    0
+                };
+                encode_event_ack(out, req.reference_id, Some(self.own_id));
+                Output {
+                    answer: Some(Answer::Ack),
+                    registration: Some(Ok(Registration {
+                        proxy_client_id: self.own_id,
+                        logical: false,
+                    })),
+                    timer: TimerAction::Cancel,
+                    close: Close::No,
+                }
+            }
+            Err(code) => Output {
+                registration: Some(Err(code)),
+                ..self.reject(code, req.reference_id, ctx.now, out)
+            },
+        }
+    }
+
+    /// RequestRegisterClient on a registered connection: a Proxy's logical client, or error 6.
+    fn register_again(
+        &mut self,
+        req: RegisterClient<'_>,
+        ctx: &mut Ctx<'_>,
+        out: &mut impl BufMut,
+    ) -> Output {
+        let result = if !self.is_proxy {
+            Err(ErrorCode::AlreadyRegistered)
+        } else {
+            ctx.registry
+                .validate(req.client_name, req.client_type, req.credential, ctx.peer)
+                .map(|_| ())
+                .and_then(|()| {
+                    if self.logical.len() as u64 >= u64::from(self.max_logical) {
+                        Err(ErrorCode::TooManyClients)
+                    } else {
+                        Ok(())
+                    }
+                })
+        };
+        match result {
+            Ok(()) => {
+                let id = ctx.ids.next_id();
+                self.logical.push(id);
+                encode_event_ack(out, req.reference_id, Some(id));
+                Output {
+                    answer: Some(Answer::Ack),
+                    registration: Some(Ok(Registration {
+                        proxy_client_id: id,
+                        logical: true,
+                    })),
+                    ..Output::NOTHING
+                }
+            }
+            Err(code) => Output {
+                registration: Some(Err(code)),
+                ..answer_error(out, req.reference_id, code)
+            },
+        }
+    }
+
+    fn unregister(&mut self, req: UnregisterClient, out: &mut impl BufMut) -> Output {
+        match req.proxy_client_id {
+            None => {}
+            Some(id) if id == self.own_id => {}
+            Some(id) => {
+                return match self.logical.iter().position(|&l| l == id) {
+                    Some(i) => {
+                        self.logical.swap_remove(i);
+                        encode_event_ack(out, req.reference_id, None);
+                        Output {
+                            answer: Some(Answer::Ack),
+                            ..Output::NOTHING
+                        }
+                    }
+                    None => answer_error(out, req.reference_id, ErrorCode::UnknownProxyClientId),
+                };
+            }
+        }
+        self.state = State::Closing;
+        encode_event_ack(out, req.reference_id, None);
+        Output {
+            answer: Some(Answer::Ack),
+            registration: None,
+            timer: TimerAction::Cancel,
+            close: Close::AfterWrite,
+        }
+    }
+}
+
+/// Aggregate result of [`Session::feed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Fed {
+    /// Input bytes used (whole frames only; the rest waits for more bytes).
+    pub consumed: usize,
+    /// Net deadline change over all frames handled.
+    pub timer: TimerAction,
+    /// Close decision after the last frame handled.
+    pub close: Close,
+}
+
+impl Session {
+    /// Decodes and handles every complete frame at the front of `input`, in order, and
+    /// reports each frame's [`Output`] to `each` (for metrics). Stops at the first frame
+    /// that closes the connection: anything after it is never answered.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        max_frame_len: usize,
+        ctx: &mut Ctx<'_>,
+        out: &mut impl BufMut,
+        mut each: impl FnMut(&Output),
+    ) -> Fed {
+        let mut fed = Fed {
+            consumed: 0,
+            timer: TimerAction::Keep,
+            close: Close::No,
+        };
+        while self.state != State::Closing {
+            let (input_item, len) =
+                match crate::protocol::decode(&input[fed.consumed..], max_frame_len) {
+                    Ok(None) => break,
+                    Ok(Some(f)) => (Input::Message(f.message), f.frame_len),
+                    Err(crate::protocol::DecodeError::Malformed(m)) => {
+                        (Input::Malformed(m), m.frame_len)
+                    }
+                    // Nothing after a framing error can be trusted: consume everything.
+                    Err(crate::protocol::DecodeError::Framing(e)) => {
+                        (Input::FramingError(e), input.len() - fed.consumed)
+                    }
+                };
+            fed.consumed += len;
+            let o = self.handle(input_item, ctx, out);
+            each(&o);
+            if o.timer != TimerAction::Keep {
+                fed.timer = o.timer;
+            }
+            fed.close = o.close;
+        }
+        fed
+    }
+}
+
+fn answer_error(out: &mut impl BufMut, reference_id: i32, code: ErrorCode) -> Output {
+    encode_event_error(out, reference_id, code);
+    Output {
+        answer: Some(Answer::Error(code)),
+        ..Output::NOTHING
+    }
+}
+
+fn answer_code(a: Answer) -> Option<ErrorCode> {
+    match a {
+        Answer::Error(c) => Some(c),
+        Answer::Ack => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,659 @@
+//! Unit tests: one or more per row of IXN1.md section 6.
+
+use super::*;
+use crate::protocol::{decode, encode, EventAck, EventError, Message as M, UnregisterClient as U};
+use std::net::Ipv4Addr;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const MAX: usize = crate::protocol::DEFAULT_MAX_FRAME_LEN;
+
+struct H {
+    s: Session,
+    reg: Registry,
+    ids: IdAllocator,
+    t0: Instant,
+    now: Instant,
+    peer: IpAddr,
+    outputs: Vec<Output>,
+}
+
+fn cfg() -> SessionConfig {
+    SessionConfig::default()
+}
+
+impl H {
+    fn new() -> Self {
+        let t0 = Instant::now();
+        let (s, arm) = Session::accept(t0, cfg());
+        assert_eq!(
+            arm,
+            TimerAction::Arm(TimerKind::Registration, t0 + Duration::from_secs(5))
+        );
+        Self {
+            s,
+            reg: Registry::embedded(),
+            ids: IdAllocator::default(),
+            t0,
+            now: t0,
+            peer: LOOPBACK,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn registered(name: &str, ty: i32, cred: Option<&str>) -> Self {
+        let mut h = Self::new();
+        let (answers, fed) = h.send(&[rrc(1, name, ty, cred)]);
+        assert!(matches!(answers[..], [Answer2::Ack { .. }]), "{answers:?}");
+        assert_eq!(fed.timer, TimerAction::Cancel);
+        assert_eq!(h.s.state(), State::Registered);
+        h
+    }
+
+    /// Sends the frames in one write, returns the decoded answers and the aggregate.
+    fn send(&mut self, frames: &[Vec<u8>]) -> (Vec<Answer2>, Fed) {
+        let bytes: Vec<u8> = frames.concat();
+        self.send_bytes(&bytes)
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) -> (Vec<Answer2>, Fed) {
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            registry: &self.reg,
+            peer: self.peer,
+            now: self.now,
+            ids: &mut self.ids,
+        };
+        let outputs = &mut self.outputs;
+        let fed = self
+            .s
+            .feed(bytes, MAX, &mut ctx, &mut out, |o| outputs.push(*o));
+        (answers(&out), fed)
+    }
+
+    fn event(&mut self, input: Input<'_>) -> (Vec<Answer2>, Output) {
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            registry: &self.reg,
+            peer: self.peer,
+            now: self.now,
+            ids: &mut self.ids,
+        };
+        let o = self.s.handle(input, &mut ctx, &mut out);
+        (answers(&out), o)
+    }
+}
+
+/// A decoded server answer, owned, for easy comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer2 {
+    Ack {
+        reference_id: i32,
+        proxy_client_id: Option<i32>,
+    },
+    Error {
+        reference_id: i32,
+        code: i32,
+    },
+}
+
+fn answers(mut out: &[u8]) -> Vec<Answer2> {
+    let mut v = Vec::new();
+    while !out.is_empty() {
+        let f = decode(out, MAX)
+            .expect("server output decodes")
+            .expect("complete");
+        v.push(match f.message {
+            M::EventAck(EventAck {
+                reference_id,
+                proxy_client_id,
+                ..
+            }) => Answer2::Ack {
+                reference_id,
+                proxy_client_id,
+            },
+            M::EventError(EventError {
+                reference_id,
+                error_code,
+                ..
+            }) => Answer2::Error {
+                reference_id,
+                code: error_code,
+            },
+            other => panic!("server wrote {other:?}"),
+        });
+        out = &out[f.frame_len..];
+    }
+    v
+}
+
+fn frame(m: M<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(&m, &mut v).unwrap();
+    v
+}
+
+fn rrc(reference_id: i32, name: &str, ty: i32, cred: Option<&str>) -> Vec<u8> {
+    frame(M::RegisterClient(RegisterClient {
+        reference_id,
+        client_name: name,
+        client_type: ty,
+        proxy_client_id: None,
+        credential: cred,
+        extension: None,
+    }))
+}
+
+fn unreg(reference_id: i32, id: Option<i32>) -> Vec<u8> {
+    frame(M::UnregisterClient(U {
+        reference_id,
+        proxy_client_id: id,
+    }))
+}
+
+fn other(reference_id: i32) -> Vec<u8> {
+    frame(M::Other {
+        msg_id: 0x0010,
+        reference_id: Some(reference_id),
+    })
+}
+
+/// RequestRegisterClient whose ClientName is not UTF-8 (ReferenceId 1 readable).
+fn malformed_rrc() -> Vec<u8> {
+    hex::decode("0000001d000100030001010004000000010002020002fffe000301000400000001").unwrap()
+}
+
+fn err(reference_id: i32, code: ErrorCode) -> Answer2 {
+    Answer2::Error {
+        reference_id,
+        code: code.code(),
+    }
+}
+
+fn error_deadline(h: &H) -> TimerAction {
+    TimerAction::Arm(TimerKind::ErrorDisconnect, h.now + Duration::from_secs(1))
+}
+
+// Row: Unregistered | valid RequestRegisterClient | EventAck{ReferenceId, ProxyClientId != 0}.
+#[test]
+fn valid_registration_is_acked_with_a_nonzero_id() {
+    let mut h = H::new();
+    let (a, fed) = h.send(&[rrc(7, "MediaServer_email", 1, None)]);
+    assert_eq!(
+        a,
+        vec![Answer2::Ack {
+            reference_id: 7,
+            proxy_client_id: Some(1)
+        }]
+    );
+    assert_eq!(fed.timer, TimerAction::Cancel);
+    assert_eq!(fed.close, Close::No);
+    assert_eq!(h.s.state(), State::Registered);
+    assert_eq!(h.s.proxy_client_id(), Some(1));
+    assert_eq!(
+        h.outputs[0].registration,
+        Some(Ok(Registration {
+            proxy_client_id: 1,
+            logical: false
+        }))
+    );
+}
+
+#[test]
+fn credential_and_address_registrations_succeed() {
+    H::registered("AgentDesktop", 2, Some("s3cret"));
+    H::registered("Router_local", 4, None);
+    let mut h = H::new();
+    h.peer = "10.9.8.7".parse().unwrap();
+    let (a, _) = h.send(&[rrc(3, "Reporting_dc", 5, None)]);
+    assert!(matches!(
+        a[..],
+        [Answer2::Ack {
+            reference_id: 3,
+            ..
+        }]
+    ));
+}
+
+// Row: Unregistered | RequestRegisterClient failing validation | EventError{2,3,4,5} | Rejected.
+#[test]
+fn failed_validation_rejects_with_each_code() {
+    let cases: [(Vec<u8>, ErrorCode); 6] = [
+        (rrc(11, "Nobody", 1, None), ErrorCode::UnknownClient),
+        (
+            rrc(12, "MediaServer_email", 2, None),
+            ErrorCode::ClientTypeNotAllowed,
+        ),
+        (
+            rrc(13, "MediaServer_email", 42, None),
+            ErrorCode::ClientTypeNotAllowed,
+        ),
+        (
+            rrc(14, "AgentDesktop", 2, None),
+            ErrorCode::AuthenticationFailed,
+        ),
+        (
+            rrc(15, "AgentDesktop", 2, Some("guess")),
+            ErrorCode::AuthenticationFailed,
+        ),
+        (
+            rrc(16, "Reporting_dc", 5, None),
+            ErrorCode::AddressNotAllowed,
+        ),
+    ];
+    for (f, code) in cases {
+        let mut h = H::new();
+        h.now = h.t0 + Duration::from_millis(700);
+        let (a, fed) = h.send(std::slice::from_ref(&f));
+        let rid = i32::from_be_bytes(f[13..17].try_into().unwrap());
+        assert_eq!(a, vec![err(rid, code)], "{code:?}");
+        assert_eq!(h.s.state(), State::Rejected);
+        // The error deadline starts at the rejection, and replaces the registration one.
+        assert_eq!(fed.timer, error_deadline(&h));
+        assert_eq!(fed.close, Close::No);
+        assert_eq!(h.outputs[0].registration, Some(Err(code)));
+    }
+}
+
+// Row: Unregistered | malformed message | EventError{7} | Rejected.
+#[test]
+fn malformed_first_message_is_rejected_with_its_reference_id() {
+    let mut h = H::new();
+    let (a, fed) = h.send(&[malformed_rrc()]);
+    assert_eq!(a, vec![err(1, ErrorCode::MalformedMessage)]);
+    assert_eq!(h.s.state(), State::Rejected);
+    assert_eq!(fed.timer, error_deadline(&h));
+    assert_eq!(
+        h.outputs[0].registration,
+        Some(Err(ErrorCode::MalformedMessage))
+    );
+
+    // Unreadable ReferenceId: 0.
+    let mut h = H::new();
+    let wrong_type =
+        hex::decode("0000001900010003000102000137000202000158000301000400000001").unwrap();
+    let (a, _) = h.send(&[wrong_type]);
+    assert_eq!(a, vec![err(0, ErrorCode::MalformedMessage)]);
+}
+
+// Row: Unregistered | any other message | EventError{1} | Rejected.
+#[test]
+fn any_other_message_first_is_rejected() {
+    for f in [
+        other(5),
+        unreg(6, None),
+        frame(M::EventAck(EventAck {
+            reference_id: 8,
+            proxy_client_id: None,
+            extension: None,
+        })),
+    ] {
+        let mut h = H::new();
+        let (a, fed) = h.send(&[f]);
+        assert_eq!(a.len(), 1);
+        assert!(matches!(a[0], Answer2::Error { code: 1, .. }), "{a:?}");
+        assert_eq!(h.s.state(), State::Rejected);
+        assert_eq!(fed.timer, error_deadline(&h));
+    }
+    // An empty message of another type: ReferenceId 0.
+    let mut h = H::new();
+    let (a, _) = h.send_bytes(&hex::decode("0000000400100000").unwrap());
+    assert_eq!(a, vec![err(0, ErrorCode::ClientNotRegistered)]);
+}
+
+// The seed's third unsuccessful version: first one, then the other.
+#[test]
+fn first_one_then_the_other() {
+    // Other message first, then a valid registration: both refused, never registered.
+    let mut h = H::new();
+    let (a, _) = h.send(&[other(1), rrc(2, "MediaServer_email", 1, None)]);
+    assert_eq!(
+        a,
+        vec![
+            err(1, ErrorCode::ClientNotRegistered),
+            err(2, ErrorCode::ClientNotRegistered)
+        ]
+    );
+    assert_eq!(h.s.state(), State::Rejected);
+    // Invalid registration first, then another message and a valid registration.
+    let mut h = H::new();
+    let (a, fed) = h.send(&[
+        rrc(1, "Nobody", 1, None),
+        other(2),
+        rrc(3, "MediaServer_email", 1, None),
+    ]);
+    assert_eq!(
+        a,
+        vec![
+            err(1, ErrorCode::UnknownClient),
+            err(2, ErrorCode::ClientNotRegistered),
+            err(3, ErrorCode::ClientNotRegistered)
+        ]
+    );
+    assert_eq!(h.s.state(), State::Rejected);
+    assert_eq!(fed.timer, error_deadline(&h));
+}
+
+// Row: Unregistered | registration deadline | nothing; close.
+#[test]
+fn registration_deadline_closes_silently() {
+    let mut h = H::new();
+    let (a, o) = h.event(Input::Deadline(TimerKind::Registration));
+    assert!(a.is_empty());
+    assert_eq!(o.close, Close::Now);
+    assert_eq!(h.s.state(), State::Closing);
+    // Nothing is answered after that.
+    let (a, fed) = h.send(&[rrc(1, "MediaServer_email", 1, None)]);
+    assert!(a.is_empty());
+    assert_eq!(fed.consumed, 0);
+}
+
+#[test]
+fn trickled_bytes_do_not_move_the_deadline() {
+    let mut h = H::new();
+    let f = rrc(1, "MediaServer_email", 1, None);
+    let (a, fed) = h.send_bytes(&f[..f.len() - 1]);
+    assert!(a.is_empty());
+    assert_eq!(
+        fed,
+        Fed {
+            consumed: 0,
+            timer: TimerAction::Keep,
+            close: Close::No
+        }
+    );
+}
+
+// Row: Rejected | any well-framed message | EventError{1} | Rejected (deadline not extended).
+#[test]
+fn rejected_answers_everything_with_error_1_and_keeps_its_deadline() {
+    let mut h = H::new();
+    let _ = h.send(&[other(1)]);
+    h.now += Duration::from_millis(500);
+    let (a, fed) = h.send(&[
+        rrc(2, "MediaServer_email", 1, None),
+        malformed_rrc(),
+        unreg(4, None),
+        other(5),
+    ]);
+    assert_eq!(
+        a,
+        vec![
+            err(2, ErrorCode::ClientNotRegistered),
+            err(1, ErrorCode::ClientNotRegistered),
+            err(4, ErrorCode::ClientNotRegistered),
+            err(5, ErrorCode::ClientNotRegistered),
+        ]
+    );
+    assert_eq!(fed.timer, TimerAction::Keep, "never extended");
+    assert_eq!(fed.close, Close::No);
+}
+
+// Row: Rejected | error deadline | close.
+#[test]
+fn error_deadline_closes() {
+    let mut h = H::new();
+    let _ = h.send(&[other(1)]);
+    // A stale registration deadline is ignored in Rejected.
+    let (_, o) = h.event(Input::Deadline(TimerKind::Registration));
+    assert_eq!(o.close, Close::No);
+    let (a, o) = h.event(Input::Deadline(TimerKind::ErrorDisconnect));
+    assert!(a.is_empty());
+    assert_eq!(o.close, Close::Now);
+}
+
+// Row: Rejected | its 16th EventError written | close.
+#[test]
+fn sixteenth_error_closes() {
+    let mut h = H::new();
+    let frames: Vec<Vec<u8>> = (1..=20).map(other).collect();
+    let (a, fed) = h.send(&frames);
+    assert_eq!(a.len(), 16, "exactly 16 EventErrors");
+    assert_eq!(a[15], err(16, ErrorCode::ClientNotRegistered));
+    assert_eq!(fed.close, Close::AfterWrite);
+    assert_eq!(
+        fed.consumed,
+        16 * frames[0].len(),
+        "frames after the 16th are not read"
+    );
+    assert_eq!(h.s.state(), State::Closing);
+}
+
+// Row: any | framing error | EventError{0, 8}; close once written.
+#[test]
+fn framing_error_in_every_state() {
+    let too_long = hex::decode("00001ffd00010000").unwrap();
+    let too_short = hex::decode("00000003000100").unwrap();
+    for state in 0..3 {
+        for bad in [&too_long, &too_short] {
+            let mut h = match state {
+                0 => H::new(),
+                1 => H::registered("MediaServer_email", 1, None),
+                _ => {
+                    let mut h = H::new();
+                    let _ = h.send(&[other(1)]);
+                    h
+                }
+            };
+            // A valid frame ahead of the bad one is still answered, in order.
+            let mut bytes = other(9);
+            bytes.extend_from_slice(bad);
+            bytes.extend_from_slice(&other(10));
+            let (a, fed) = h.send_bytes(&bytes);
+            assert_eq!(
+                a.last(),
+                Some(&err(0, ErrorCode::FrameTooLarge)),
+                "state {state}"
+            );
+            assert_eq!(a.len(), 2);
+            assert_eq!(fed.close, Close::AfterWrite);
+            assert_eq!(fed.consumed, bytes.len());
+        }
+    }
+}
+
+// Row: Registered | RequestRegisterClient, connection not a Proxy | EventError{6}.
+#[test]
+fn registered_non_proxy_gets_already_registered() {
+    let mut h = H::registered("MediaServer_email", 1, None);
+    let (a, fed) = h.send(&[
+        rrc(2, "MediaServer_email", 1, None),
+        rrc(3, "Nobody", 1, None),
+    ]);
+    assert_eq!(
+        a,
+        vec![
+            err(2, ErrorCode::AlreadyRegistered),
+            err(3, ErrorCode::AlreadyRegistered)
+        ]
+    );
+    assert_eq!(fed.close, Close::No);
+    assert_eq!(h.s.state(), State::Registered);
+}
+
+// Rows: Registered Proxy | valid RRC | EventAck{new id}; over its limit | EventError{13};
+// RequestUnregisterClient naming a logical client | EventAck.
+#[test]
+fn proxy_logical_clients() {
+    let mut h = H::registered("Proxy_small", 3, None);
+    let own = h.s.proxy_client_id().unwrap();
+    let (a, _) = h.send(&[
+        rrc(2, "MediaServer_email", 1, None),
+        rrc(3, "AgentDesktop", 2, Some("s3cret")),
+        rrc(4, "MediaServer_email", 1, None),
+        rrc(5, "Nobody", 1, None),
+    ]);
+    let ids: Vec<i32> = a[..2]
+        .iter()
+        .map(|x| match x {
+            Answer2::Ack {
+                proxy_client_id: Some(id),
+                ..
+            } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(ids.iter().all(|&id| id != 0 && id != own));
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(a[2], err(4, ErrorCode::TooManyClients));
+    assert_eq!(
+        a[3],
+        err(5, ErrorCode::UnknownClient),
+        "validation still applies"
+    );
+    assert_eq!(h.s.logical_clients(), 2);
+    // Unregister one logical client: acked, stays registered, frees a slot.
+    let (a, fed) = h.send(&[unreg(6, Some(ids[0])), rrc(7, "MediaServer_email", 1, None)]);
+    assert_eq!(
+        a[0],
+        Answer2::Ack {
+            reference_id: 6,
+            proxy_client_id: None
+        }
+    );
+    assert!(matches!(
+        a[1],
+        Answer2::Ack {
+            reference_id: 7,
+            proxy_client_id: Some(_)
+        }
+    ));
+    assert_eq!(fed.close, Close::No);
+    // The removed id is no longer its own.
+    let (a, _) = h.send(&[unreg(8, Some(ids[0]))]);
+    assert_eq!(a, vec![err(8, ErrorCode::UnknownProxyClientId)]);
+    assert_eq!(h.s.state(), State::Registered);
+}
+
+#[test]
+fn proxy_default_limit_is_64() {
+    let mut h = H::registered("Proxy_main", 3, Some("proxy-secret"));
+    let frames: Vec<Vec<u8>> = (0..65)
+        .map(|i| rrc(i, "MediaServer_email", 1, None))
+        .collect();
+    let (a, _) = h.send(&frames);
+    assert_eq!(
+        a.iter()
+            .filter(|x| matches!(x, Answer2::Ack { .. }))
+            .count(),
+        64
+    );
+    assert_eq!(a[64], err(64, ErrorCode::TooManyClients));
+}
+
+// Row: Registered | RequestUnregisterClient with no ProxyClientId, or its own | EventAck; close.
+#[test]
+fn unregister_self_closes_after_ack() {
+    for with_id in [false, true] {
+        let mut h = H::registered("MediaServer_email", 1, None);
+        let id = with_id.then(|| h.s.proxy_client_id().unwrap());
+        let (a, fed) = h.send(&[unreg(9, id), other(10)]);
+        assert_eq!(
+            a,
+            vec![Answer2::Ack {
+                reference_id: 9,
+                proxy_client_id: None
+            }]
+        );
+        assert_eq!(fed.close, Close::AfterWrite);
+        assert_eq!(h.s.state(), State::Closing);
+    }
+}
+
+// Row: Registered | RequestUnregisterClient naming an id it does not own | EventError{12}.
+#[test]
+fn unregister_unknown_id() {
+    let mut h = H::registered("MediaServer_email", 1, None);
+    let (a, fed) = h.send(&[unreg(9, Some(424242))]);
+    assert_eq!(a, vec![err(9, ErrorCode::UnknownProxyClientId)]);
+    assert_eq!(fed.close, Close::No);
+}
+
+// Rows: Registered | malformed message | EventError{7}; any other message | EventError{9}.
+#[test]
+fn registered_malformed_and_other() {
+    let mut h = H::registered("MediaServer_email", 1, None);
+    let (a, fed) = h.send(&[malformed_rrc(), other(3)]);
+    assert_eq!(
+        a,
+        vec![
+            err(1, ErrorCode::MalformedMessage),
+            err(3, ErrorCode::UnsupportedRequest)
+        ]
+    );
+    assert_eq!(fed.close, Close::No);
+    assert_eq!(fed.timer, TimerAction::Keep);
+    assert_eq!(h.s.state(), State::Registered);
+    // Registered clients are not capped at 16 errors.
+    let frames: Vec<Vec<u8>> = (0..40).map(other).collect();
+    let (a, fed) = h.send(&frames);
+    assert_eq!(a.len(), 40);
+    assert_eq!(fed.close, Close::No);
+}
+
+// Row: any | server draining.
+#[test]
+fn drain() {
+    let mut h = H::new();
+    let (a, o) = h.event(Input::Drain);
+    assert!(a.is_empty());
+    assert_eq!(o.close, Close::Now);
+
+    let mut h = H::new();
+    let _ = h.send(&[other(1)]);
+    let (a, o) = h.event(Input::Drain);
+    assert!(a.is_empty());
+    assert_eq!(o.close, Close::Now);
+
+    let mut h = H::registered("MediaServer_email", 1, None);
+    let (a, o) = h.event(Input::Drain);
+    assert_eq!(a, vec![err(0, ErrorCode::ServerShuttingDown)]);
+    assert_eq!(o.close, Close::AfterWrite);
+}
+
+#[test]
+fn pipelined_frames_are_answered_in_order() {
+    let mut h = H::registered("Proxy_main", 3, Some("proxy-secret"));
+    let frames = vec![
+        other(1),
+        rrc(2, "MediaServer_email", 1, None),
+        unreg(3, Some(1_000_000)),
+        malformed_rrc(),
+        unreg(5, None),
+        other(6),
+    ];
+    let (a, fed) = h.send(&frames);
+    let refs: Vec<i32> = a
+        .iter()
+        .map(|x| match x {
+            Answer2::Ack { reference_id, .. } | Answer2::Error { reference_id, .. } => {
+                *reference_id
+            }
+        })
+        .collect();
+    assert_eq!(refs, vec![1, 2, 3, 1, 5]);
+    assert_eq!(fed.close, Close::AfterWrite);
+    let total: usize = frames[..5].iter().map(Vec::len).sum();
+    assert_eq!(fed.consumed, total);
+}
+
+#[test]
+fn stale_deadline_on_registered_is_ignored() {
+    let mut h = H::registered("MediaServer_email", 1, None);
+    let (_, o) = h.event(Input::Deadline(TimerKind::Registration));
+    assert_eq!(o.close, Close::No);
+    assert_eq!(h.s.state(), State::Registered);
+}
+
+#[test]
+fn id_allocator_steps_and_wraps_without_zero() {
+    let mut ids = IdAllocator::new(2, 2);
+    assert_eq!(ids.next_id(), 2);
+    assert_eq!(ids.next_id(), 4);
+    let mut ids = IdAllocator::new(i32::MAX as u32 - 1, 2);
+    assert_eq!(ids.next_id(), i32::MAX - 1);
+    assert_eq!(
+        ids.next_id(),
+        i32::MAX - 1,
+        "wraps to its first id, never 0 or negative"
+    );
+}
