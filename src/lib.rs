@@ -6,3 +6,4 @@
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod timer_wheel;
