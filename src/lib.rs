@@ -3,6 +3,7 @@
 //! The pure core (`protocol`, `session`, `registry`, `timer_wheel`) holds all protocol
 //! logic and never touches a socket or a clock; the runtime feeds it bytes and time.
 
+pub mod config;
 pub mod protocol;
 pub mod registry;
 pub mod session;

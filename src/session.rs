@@ -111,6 +111,59 @@ pub enum Close {
     Now,
 }
 
+/// Why a connection closed; the label of `ixn_connections_closed_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The peer closed or reset the connection.
+    Peer,
+    /// Not registered by its registration deadline.
+    RegistrationTimeout,
+    /// Rejected, and its error deadline passed.
+    ErrorTimeout,
+    /// Rejected, and its 16th EventError was written.
+    ErrorLimit,
+    /// A framing error.
+    FramingError,
+    /// Refused at accept: the connection limit was reached.
+    Overload,
+    /// RequestUnregisterClient for the connection itself.
+    Unregister,
+    /// The server drained.
+    Drain,
+    /// Its answers did not drain within the write timeout.
+    WriteStall,
+}
+
+impl CloseReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [CloseReason; 9] = [
+        Self::Peer,
+        Self::RegistrationTimeout,
+        Self::ErrorTimeout,
+        Self::ErrorLimit,
+        Self::FramingError,
+        Self::Overload,
+        Self::Unregister,
+        Self::Drain,
+        Self::WriteStall,
+    ];
+
+    /// Metric label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::RegistrationTimeout => "registration_timeout",
+            Self::ErrorTimeout => "error_timeout",
+            Self::ErrorLimit => "error_limit",
+            Self::FramingError => "framing_error",
+            Self::Overload => "overload",
+            Self::Unregister => "unregister",
+            Self::Drain => "drain",
+            Self::WriteStall => "write_stall",
+        }
+    }
+}
+
 /// What the session wrote, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -213,6 +266,7 @@ pub struct Session {
     own_id: i32,
     max_logical: u32,
     logical: Vec<i32>,
+    closed_by: Option<CloseReason>,
     config: SessionConfig,
 }
 
@@ -226,6 +280,7 @@ impl Session {
             own_id: 0,
             max_logical: 0,
             logical: Vec::new(),
+            closed_by: None,
             config,
         };
         let deadline = now + config.registration_timeout;
@@ -235,6 +290,16 @@ impl Session {
     /// Current state.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Why the session decided to close, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed_by
+    }
+
+    fn close(&mut self, why: CloseReason) {
+        self.state = State::Closing;
+        self.closed_by = Some(why);
     }
 
     /// The connection's own ProxyClientId once registered.
@@ -254,7 +319,7 @@ impl Session {
         }
         match input {
             Input::FramingError(_) => {
-                self.state = State::Closing;
+                self.close(CloseReason::FramingError);
                 encode_event_error(out, 0, ErrorCode::FrameTooLarge);
                 Output {
                     answer: Some(Answer::Error(ErrorCode::FrameTooLarge)),
@@ -311,7 +376,10 @@ impl Session {
             // A deadline left over from an earlier state: the caller failed to cancel it.
             return Output::NOTHING;
         }
-        self.state = State::Closing;
+        self.close(match kind {
+            TimerKind::Registration => CloseReason::RegistrationTimeout,
+            TimerKind::ErrorDisconnect => CloseReason::ErrorTimeout,
+        });
         Output {
             close: Close::Now,
             ..Output::NOTHING
@@ -320,7 +388,7 @@ impl Session {
 
     fn drain(&mut self, out: &mut impl BufMut) -> Output {
         let was = self.state;
-        self.state = State::Closing;
+        self.close(CloseReason::Drain);
         if was == State::Registered {
             encode_event_error(out, 0, ErrorCode::ServerShuttingDown);
             Output {
@@ -363,7 +431,7 @@ impl Session {
         self.errors_sent += 1;
         let mut o = answer_error(out, reference_id, ErrorCode::ClientNotRegistered);
         if self.errors_sent >= MAX_ERRORS_WHEN_REJECTED {
-            self.state = State::Closing;
+            self.close(CloseReason::ErrorLimit);
             o.timer = TimerAction::Cancel;
             o.close = Close::AfterWrite;
         }
@@ -467,7 +535,7 @@ impl Session {
                 };
             }
         }
-        self.state = State::Closing;
+        self.close(CloseReason::Unregister);
         encode_event_ack(out, req.reference_id, None);
         Output {
             answer: Some(Answer::Ack),

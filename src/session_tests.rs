@@ -341,6 +341,7 @@ fn registration_deadline_closes_silently() {
     assert!(a.is_empty());
     assert_eq!(o.close, Close::Now);
     assert_eq!(h.s.state(), State::Closing);
+    assert_eq!(h.s.close_reason(), Some(CloseReason::RegistrationTimeout));
     // Nothing is answered after that.
     let (a, fed) = h.send(&[rrc(1, "MediaServer_email", 1, None)]);
     assert!(a.is_empty());
@@ -399,6 +400,7 @@ fn error_deadline_closes() {
     let (a, o) = h.event(Input::Deadline(TimerKind::ErrorDisconnect));
     assert!(a.is_empty());
     assert_eq!(o.close, Close::Now);
+    assert_eq!(h.s.close_reason(), Some(CloseReason::ErrorTimeout));
 }
 
 // Row: Rejected | its 16th EventError written | close.
@@ -446,6 +448,7 @@ fn framing_error_in_every_state() {
             );
             assert_eq!(a.len(), 2);
             assert_eq!(fed.close, Close::AfterWrite);
+            assert_eq!(h.s.close_reason(), Some(CloseReason::FramingError));
             assert_eq!(fed.consumed, bytes.len());
         }
     }
@@ -555,7 +558,7 @@ fn unregister_self_closes_after_ack() {
             }]
         );
         assert_eq!(fed.close, Close::AfterWrite);
-        assert_eq!(h.s.state(), State::Closing);
+        assert_eq!(h.s.close_reason(), Some(CloseReason::Unregister));
     }
 }
 
@@ -608,6 +611,7 @@ fn drain() {
     let (a, o) = h.event(Input::Drain);
     assert_eq!(a, vec![err(0, ErrorCode::ServerShuttingDown)]);
     assert_eq!(o.close, Close::AfterWrite);
+    assert_eq!(h.s.close_reason(), Some(CloseReason::Drain));
 }
 
 #[test]

@@ -1,0 +1,363 @@
+//! Server settings (IXN1.md section 8): command line, `IXN_…` environment and TOML `--config`, merged.
+//!
+//! Precedence: command line, then environment (both handled by clap), then the config file,
+//! then the defaults of section 8.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_LIMIT, MIN_FRAME_LEN};
+use crate::session::SessionConfig;
+
+/// A duration written as `250ms`, `5s`, `1m` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim()).map(Dur)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// io_uring setup flags for each worker's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RingSetup {
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`: completions are run when the
+    /// worker next enters the kernel instead of interrupting it like a signal.
+    #[default]
+    CoopTaskrun,
+    /// No setup flags (the kernel's default task-work delivery), for comparison.
+    Plain,
+}
+
+/// Command line; every flag also reads `IXN_<FLAG>` and the `--config` file.
+#[derive(Debug, Clone, Default, Parser, Deserialize)]
+#[command(name = "ixn-server", version, about = "IXN/1 registration server")]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "IXN_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Client listener, repeatable [default: 127.0.0.1:7400].
+    #[arg(
+        long,
+        env = "IXN_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, one io_uring event loop each [default: number of CPUs].
+    #[arg(long, env = "IXN_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Client registry (TOML) [default: embedded].
+    #[arg(long, env = "IXN_REGISTRY", value_name = "FILE")]
+    pub registry: Option<PathBuf>,
+    /// From accept to registration [default: 5s].
+    #[arg(long, env = "IXN_REGISTRATION_TIMEOUT", value_name = "DUR")]
+    pub registration_timeout: Option<Dur>,
+    /// From the first rejection to the close [default: 1s].
+    #[arg(long, env = "IXN_ERROR_DISCONNECT_TIMEOUT", value_name = "DUR")]
+    pub error_disconnect_timeout: Option<Dur>,
+    /// Timer wheel granularity [default: 100ms].
+    #[arg(long, env = "IXN_TIMER_TICK", value_name = "DUR")]
+    pub timer_tick: Option<Dur>,
+    /// Concurrent connections, all workers together [default: 100000].
+    #[arg(long, env = "IXN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest frame, length field included, 8..=1048576 [default: 8192].
+    #[arg(long, env = "IXN_MAX_FRAME_LEN", value_name = "BYTES")]
+    pub max_frame_len: Option<usize>,
+    /// Prometheus text format at GET /metrics, plus /live and /ready [default: 127.0.0.1:9464].
+    #[arg(long, env = "IXN_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Listen backlog of each worker's socket [default: 4096].
+    #[arg(long, env = "IXN_BACKLOG", value_name = "N")]
+    pub backlog: Option<u32>,
+    /// TCP keepalive idle time on registered connections; `0s` turns it off [default: 60s].
+    #[arg(long, env = "IXN_TCP_KEEPALIVE", value_name = "DUR")]
+    pub tcp_keepalive: Option<Dur>,
+    /// Close a connection whose answers have not drained for this long [default: 10s].
+    #[arg(long, env = "IXN_WRITE_TIMEOUT", value_name = "DUR")]
+    pub write_timeout: Option<Dur>,
+    /// Longest wait for registered clients to receive EventError{11} on drain [default: 5s].
+    #[arg(long, env = "IXN_DRAIN_TIMEOUT", value_name = "DUR")]
+    pub drain_timeout: Option<Dur>,
+    /// io_uring setup of each worker's ring [default: coop-taskrun].
+    #[arg(long, env = "IXN_RING_SETUP", value_enum)]
+    pub ring_setup: Option<RingSetup>,
+    /// Pin each worker thread to one CPU [default: true].
+    #[arg(long, env = "IXN_PIN_WORKERS", value_name = "BOOL")]
+    pub pin_workers: Option<bool>,
+    /// Log format [default: text]; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "IXN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Validate the configuration and the registry, then exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// Path.
+        file: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("{file}: {message}")]
+    Parse {
+        /// Path.
+        file: String,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Registry file, or `None` for the embedded one.
+    pub registry: Option<PathBuf>,
+    /// Session timeouts.
+    pub session: SessionConfig,
+    /// Timer wheel tick.
+    pub timer_tick: Duration,
+    /// Connection limit across workers.
+    pub max_connections: usize,
+    /// Frame size limit.
+    pub max_frame_len: usize,
+    /// Metrics and health listener.
+    pub metrics_listen: SocketAddr,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Keepalive idle time, `None` = off.
+    pub tcp_keepalive: Option<Duration>,
+    /// Write stall limit.
+    pub write_timeout: Duration,
+    /// Drain limit.
+    pub drain_timeout: Duration,
+    /// Ring flags.
+    pub ring_setup: RingSetup,
+    /// CPU pinning.
+    pub pin_workers: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// Fills what the command line and environment left unset from `file`.
+    fn merge(mut self, file: Args) -> Args {
+        if self.listen.is_empty() {
+            self.listen = file.listen;
+        }
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(
+            workers,
+            registry,
+            registration_timeout,
+            error_disconnect_timeout,
+            timer_tick,
+            max_connections,
+            max_frame_len,
+            metrics_listen,
+            backlog,
+            tcp_keepalive,
+            write_timeout,
+            drain_timeout,
+            ring_setup,
+            pin_workers,
+            log_format
+        );
+        self
+    }
+
+    /// Reads the `--config` file if any, merges and validates.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let args = match self.config.clone() {
+            Some(path) => {
+                let file = load_file(&path)?;
+                self.merge(file)
+            }
+            None => self,
+        };
+        let d = |v: Option<Dur>, default: u64| v.map_or(Duration::from_millis(default), |d| d.0);
+        let cfg = Config {
+            listen: if args.listen.is_empty() {
+                vec![SocketAddr::from(([127, 0, 0, 1], 7400))]
+            } else {
+                args.listen
+            },
+            workers: args.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
+            registry: args.registry,
+            session: SessionConfig {
+                registration_timeout: d(args.registration_timeout, 5000),
+                error_disconnect_timeout: d(args.error_disconnect_timeout, 1000),
+            },
+            timer_tick: d(args.timer_tick, 100),
+            max_connections: args.max_connections.unwrap_or(100_000),
+            max_frame_len: args.max_frame_len.unwrap_or(DEFAULT_MAX_FRAME_LEN),
+            metrics_listen: args
+                .metrics_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            backlog: args.backlog.unwrap_or(4096),
+            tcp_keepalive: Some(d(args.tcp_keepalive, 60_000)).filter(|d| !d.is_zero()),
+            write_timeout: d(args.write_timeout, 10_000),
+            drain_timeout: d(args.drain_timeout, 5000),
+            ring_setup: args.ring_setup.unwrap_or_default(),
+            pin_workers: args.pin_workers.unwrap_or(true),
+            log_format: args.log_format.unwrap_or_default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn load_file(path: &Path) -> Result<Args, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file,
+        message: e.to_string(),
+    })
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(MIN_FRAME_LEN..=MAX_FRAME_LEN_LIMIT).contains(&self.max_frame_len) {
+            return bad(format!(
+                "max_frame_len {} is outside {MIN_FRAME_LEN}..={MAX_FRAME_LEN_LIMIT}",
+                self.max_frame_len
+            ));
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            return bad(format!("workers {} is outside 1..=1024", self.workers));
+        }
+        if self.timer_tick < Duration::from_millis(1) {
+            return bad("timer_tick must be at least 1ms".into());
+        }
+        if self.session.registration_timeout.is_zero()
+            || self.session.error_disconnect_timeout.is_zero()
+        {
+            return bad("registration_timeout and error_disconnect_timeout must be above 0".into());
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["ixn-server"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v).unwrap().resolve()
+    }
+
+    #[test]
+    fn defaults_are_section_8() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:7400".parse().unwrap()]);
+        assert_eq!(c.session, SessionConfig::default());
+        assert_eq!(c.timer_tick, Duration::from_millis(100));
+        assert_eq!(c.max_connections, 100_000);
+        assert_eq!(c.max_frame_len, 8192);
+        assert_eq!(c.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(c.registry.is_none());
+    }
+
+    #[test]
+    fn flags_and_durations() {
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "[::1]:2",
+            "--registration-timeout",
+            "250ms",
+            "--error-disconnect-timeout",
+            "2s",
+            "--timer-tick",
+            "10ms",
+            "--max-frame-len",
+            "1048576",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.session.registration_timeout, Duration::from_millis(250));
+        assert_eq!(c.session.error_disconnect_timeout, Duration::from_secs(2));
+        assert_eq!(c.timer_tick, Duration::from_millis(10));
+        assert!(parse(&["--max-frame-len", "1048577"]).is_err());
+        assert!(parse(&["--max-frame-len", "7"]).is_err());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave() {
+        let dir = std::env::temp_dir().join(format!("ixn-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "listen = [\"127.0.0.1:9\"]\nmax_connections = 7\ntimer_tick = \"20ms\"\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", f.to_str().unwrap(), "--max-connections", "8"]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:9".parse().unwrap()]);
+        assert_eq!(c.max_connections, 8, "command line wins");
+        assert_eq!(c.timer_tick, Duration::from_millis(20));
+        std::fs::write(&f, "max_conections = 7\n").unwrap();
+        let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
+    }
+}
