@@ -4,7 +4,10 @@
 //! logic and never touches a socket or a clock; the runtime feeds it bytes and time.
 
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod runtime;
 pub mod session;
 pub mod timer_wheel;

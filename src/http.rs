@@ -1,0 +1,123 @@
+//! The operator's HTTP endpoint: `GET /metrics` (Prometheus text), `GET /live`, `GET /ready`.
+//!
+//! Served by hyper on its own thread with a small current-thread tokio runtime, away from
+//! the io_uring workers, so a slow scraper never touches the client hot path. The same
+//! thread runs the exporter's upkeep so histogram memory stays bounded without scrapes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::runtime::Shared;
+
+fn respond(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, handle.render());
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/ready" => {
+            let listening = shared.listening_workers.load(Ordering::Acquire);
+            if shared.draining.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            } else if listening < shared.config.workers {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "starting: {listening}/{} workers listening\n",
+                        shared.config.workers
+                    ),
+                )
+            } else {
+                text(StatusCode::OK, "ready\n".into())
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Binds the listener now (so a bad address fails start-up) and serves it on a thread.
+pub fn spawn(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    shared: Arc<Shared>,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ixn-http".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("metrics listener: {e}");
+                        return;
+                    }
+                };
+                let upkeep = handle.clone();
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        every.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+                loop {
+                    let (stream, _) = match listener.accept().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("metrics accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let handle = handle.clone();
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let r = respond(&req, &handle, &shared);
+                            async move { Ok::<_, Infallible>(r) }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(Duration::from_secs(10))
+                            .serve_connection(io, svc);
+                        let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                    });
+                }
+            });
+        })?;
+    Ok(local)
+}

@@ -1,0 +1,347 @@
+//! Prometheus metrics: names, descriptions, buckets, and per-worker cached handles batched per tick.
+//!
+//! Hot-path cost: each worker resolves every metric handle once at start-up and counts
+//! events in plain `Cell`s of its own; once per timer tick it adds the batch to the shared
+//! handles. So an event costs an increment of a worker-local integer, with no name lookup,
+//! no allocation and no cache line shared with another worker.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
+
+use crate::protocol::ErrorCode;
+use crate::session::{Answer, CloseReason, Output, TimerKind};
+
+/// `ixn_connections_accepted_total`
+pub const ACCEPTED: &str = "ixn_connections_accepted_total";
+/// `ixn_connections_active`
+pub const ACTIVE: &str = "ixn_connections_active";
+/// `ixn_connections_closed_total{reason}`
+pub const CLOSED: &str = "ixn_connections_closed_total";
+/// `ixn_registrations_total{result}`
+pub const REGISTRATIONS: &str = "ixn_registrations_total";
+/// `ixn_errors_sent_total{code,name}`
+pub const ERRORS_SENT: &str = "ixn_errors_sent_total";
+/// `ixn_registration_duration_seconds`
+pub const REGISTRATION_DURATION: &str = "ixn_registration_duration_seconds";
+/// `ixn_timer_expired_total{timer}`
+pub const TIMER_EXPIRED: &str = "ixn_timer_expired_total";
+/// `ixn_timer_bulk_drop_connections`: connections one tick closed together.
+pub const BULK_DROP: &str = "ixn_timer_bulk_drop_connections";
+/// `ixn_received_bytes_total`
+pub const BYTES_IN: &str = "ixn_received_bytes_total";
+/// `ixn_sent_bytes_total`
+pub const BYTES_OUT: &str = "ixn_sent_bytes_total";
+/// `ixn_accept_errors_total`
+pub const ACCEPT_ERRORS: &str = "ixn_accept_errors_total";
+/// `ixn_clients_registered`: registered connections (a Proxy counts once).
+pub const REGISTERED: &str = "ixn_clients_registered";
+/// `ixn_logical_clients_registered`: logical clients of Proxy connections.
+pub const LOGICAL: &str = "ixn_logical_clients_registered";
+/// `ixn_build_info{version}`
+pub const BUILD_INFO: &str = "ixn_build_info";
+/// `ixn_registry_clients`: ClientNames in the registry in force.
+pub const REGISTRY_CLIENTS: &str = "ixn_registry_clients";
+/// `ixn_registry_reloads_total{result}`
+pub const REGISTRY_RELOADS: &str = "ixn_registry_reloads_total";
+
+/// Buckets of the registration histogram: 50 µs to 10 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// Buckets of the bulk-drop histogram (connections per tick).
+pub const BULK_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0];
+
+/// Registration results, in label order: "ok" then each error name.
+const RESULTS: usize = 1 + ErrorCode::ALL.len();
+/// Timer labels: the session's two deadlines and the write stall.
+pub const TIMERS: [&str; 3] = ["registration", "error_disconnect", "write_stall"];
+
+/// Describes every metric so it carries HELP and TYPE from the first scrape.
+pub fn describe() {
+    describe_counter!(ACCEPTED, "Client connections accepted.");
+    describe_gauge!(ACTIVE, "Client connections open now.");
+    describe_counter!(CLOSED, "Client connections closed, by reason.");
+    describe_counter!(
+        REGISTRATIONS,
+        "RequestRegisterClient frames answered, by result (ok or the error name)."
+    );
+    describe_counter!(ERRORS_SENT, "EventError messages written, by code.");
+    describe_histogram!(
+        REGISTRATION_DURATION,
+        Unit::Seconds,
+        "From accept to the EventAck written, for connections that registered."
+    );
+    describe_counter!(
+        TIMER_EXPIRED,
+        "Timer wheel deadlines that closed a connection, by timer."
+    );
+    describe_histogram!(BULK_DROP, "Connections one timer tick closed together.");
+    describe_counter!(BYTES_IN, Unit::Bytes, "Bytes read from clients.");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
+    describe_counter!(ACCEPT_ERRORS, "accept() failures (e.g. EMFILE).");
+    describe_gauge!(REGISTERED, "Registered client connections.");
+    describe_gauge!(
+        LOGICAL,
+        "Logical clients registered through Proxy connections."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs."
+    );
+    describe_gauge!(REGISTRY_CLIENTS, "ClientNames in the registry in force.");
+    describe_counter!(REGISTRY_RELOADS, "Registry reloads on SIGHUP, by result.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let _ = counter!(REGISTRY_RELOADS, "result" => "ok");
+    let _ = counter!(REGISTRY_RELOADS, "result" => "error");
+}
+
+fn reason_index(why: CloseReason) -> usize {
+    CloseReason::ALL.iter().position(|r| *r == why).unwrap_or(0)
+}
+
+fn result_index(r: Result<(), ErrorCode>) -> usize {
+    match r {
+        Ok(()) => 0,
+        Err(c) => c.code() as usize,
+    }
+}
+
+/// A counter counted locally and added to its shared handle at each flush.
+#[derive(Debug)]
+struct Local {
+    pending: Cell<u64>,
+    handle: Counter,
+}
+
+impl Local {
+    fn new(handle: Counter) -> Self {
+        Self {
+            pending: Cell::new(0),
+            handle,
+        }
+    }
+    #[inline]
+    fn add(&self, n: u64) {
+        self.pending.set(self.pending.get() + n);
+    }
+    fn flush(&self) {
+        let n = self.pending.replace(0);
+        if n != 0 {
+            self.handle.increment(n);
+        }
+    }
+}
+
+/// A gauge moved locally and applied as one delta at each flush.
+#[derive(Debug)]
+struct LocalGauge {
+    delta: Cell<i64>,
+    handle: Gauge,
+}
+
+impl LocalGauge {
+    fn new(handle: Gauge) -> Self {
+        Self {
+            delta: Cell::new(0),
+            handle,
+        }
+    }
+    #[inline]
+    fn add(&self, n: i64) {
+        self.delta.set(self.delta.get() + n);
+    }
+    fn flush(&self) {
+        let d = self.delta.replace(0);
+        if d != 0 {
+            self.handle.increment(d as f64);
+        }
+    }
+}
+
+/// One worker's metric handles and its unflushed counts.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    accepted: Local,
+    active: LocalGauge,
+    registered: LocalGauge,
+    logical: LocalGauge,
+    closed: Vec<Local>,
+    registrations: Vec<Local>,
+    errors_sent: Vec<Local>,
+    timers: Vec<Local>,
+    bytes_in: Local,
+    bytes_out: Local,
+    accept_errors: Local,
+    durations: RefCell<Vec<f64>>,
+    duration: Histogram,
+    bulk: Histogram,
+}
+
+impl WorkerMetrics {
+    /// Resolves every handle once; all series exist (at zero) from here on.
+    pub fn new() -> Self {
+        let closed = CloseReason::ALL
+            .iter()
+            .map(|r| Local::new(counter!(CLOSED, "reason" => r.name())))
+            .collect();
+        let mut registrations = vec![Local::new(counter!(REGISTRATIONS, "result" => "ok"))];
+        registrations.extend(
+            ErrorCode::ALL
+                .iter()
+                .map(|c| Local::new(counter!(REGISTRATIONS, "result" => c.name()))),
+        );
+        debug_assert_eq!(registrations.len(), RESULTS);
+        let errors_sent = ErrorCode::ALL
+            .iter()
+            .map(|c| {
+                Local::new(
+                    counter!(ERRORS_SENT, "code" => c.code().to_string(), "name" => c.name()),
+                )
+            })
+            .collect();
+        let timers = TIMERS
+            .iter()
+            .map(|t| Local::new(counter!(TIMER_EXPIRED, "timer" => *t)))
+            .collect();
+        Self {
+            accepted: Local::new(counter!(ACCEPTED)),
+            active: LocalGauge::new(gauge!(ACTIVE)),
+            registered: LocalGauge::new(gauge!(REGISTERED)),
+            logical: LocalGauge::new(gauge!(LOGICAL)),
+            closed,
+            registrations,
+            errors_sent,
+            timers,
+            bytes_in: Local::new(counter!(BYTES_IN)),
+            bytes_out: Local::new(counter!(BYTES_OUT)),
+            accept_errors: Local::new(counter!(ACCEPT_ERRORS)),
+            durations: RefCell::new(Vec::with_capacity(1024)),
+            duration: histogram!(REGISTRATION_DURATION),
+            bulk: histogram!(BULK_DROP),
+        }
+    }
+
+    /// A connection was accepted (and counts as active until [`Self::closed`]).
+    #[inline]
+    pub fn accepted(&self) {
+        self.accepted.add(1);
+        self.active.add(1);
+    }
+
+    /// A connection closed.
+    #[inline]
+    pub fn closed(&self, why: CloseReason, was_registered: bool, logical: usize) {
+        self.active.add(-1);
+        if was_registered {
+            self.registered.add(-1);
+        }
+        self.logical.add(-(logical as i64));
+        self.closed[reason_index(why)].add(1);
+    }
+
+    /// A connection refused at accept (counted as accepted and closed, never active).
+    pub fn overloaded(&self) {
+        self.accepted.add(1);
+        self.closed[reason_index(CloseReason::Overload)].add(1);
+        self.errors_sent[ErrorCode::ServerOverloaded.code() as usize - 1].add(1);
+    }
+
+    /// One session output.
+    #[inline]
+    pub fn output(&self, o: &Output) {
+        if let Some(Answer::Error(c)) = o.answer {
+            self.errors_sent[c.code() as usize - 1].add(1);
+        }
+        if let Some(r) = o.registration {
+            self.registrations[result_index(r.map(|_| ()))].add(1);
+            if let Ok(reg) = r {
+                if !reg.logical {
+                    self.registered.add(1);
+                }
+            }
+        }
+    }
+
+    /// Logical clients added (or removed, negative) on a Proxy connection.
+    #[inline]
+    pub fn logical_delta(&self, d: i64) {
+        self.logical.add(d);
+    }
+
+    /// A registration completed: accept to EventAck written.
+    pub fn registration_duration(&self, d: Duration) {
+        let mut v = self.durations.borrow_mut();
+        if v.len() < 65_536 {
+            v.push(d.as_secs_f64());
+        }
+    }
+
+    /// Deadlines that expired on one tick, by timer; and the tick's bulk size.
+    pub fn expired(&self, kind: Option<TimerKind>, n: u64) {
+        let i = match kind {
+            Some(TimerKind::Registration) => 0,
+            Some(TimerKind::ErrorDisconnect) => 1,
+            None => 2,
+        };
+        self.timers[i].add(n);
+    }
+
+    /// Connections one tick closed together.
+    pub fn bulk_drop(&self, n: usize) {
+        if n > 0 {
+            self.bulk.record(n as f64);
+        }
+    }
+
+    /// Bytes read.
+    #[inline]
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.add(n as u64);
+    }
+
+    /// Bytes written.
+    #[inline]
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.add(n as u64);
+    }
+
+    /// An accept failure.
+    pub fn accept_error(&self) {
+        self.accept_errors.add(1);
+    }
+
+    /// Adds everything counted since the last flush to the shared series.
+    pub fn flush(&self) {
+        self.accepted.flush();
+        self.active.flush();
+        self.registered.flush();
+        self.logical.flush();
+        for c in self
+            .closed
+            .iter()
+            .chain(&self.registrations)
+            .chain(&self.errors_sent)
+            .chain(&self.timers)
+        {
+            c.flush();
+        }
+        self.bytes_in.flush();
+        self.bytes_out.flush();
+        self.accept_errors.flush();
+        for d in self.durations.borrow_mut().drain(..) {
+            self.duration.record(d);
+        }
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

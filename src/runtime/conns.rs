@@ -1,0 +1,162 @@
+//! Per-worker connection table: a slab behind typed, generational handles.
+//!
+//! A handle names a slab index *and* the generation of the connection that held it when the
+//! handle was made. A timer entry or task that outlives its connection carries a stale
+//! generation, so it can never reach the next connection that reuses the slot.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use slab::Slab;
+use tokio_uring::net::TcpStream;
+
+use crate::session::{CloseReason, Session};
+use crate::timer_wheel::TimerKey;
+
+/// A connection of one worker, stable for its lifetime and useless after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnHandle {
+    index: u32,
+    generation: u32,
+}
+
+/// One live connection's state (`S` is the stream; generic so the table is testable without io_uring).
+#[derive(Debug)]
+pub struct Conn<S = TcpStream> {
+    generation: u32,
+    /// The registration state machine.
+    pub session: Session,
+    /// Shared with the connection's task, so a timer tick can shut it down.
+    pub stream: Rc<S>,
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// When it was accepted (for the registration-duration histogram).
+    pub accepted_at: Instant,
+    /// The session deadline armed in the wheel, if any.
+    pub timer: Option<TimerKey>,
+    /// The write-stall deadline armed while a write is in flight.
+    pub write_timer: Option<TimerKey>,
+    /// Set by the worker (deadline, drain, stall) before it wakes the task with a shutdown.
+    pub signal: Option<Signal>,
+}
+
+/// Why the worker woke a connection's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Close with this reason; the session already knows.
+    Close(CloseReason),
+    /// Feed the session `Input::Drain`.
+    Drain,
+}
+
+/// The slab.
+#[derive(Debug)]
+pub struct Conns<S = TcpStream> {
+    slab: Slab<Conn<S>>,
+    generation: u32,
+}
+
+impl<S> Default for Conns<S> {
+    fn default() -> Self {
+        Self {
+            slab: Slab::new(),
+            generation: 0,
+        }
+    }
+}
+
+impl<S> Conns<S> {
+    /// Adds a connection.
+    pub fn insert(
+        &mut self,
+        session: Session,
+        stream: Rc<S>,
+        peer: IpAddr,
+        accepted_at: Instant,
+    ) -> ConnHandle {
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let index = self.slab.insert(Conn {
+            generation,
+            session,
+            stream,
+            peer,
+            accepted_at,
+            timer: None,
+            write_timer: None,
+            signal: None,
+        }) as u32;
+        ConnHandle { index, generation }
+    }
+
+    /// The connection `h` names, unless it is gone.
+    pub fn get_mut(&mut self, h: ConnHandle) -> Option<&mut Conn<S>> {
+        self.slab
+            .get_mut(h.index as usize)
+            .filter(|c| c.generation == h.generation)
+    }
+
+    /// Removes the connection `h` names, unless it is gone.
+    pub fn remove(&mut self, h: ConnHandle) -> Option<Conn<S>> {
+        match self.slab.get(h.index as usize) {
+            Some(c) if c.generation == h.generation => Some(self.slab.remove(h.index as usize)),
+            _ => None,
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Handles of every live connection.
+    pub fn handles(&self) -> Vec<ConnHandle> {
+        self.slab
+            .iter()
+            .map(|(i, c)| ConnHandle {
+                index: i as u32,
+                generation: c.generation,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionConfig;
+
+    #[test]
+    fn stale_handle_never_reaches_the_reused_slot() {
+        let mut c: Conns<()> = Conns::default();
+        let now = Instant::now();
+        let peer = IpAddr::from([127, 0, 0, 1]);
+        let a = c.insert(
+            Session::accept(now, SessionConfig::default()).0,
+            Rc::new(()),
+            peer,
+            now,
+        );
+        assert!(c.remove(a).is_some());
+        let b = c.insert(
+            Session::accept(now, SessionConfig::default()).0,
+            Rc::new(()),
+            peer,
+            now,
+        );
+        assert_eq!(a.index, b.index, "slot reused");
+        assert!(c.get_mut(a).is_none(), "stale handle");
+        assert!(
+            c.remove(a).is_none(),
+            "stale handle cannot remove the new occupant"
+        );
+        assert!(c.get_mut(b).is_some());
+        assert_eq!(c.handles(), vec![b]);
+    }
+}

@@ -1,0 +1,288 @@
+//! The io_uring shell around the sans-IO core: start-up, listeners, worker threads, signals.
+//!
+//! One worker thread per core, each with its own `tokio_uring` ring, its own
+//! `SO_REUSEPORT` listening socket per `--listen` address (the kernel spreads connections
+//! between them), its own connection slab and its own timer wheel. Workers share only the
+//! registry (an `ArcSwap`, swapped whole on SIGHUP), the connection count (one atomic,
+//! touched at accept and close) and the drain flag.
+
+mod conns;
+mod worker;
+
+pub use conns::{Conn, ConnHandle, Conns, Signal};
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+
+use crate::config::{Config, RingSetup};
+use crate::registry::Registry;
+
+/// State every worker and the control thread share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// The registry in force; replaced whole on reload.
+    pub registry: ArcSwap<Registry>,
+    /// Open client connections, all workers together.
+    pub active: AtomicUsize,
+    /// Set on SIGTERM/SIGINT.
+    pub draining: AtomicBool,
+    /// Workers whose listeners accept.
+    pub listening_workers: AtomicUsize,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// io_uring is not usable on this host.
+    #[error("io_uring is not available: {0}")]
+    IoUring(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Metrics recorder or endpoint.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// Thread creation or signal set-up.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The ring builder for a worker.
+pub fn ring_builder(setup: RingSetup) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if setup == RingSetup::CoopTaskrun {
+        b.setup_coop_taskrun().setup_taskrun_flag();
+    }
+    b
+}
+
+/// Checks that a ring with `setup` can be created, explaining why not in operator terms.
+/// Returns the setup actually usable (COOP_TASKRUN needs Linux 5.19).
+pub fn probe_io_uring(setup: RingSetup) -> Result<RingSetup, StartError> {
+    match ring_builder(setup).build(8) {
+        Ok(_) => Ok(setup),
+        Err(e) if setup == RingSetup::CoopTaskrun && e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(
+                "IORING_SETUP_COOP_TASKRUN not supported by this kernel; using a plain ring"
+            );
+            probe_io_uring(RingSetup::Plain)
+        }
+        Err(e) => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            let why = match e.raw_os_error() {
+                Some(libc::ENOSYS) => "the kernel has no io_uring (needs Linux 5.11 or later, built with CONFIG_IO_URING)".to_string(),
+                Some(libc::EPERM) if disabled > 0 => format!(
+                    "kernel.io_uring_disabled = {disabled}; set it to 0 (or 1 and run as a member of kernel.io_uring_group): sysctl -w kernel.io_uring_disabled=0"
+                ),
+                Some(libc::EPERM) => "io_uring_setup was refused (EPERM): a seccomp profile (container runtime or systemd SystemCallFilter) blocks it; allow io_uring_setup, io_uring_enter and io_uring_register".to_string(),
+                Some(libc::ENOMEM) => "not enough locked memory for the ring (raise RLIMIT_MEMLOCK, LimitMEMLOCK= in systemd)".to_string(),
+                _ => e.to_string(),
+            };
+            Err(StartError::IoUring(why))
+        }
+    }
+}
+
+/// One listening socket with `SO_REUSEPORT`, so each worker can have its own.
+fn listener(addr: SocketAddr, config: &Config) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Accepted sockets inherit these from the listener: no per-connection syscalls.
+    s.set_nodelay(true)?;
+    if let Some(idle) = config.tcp_keepalive {
+        s.set_keepalive(true)?;
+        s.set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3),
+        )?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(config.backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s.into())
+}
+
+/// Binds every listener for every worker; port 0 is resolved once and shared.
+fn bind_all(
+    config: &Config,
+) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..config.workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for &addr in &config.listen {
+        let first = listener(addr, config).map_err(|source| StartError::Bind { addr, source })?;
+        let actual = first.local_addr()?;
+        per_worker[0].push(first);
+        for w in per_worker.iter_mut().skip(1) {
+            w.push(listener(actual, config).map_err(|source| StartError::Bind {
+                addr: actual,
+                source,
+            })?);
+        }
+        bound.push(actual);
+    }
+    Ok((per_worker, bound))
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs the server until SIGTERM/SIGINT has drained it. Logs `listening on ADDR` for every
+/// client listener and `metrics on ADDR` once they accept.
+pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
+    config.ring_setup = probe_io_uring(config.ring_setup)?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                crate::metrics::REGISTRATION_DURATION.into(),
+            ),
+            crate::metrics::DURATION_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(crate::metrics::BULK_DROP.into()),
+                crate::metrics::BULK_BUCKETS,
+            )
+        })
+        .map_err(|e| StartError::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
+    crate::metrics::describe();
+    metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
+
+    let (listeners, bound) = bind_all(&config)?;
+    let workers = config.workers;
+    let shared = Arc::new(Shared {
+        config,
+        registry: ArcSwap::from_pointee(registry),
+        active: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+        listening_workers: AtomicUsize::new(0),
+    });
+    let metrics_addr = crate::http::spawn(shared.config.metrics_listen, handle, shared.clone())
+        .map_err(|source| StartError::Bind {
+            addr: shared.config.metrics_listen,
+            source,
+        })?;
+
+    // Signals are blocked from here on and read by this thread only.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::with_capacity(workers);
+    for (index, l) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let core = if shared.config.pin_workers {
+            cores.get(index % cores.len().max(1)).copied()
+        } else {
+            None
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("ixn-worker-{index}"))
+                .spawn(move || worker::thread_main(index, l, shared, core))?,
+        );
+    }
+    while shared.listening_workers.load(Ordering::Acquire) < workers {
+        if threads.iter().any(std::thread::JoinHandle::is_finished) {
+            return Err(StartError::IoUring(
+                "a worker failed to start its ring".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let registry_len = shared.registry.load().len();
+    tracing::info!(
+        workers,
+        kernel = %kernel_release(),
+        ring = ?shared.config.ring_setup,
+        registry_clients = registry_len,
+        registry = %shared.config.registry.as_ref().map_or("<embedded>".into(), |p| p.display().to_string()),
+        "ixn-server {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    for a in &bound {
+        tracing::info!("listening on {a}");
+    }
+    tracing::info!("metrics on {metrics_addr}");
+
+    loop {
+        for sig in signals.pending() {
+            match sig {
+                signal_hook::consts::SIGHUP => reload(&shared),
+                _ => {
+                    if !shared.draining.swap(true, Ordering::AcqRel) {
+                        tracing::info!(
+                            active = shared.active.load(Ordering::Relaxed),
+                            "draining: no new connections; registered clients get ServerShuttingDown"
+                        );
+                    }
+                }
+            }
+        }
+        if shared.draining.load(Ordering::Acquire) {
+            break;
+        }
+        if threads.iter().any(std::thread::JoinHandle::is_finished) {
+            return Err(StartError::IoUring("a worker stopped unexpectedly".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    for t in threads {
+        let _ = t.join();
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "drained; exiting"
+    );
+    Ok(())
+}
+
+fn reload(shared: &Shared) {
+    let Some(path) = &shared.config.registry else {
+        tracing::info!("SIGHUP: the embedded registry is in use; nothing to reload");
+        return;
+    };
+    match Registry::load(path) {
+        Ok(r) => {
+            let n = r.len();
+            shared.registry.store(Arc::new(r));
+            metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(n as f64);
+            metrics::counter!(crate::metrics::REGISTRY_RELOADS, "result" => "ok").increment(1);
+            tracing::info!(clients = n, "registry reloaded from {}", path.display());
+        }
+        Err(e) => {
+            metrics::counter!(crate::metrics::REGISTRY_RELOADS, "result" => "error").increment(1);
+            tracing::error!("registry reload refused, keeping the old one: {e}");
+        }
+    }
+}

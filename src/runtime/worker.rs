@@ -1,0 +1,480 @@
+//! One worker: a tokio-uring event loop with its accept loops, connection tasks and timer tick.
+//!
+//! # Buffers at the io_uring boundary
+//!
+//! io_uring reads into memory the kernel owns until the operation completes, so every
+//! read hands its buffer over by value and gets it back with the result
+//! (`(res, buf) = stream.read(buf).await`). Each connection starts with a
+//! [`READ_BUF`]-byte `Vec`: big enough for any registration request (≈60 bytes) and a
+//! handful of pipelined frames, small enough that an idle connection's pending read pins
+//! little memory. A frame that does not fit grows the buffer (doubling, never beyond
+//! `max_frame_len`, so a hostile length prefix cannot make us allocate more than the limit);
+//! once the bytes are consumed the buffer shrinks back. Answers are encoded into one
+//! per-connection `Vec` that is written with a single `write_all` per read, so pipelined
+//! frames cost one write. The buffer is bounded by the answers to one read's frames; a peer
+//! that stops reading stalls only its own task, and the write-timeout deadline in the
+//! wheel closes it.
+//!
+//! # Deadlines
+//!
+//! No connection owns a timer future. Session deadlines and write stalls live in the
+//! worker's [`TimerWheel`]; one tick task advances it, and for every connection that
+//! expired it updates the session, marks the connection and shuts its socket down, which
+//! completes the connection's pending read so its task cleans up. Everything expired in a
+//! tick is handled in that one pass.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::conns::{Conn, ConnHandle, Conns, Signal};
+use super::Shared;
+use crate::metrics::WorkerMetrics;
+use crate::protocol::{encode_event_error, ErrorCode};
+use crate::session::{
+    Close, CloseReason, Ctx, IdAllocator, Input, Registration, Session, TimerAction, TimerKind,
+};
+use crate::timer_wheel::TimerWheel;
+
+/// Initial (and idle) read buffer per connection.
+pub const READ_BUF: usize = 256;
+/// Slots of the timer wheel: 4096 × 100 ms ticks = one revolution every 409.6 s.
+const WHEEL_SLOTS: usize = 4096;
+/// Output buffer capacity kept between writes; larger ones are released.
+const OUT_KEEP: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    Session(TimerKind),
+    WriteStall,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    conns: RefCell<Conns>,
+    wheel: RefCell<TimerWheel<(ConnHandle, Deadline)>>,
+    ids: RefCell<IdAllocator>,
+    metrics: WorkerMetrics,
+    expired: RefCell<Vec<(ConnHandle, Deadline)>>,
+    overload_frame: Rc<[u8]>,
+}
+
+/// Entry point of a worker thread.
+pub(super) fn thread_main(
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    core: Option<core_affinity::CoreId>,
+) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = index, "could not pin to core {}", core.id);
+        }
+    }
+    let mut builder = tokio_uring::builder();
+    builder
+        .entries(1024)
+        .uring_builder(&super::ring_builder(shared.config.ring_setup));
+    let rt = match tokio_uring::Runtime::new(&builder) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, "cannot create the io_uring runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(run(index, listeners, shared));
+}
+
+async fn run(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Shared>) {
+    let origin = Instant::now();
+    let tick = shared.config.timer_tick;
+    let mut overload = Vec::new();
+    encode_event_error(&mut overload, 0, ErrorCode::ServerOverloaded);
+    let w = Rc::new(Worker {
+        conns: RefCell::new(Conns::default()),
+        wheel: RefCell::new(TimerWheel::new(origin, tick, WHEEL_SLOTS)),
+        ids: RefCell::new(IdAllocator::new(
+            index as u32 + 1,
+            shared.config.workers as u32,
+        )),
+        metrics: WorkerMetrics::new(),
+        expired: RefCell::new(Vec::new()),
+        overload_frame: overload.into(),
+        shared,
+    });
+    // Duplicates of the listening sockets: shutting one down wakes the pending accept.
+    let mut stoppers = Vec::new();
+    for l in listeners {
+        match l.try_clone() {
+            Ok(dup) => stoppers.push(dup),
+            Err(e) => tracing::warn!("cannot duplicate a listener: {e}"),
+        }
+        tokio_uring::spawn(accept_loop(w.clone(), TcpListener::from_std(l)));
+    }
+    w.shared.listening_workers.fetch_add(1, Ordering::AcqRel);
+
+    let mut every = tokio::time::interval_at(tokio::time::Instant::from_std(origin + tick), tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut drain_started: Option<Instant> = None;
+    loop {
+        every.tick().await;
+        let now = Instant::now();
+        w.expire(now);
+        if drain_started.is_none() && w.shared.draining.load(Ordering::Acquire) {
+            for s in stoppers.drain(..) {
+                let _ = SockRef::from(&s).shutdown(std::net::Shutdown::Both);
+            }
+            w.shared.listening_workers.fetch_sub(1, Ordering::AcqRel);
+            w.start_drain();
+            drain_started = Some(now);
+        }
+        w.metrics.flush();
+        if let Some(t) = drain_started {
+            if w.conns.borrow().is_empty() || now.duration_since(t) >= w.shared.config.drain_timeout
+            {
+                break;
+            }
+        }
+    }
+    w.metrics.flush();
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    let mut backoff = Duration::from_millis(5);
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let accepted = listener.accept().await;
+        if w.shared.draining.load(Ordering::Acquire) {
+            return;
+        }
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                w.metrics.accept_error();
+                if is_fd_exhaustion(&e) {
+                    // Out of descriptors: wait for some to free up instead of spinning.
+                    if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        tracing::warn!(
+                            "accept failed ({e}); backing off until descriptors free up"
+                        );
+                        last_warn = Some(Instant::now());
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                } else {
+                    tracing::debug!("accept failed: {e}");
+                }
+                continue;
+            }
+        };
+        let limit = w.shared.config.max_connections;
+        if w.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
+            w.shared.active.fetch_sub(1, Ordering::AcqRel);
+            w.metrics.overloaded();
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                tracing::warn!(
+                    limit,
+                    "connection limit reached; refusing with ServerOverloaded"
+                );
+                last_warn = Some(Instant::now());
+            }
+            tokio_uring::spawn(refuse(stream, w.overload_frame.clone()));
+            continue;
+        }
+        w.metrics.accepted();
+        let now = Instant::now();
+        let (session, arm) = Session::accept(now, w.shared.config.session);
+        let stream = Rc::new(stream);
+        let h = w
+            .conns
+            .borrow_mut()
+            .insert(session, stream.clone(), peer.ip(), now);
+        if let Some(c) = w.conns.borrow_mut().get_mut(h) {
+            apply_timer(&mut w.wheel.borrow_mut(), c, h, arm);
+        }
+        tokio_uring::spawn(serve(w.clone(), h, stream));
+    }
+}
+
+async fn refuse(stream: TcpStream, frame: Rc<[u8]>) {
+    let (_res, _buf) = stream.write_all(frame.to_vec()).await;
+}
+
+fn apply_timer(
+    wheel: &mut TimerWheel<(ConnHandle, Deadline)>,
+    c: &mut Conn,
+    h: ConnHandle,
+    action: TimerAction,
+) {
+    match action {
+        TimerAction::Keep => {}
+        TimerAction::Cancel => {
+            if let Some(k) = c.timer.take() {
+                wheel.cancel(k);
+            }
+        }
+        TimerAction::Arm(kind, at) => {
+            if let Some(k) = c.timer.take() {
+                wheel.cancel(k);
+            }
+            c.timer = Some(wheel.insert(at, (h, Deadline::Session(kind))));
+        }
+    }
+}
+
+/// What a connection's task does after a read.
+enum Step {
+    Close(CloseReason),
+    Write {
+        consumed: usize,
+        close_after: Option<CloseReason>,
+        registered: bool,
+    },
+}
+
+impl Worker {
+    /// Advances the wheel and closes every connection whose deadline passed, in one pass.
+    fn expire(&self, now: Instant) {
+        let mut expired = self.expired.borrow_mut();
+        self.wheel.borrow_mut().advance(now, |e| expired.push(e));
+        if expired.is_empty() {
+            return;
+        }
+        let registry = self.shared.registry.load();
+        let mut ids = self.ids.borrow_mut();
+        let mut conns = self.conns.borrow_mut();
+        let (mut n_reg, mut n_err, mut n_stall) = (0u64, 0u64, 0u64);
+        for (h, d) in expired.drain(..) {
+            let Some(c) = conns.get_mut(h) else { continue };
+            let reason = match d {
+                Deadline::Session(kind) => {
+                    c.timer = None;
+                    let mut ctx = Ctx {
+                        registry: &registry,
+                        peer: c.peer,
+                        now,
+                        ids: &mut ids,
+                    };
+                    let mut none = Vec::new();
+                    let o = c.session.handle(Input::Deadline(kind), &mut ctx, &mut none);
+                    if o.close != Close::Now {
+                        continue;
+                    }
+                    match kind {
+                        TimerKind::Registration => n_reg += 1,
+                        TimerKind::ErrorDisconnect => n_err += 1,
+                    }
+                    c.session
+                        .close_reason()
+                        .unwrap_or(CloseReason::RegistrationTimeout)
+                }
+                Deadline::WriteStall => {
+                    c.write_timer = None;
+                    n_stall += 1;
+                    CloseReason::WriteStall
+                }
+            };
+            c.signal = Some(Signal::Close(reason));
+            // Completes the task's pending read or write; the task then frees the slot.
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.metrics.expired(Some(TimerKind::Registration), n_reg);
+        self.metrics
+            .expired(Some(TimerKind::ErrorDisconnect), n_err);
+        self.metrics.expired(None, n_stall);
+        self.metrics.bulk_drop((n_reg + n_err + n_stall) as usize);
+    }
+
+    /// Marks every connection for drain and wakes its task.
+    fn start_drain(&self) {
+        let mut conns = self.conns.borrow_mut();
+        for h in conns.handles() {
+            if let Some(c) = conns.get_mut(h) {
+                if c.signal.is_none() {
+                    c.signal = Some(Signal::Drain);
+                    let _ = c.stream.shutdown(std::net::Shutdown::Read);
+                }
+            }
+        }
+    }
+
+    /// Handles what one read brought: a signal from the worker, end of stream, or bytes.
+    fn step(&self, h: ConnHandle, buf: &[u8], n: usize, out: &mut Vec<u8>) -> Step {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(h) else {
+            return Step::Close(CloseReason::Peer);
+        };
+        let registry = self.shared.registry.load();
+        let mut ids = self.ids.borrow_mut();
+        let mut wheel = self.wheel.borrow_mut();
+        let now = Instant::now();
+        let mut ctx = Ctx {
+            registry: &registry,
+            peer: c.peer,
+            now,
+            ids: &mut ids,
+        };
+        match c.signal.take() {
+            Some(Signal::Close(r)) => return Step::Close(r),
+            Some(Signal::Drain) => {
+                let o = c.session.handle(Input::Drain, &mut ctx, out);
+                self.metrics.output(&o);
+                apply_timer(&mut wheel, c, h, o.timer);
+                return if o.close == Close::AfterWrite {
+                    Step::Write {
+                        consumed: 0,
+                        close_after: Some(CloseReason::Drain),
+                        registered: false,
+                    }
+                } else {
+                    Step::Close(CloseReason::Drain)
+                };
+            }
+            None => {}
+        }
+        if n == 0 {
+            return Step::Close(CloseReason::Peer);
+        }
+        self.metrics.bytes_in(n);
+        let logical_before = c.session.logical_clients();
+        let mut registered = false;
+        let metrics = &self.metrics;
+        let fed = c
+            .session
+            .feed(buf, self.shared.config.max_frame_len, &mut ctx, out, |o| {
+                metrics.output(o);
+                if let Some(Ok(Registration { logical: false, .. })) = o.registration {
+                    registered = true;
+                }
+            });
+        self.metrics
+            .logical_delta(c.session.logical_clients() as i64 - logical_before as i64);
+        apply_timer(&mut wheel, c, h, fed.timer);
+        Step::Write {
+            consumed: fed.consumed,
+            close_after: (fed.close != Close::No)
+                .then(|| c.session.close_reason().unwrap_or(CloseReason::Peer)),
+            registered,
+        }
+    }
+
+    fn arm_write_timer(&self, h: ConnHandle) {
+        let mut conns = self.conns.borrow_mut();
+        if let Some(c) = conns.get_mut(h) {
+            let at = Instant::now() + self.shared.config.write_timeout;
+            c.write_timer = Some(
+                self.wheel
+                    .borrow_mut()
+                    .insert(at, (h, Deadline::WriteStall)),
+            );
+        }
+    }
+
+    /// Cancels the write timer; returns the connection's signal if the worker set one.
+    fn write_done(&self, h: ConnHandle) -> Option<Signal> {
+        let mut conns = self.conns.borrow_mut();
+        let c = conns.get_mut(h)?;
+        if let Some(k) = c.write_timer.take() {
+            self.wheel.borrow_mut().cancel(k);
+        }
+        c.signal
+    }
+
+    fn accepted_at(&self, h: ConnHandle) -> Option<Instant> {
+        self.conns.borrow_mut().get_mut(h).map(|c| c.accepted_at)
+    }
+
+    /// Frees the slot, disarms its timers and counts the close.
+    fn finish(&self, h: ConnHandle, reason: CloseReason) {
+        let Some(c) = self.conns.borrow_mut().remove(h) else {
+            return;
+        };
+        let mut wheel = self.wheel.borrow_mut();
+        for k in [c.timer, c.write_timer].into_iter().flatten() {
+            wheel.cancel(k);
+        }
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.closed(
+            reason,
+            c.session.proxy_client_id().is_some(),
+            c.session.logical_clients(),
+        );
+    }
+}
+
+async fn serve(w: Rc<Worker>, h: ConnHandle, stream: Rc<TcpStream>) {
+    let reason = connection(&w, h, &stream).await;
+    w.finish(h, reason);
+}
+
+async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream) -> CloseReason {
+    let max = w.shared.config.max_frame_len;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if buf.len() == buf.capacity() {
+            // The decoder asked for more of a frame it knows is at most `max` bytes.
+            let want = (buf.capacity() * 2).clamp(buf.len() + 1, max.max(buf.len() + 1));
+            buf.reserve_exact(want - buf.len());
+        }
+        let len = buf.len();
+        let (res, slice) = stream.read(buf.slice(len..)).await;
+        buf = slice.into_inner();
+        let n = res.unwrap_or(0);
+        // The bytes are part of `buf` now; `step` sees the whole unconsumed input.
+        let (consumed, close_after, registered) = match w.step(h, &buf, n, &mut out) {
+            Step::Close(r) => return r,
+            Step::Write {
+                consumed,
+                close_after,
+                registered,
+            } => (consumed, close_after, registered),
+        };
+        buf.drain(..consumed);
+        if !out.is_empty() {
+            let bytes = out.len();
+            w.arm_write_timer(h);
+            let (res, o) = stream.write_all(out).await;
+            out = o;
+            let signal = w.write_done(h);
+            if res.is_err() {
+                return match signal {
+                    Some(Signal::Close(r)) => r,
+                    _ => CloseReason::Peer,
+                };
+            }
+            w.metrics.bytes_out(bytes);
+            if registered {
+                if let Some(t) = w.accepted_at(h) {
+                    w.metrics.registration_duration(t.elapsed());
+                }
+            }
+            out.clear();
+            if out.capacity() > OUT_KEEP {
+                out = Vec::new();
+            }
+        }
+        if let Some(r) = close_after {
+            return r;
+        }
+        if buf.is_empty() && buf.capacity() > READ_BUF {
+            buf = Vec::with_capacity(READ_BUF);
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Test harness: runs the real `ixn-server` binary on loopback and talks IXN/1 to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ixn::protocol::{
+    decode, encode, Message, RegisterClient, UnregisterClient, DEFAULT_MAX_FRAME_LEN,
+};
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts the binary with `args` on ephemeral ports and waits until it listens.
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ixn-server"));
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ixn-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut addr, mut metrics) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while addr.is_none() || metrics.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("server start-up logs");
+            if let Some(a) = line.split("listening on ").nth(1) {
+                addr = Some(a.trim().parse().unwrap());
+            }
+            if let Some(a) = line.split("metrics on ").nth(1) {
+                metrics = Some(a.trim().parse().unwrap());
+            }
+        }
+        Server {
+            child,
+            addr: addr.unwrap(),
+            metrics: metrics.unwrap(),
+            logs: rx,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Open descriptors of the server process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// GET `path` on the metrics listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.metrics).expect("metrics connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    /// The value of one series in `/metrics` (0 if absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_in(&self.http_get("/metrics").1, series)
+    }
+
+    /// Polls `series` until it equals `want` or 5 s pass; returns the last value.
+    pub fn wait_metric(&self, series: &str, want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series);
+            if v == want || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until no client connection is open and the descriptors are back to `baseline`.
+    pub fn assert_clean(&self, baseline: usize) {
+        assert_eq!(
+            self.wait_metric("ixn_connections_active", 0.0),
+            0.0,
+            "slab not empty"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.fds() > baseline && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert_eq!(self.fds(), baseline, "descriptor leak");
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = self
+                .logs
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// An owned decoded answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ans {
+    Ack { rid: i32, id: Option<i32> },
+    Err { rid: i32, code: i32 },
+}
+
+pub fn ack(rid: i32, id: Option<i32>) -> Ans {
+    Ans::Ack { rid, id }
+}
+
+pub fn err(rid: i32, code: i32) -> Ans {
+    Ans::Err { rid, code }
+}
+
+/// A blocking IXN/1 client.
+pub struct Client {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+    pub connected_at: Instant,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            s,
+            buf: Vec::new(),
+            connected_at: Instant::now(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Reads exactly one frame's raw bytes (None at end of stream).
+    pub fn read_raw(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize + 4;
+                if self.buf.len() >= len {
+                    return Some(self.buf.drain(..len).collect());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    pub fn answer(&mut self) -> Option<Ans> {
+        let raw = self.read_raw()?;
+        let f = decode(&raw, DEFAULT_MAX_FRAME_LEN)
+            .expect("server frame decodes")
+            .unwrap();
+        Some(match f.message {
+            Message::EventAck(a) => Ans::Ack {
+                rid: a.reference_id,
+                id: a.proxy_client_id,
+            },
+            Message::EventError(e) => Ans::Err {
+                rid: e.reference_id,
+                code: e.error_code,
+            },
+            other => panic!("server sent {other:?}"),
+        })
+    }
+
+    /// Waits for end of stream; returns the time since connect. Panics on more data.
+    pub fn expect_close(&mut self) -> Duration {
+        if let Some(a) = self.read_raw() {
+            panic!("expected close, got {a:02x?}");
+        }
+        self.connected_at.elapsed()
+    }
+}
+
+pub fn frame(m: Message<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(&m, &mut v).unwrap();
+    v
+}
+
+pub fn rrc(rid: i32, name: &str, ty: i32, cred: Option<&str>) -> Vec<u8> {
+    frame(Message::RegisterClient(RegisterClient {
+        reference_id: rid,
+        client_name: name,
+        client_type: ty,
+        proxy_client_id: None,
+        credential: cred,
+        extension: None,
+    }))
+}
+
+pub fn unreg(rid: i32, id: Option<i32>) -> Vec<u8> {
+    frame(Message::UnregisterClient(UnregisterClient {
+        reference_id: rid,
+        proxy_client_id: id,
+    }))
+}
+
+pub fn other(rid: i32) -> Vec<u8> {
+    frame(Message::Other {
+        msg_id: 0x0010,
+        reference_id: Some(rid),
+    })
+}
+
+pub fn hex(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap()
+}
