@@ -453,3 +453,42 @@ fn sigterm_drains_and_exits_zero() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+// A client that sends but never reads stalls only itself: the write timeout closes it
+// (reason write_stall) while other clients are served.
+#[test]
+fn client_that_never_reads_is_closed_by_the_write_timeout() {
+    let s = server(&["--write-timeout", "500ms"]);
+    let base = s.fds();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let mut hog: std::net::TcpStream = sock.into();
+    std::io::Write::write_all(&mut hog, &rrc(1, "MediaServer_email", 1, None)).unwrap();
+    hog.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Up to 17 MB of frames whose answers (~2.8x larger) the client never reads: more than
+    // the kernel's socket buffers hold, so the server's write must stall.
+    let chunk: Vec<u8> = (0..10_000).flat_map(other).collect();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if std::io::Write::write_all(&mut hog, &chunk).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    // Meanwhile the worker serves others.
+    let mut c = s.connect();
+    c.send(&rrc(2, "MediaServer_email", 1, None));
+    assert!(matches!(c.answer(), Some(Ans::Ack { rid: 2, .. })));
+    drop(c);
+    assert!(
+        writer.join().unwrap(),
+        "the server closed the stalled connection"
+    );
+    assert_eq!(
+        s.wait_metric("ixn_connections_closed_total{reason=\"write_stall\"}", 1.0),
+        1.0
+    );
+    s.assert_clean(base);
+}
