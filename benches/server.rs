@@ -2,7 +2,8 @@
 //! plain single-threaded epoll loop (mio), resident memory per idle registered connection,
 //! and CPU per connection dropped in bulk by the timer wheel.
 //!
-//! `cargo bench --bench server` (add `-- quick` for a short run). The server runs as a
+//! `cargo bench --bench server` (add `-- quick` for a short run, and any of `churn`,
+//! `memory`, `bulk` to run only those parts). The server runs as a
 //! separate process with one worker pinned to CPU 0; the clients run here, pinned to CPU 1.
 //! Server CPU is read from `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU), so
 //! the figure is the server's own cost, whatever the clients spend. Not a test: it prints.
@@ -318,13 +319,21 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "quick");
+    // Optional filters: `churn`, `memory`, `bulk` (default: all).
+    let only: Vec<&str> = ["churn", "memory", "bulk"]
+        .into_iter()
+        .filter(|f| args.iter().any(|a| a == f))
+        .collect();
+    let run = |f: &str| only.is_empty() || only.contains(&f);
     let dur = if quick {
         Duration::from_secs(2)
     } else {
         Duration::from_secs(5)
     };
-    println!("# registration churn: connect -> RequestRegisterClient -> EventAck -> close");
-    for threads in [4, 16] {
+    if run("churn") {
+        println!("# registration churn: connect -> RequestRegisterClient -> EventAck -> close");
+    }
+    for threads in [4, 16].into_iter().filter(|_| run("churn")) {
         let base = start_baseline();
         let (br, bus) = measure_churn("epoll baseline (mio, 1 thread)", &base, threads, dur);
         drop(base);
@@ -342,6 +351,10 @@ fn main() {
             pus / bus
         );
     }
-    idle_memory(if quick { 2000 } else { 10_000 });
-    bulk_drop(if quick { 2000 } else { 10_000 });
+    if run("memory") {
+        idle_memory(if quick { 2000 } else { 10_000 });
+    }
+    if run("bulk") {
+        bulk_drop(if quick { 2000 } else { 10_000 });
+    }
 }

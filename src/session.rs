@@ -255,6 +255,8 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// Source of ProxyClientIds.
     pub ids: &'a mut IdAllocator,
+    /// Timeouts (kept here, not in every session, to keep sessions small).
+    pub config: SessionConfig,
 }
 
 /// One connection's registration state.
@@ -267,7 +269,6 @@ pub struct Session {
     max_logical: u32,
     logical: Vec<i32>,
     closed_by: Option<CloseReason>,
-    config: SessionConfig,
 }
 
 impl Session {
@@ -281,7 +282,6 @@ impl Session {
             max_logical: 0,
             logical: Vec::new(),
             closed_by: None,
-            config,
         };
         let deadline = now + config.registration_timeout;
         (s, TimerAction::Arm(TimerKind::Registration, deadline))
@@ -334,7 +334,7 @@ impl Session {
                 let reference_id = m.reference_id.unwrap_or(0);
                 let mut o = match self.state {
                     State::Unregistered => {
-                        self.reject(ErrorCode::MalformedMessage, reference_id, ctx.now, out)
+                        self.reject(ErrorCode::MalformedMessage, reference_id, ctx, out)
                     }
                     State::Rejected => self.error_when_rejected(reference_id, out),
                     _ => answer_error(out, reference_id, ErrorCode::MalformedMessage),
@@ -353,12 +353,9 @@ impl Session {
                     o
                 }
                 (State::Unregistered, Message::RegisterClient(req)) => self.register(req, ctx, out),
-                (State::Unregistered, m) => self.reject(
-                    ErrorCode::ClientNotRegistered,
-                    m.reference_id(),
-                    ctx.now,
-                    out,
-                ),
+                (State::Unregistered, m) => {
+                    self.reject(ErrorCode::ClientNotRegistered, m.reference_id(), ctx, out)
+                }
                 (_, Message::RegisterClient(req)) => self.register_again(req, ctx, out),
                 (_, Message::UnregisterClient(req)) => self.unregister(req, out),
                 (_, m) => answer_error(out, m.reference_id(), ErrorCode::UnsupportedRequest),
@@ -410,7 +407,7 @@ impl Session {
         &mut self,
         code: ErrorCode,
         reference_id: i32,
-        now: Instant,
+        ctx: &Ctx<'_>,
         out: &mut impl BufMut,
     ) -> Output {
         self.state = State::Rejected;
@@ -421,7 +418,7 @@ impl Session {
             registration: None,
             timer: TimerAction::Arm(
                 TimerKind::ErrorDisconnect,
-                now + self.config.error_disconnect_timeout,
+                ctx.now + ctx.config.error_disconnect_timeout,
             ),
             close: Close::No,
         }
@@ -470,7 +467,7 @@ impl Session {
             }
             Err(code) => Output {
                 registration: Some(Err(code)),
-                ..self.reject(code, req.reference_id, ctx.now, out)
+                ..self.reject(code, req.reference_id, ctx, out)
             },
         }
     }

@@ -62,6 +62,7 @@ impl H {
             peer: self.peer,
             now: self.now,
             ids: &mut self.ids,
+            config: cfg(),
         };
         let outputs = &mut self.outputs;
         let fed = self
@@ -77,6 +78,7 @@ impl H {
             peer: self.peer,
             now: self.now,
             ids: &mut self.ids,
+            config: cfg(),
         };
         let o = self.s.handle(input, &mut ctx, &mut out);
         (answers(&out), o)

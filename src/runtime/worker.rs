@@ -43,7 +43,7 @@ use crate::session::{
 use crate::timer_wheel::TimerWheel;
 
 /// Initial (and idle) read buffer per connection.
-pub const READ_BUF: usize = 256;
+pub const READ_BUF: usize = 128;
 /// Slots of the timer wheel: 4096 × 100 ms ticks = one revolution every 409.6 s.
 const WHEEL_SLOTS: usize = 4096;
 /// Output buffer capacity kept between writes; larger ones are released.
@@ -208,7 +208,8 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
         if let Some(c) = w.conns.borrow_mut().get_mut(h) {
             apply_timer(&mut w.wheel.borrow_mut(), c, h, arm);
         }
-        tokio_uring::spawn(serve(w.clone(), h, stream));
+        let fut = serve(w.clone(), h, stream);
+        tokio_uring::spawn(fut);
     }
 }
 
@@ -270,6 +271,7 @@ impl Worker {
                         peer: c.peer,
                         now,
                         ids: &mut ids,
+                        config: self.shared.config.session,
                     };
                     let mut none = Vec::new();
                     let o = c.session.handle(Input::Deadline(kind), &mut ctx, &mut none);
@@ -329,6 +331,7 @@ impl Worker {
             peer: c.peer,
             now,
             ids: &mut ids,
+            config: self.shared.config.session,
         };
         match c.signal.take() {
             Some(Signal::Close(r)) => return Step::Close(r),
@@ -418,6 +421,22 @@ impl Worker {
     }
 }
 
+/// Writes all of `buf`. Our own loop rather than `TcpStream::write_all`, whose future is
+/// twice the size: this state lives in every connection's task, idle or not.
+async fn write_all(stream: &TcpStream, mut buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+    let mut done = 0;
+    while done < buf.len() {
+        let (res, slice) = stream.write(buf.slice(done..)).submit().await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(std::io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => done += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
 async fn serve(w: Rc<Worker>, h: ConnHandle, stream: Rc<TcpStream>) {
     let reason = connection(&w, h, &stream).await;
     w.finish(h, reason);
@@ -450,7 +469,7 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream) -> CloseReaso
         if !out.is_empty() {
             let bytes = out.len();
             w.arm_write_timer(h);
-            let (res, o) = stream.write_all(out).await;
+            let (res, o) = write_all(stream, out).await;
             out = o;
             let signal = w.write_done(h);
             if res.is_err() {
