@@ -492,3 +492,36 @@ fn client_that_never_reads_is_closed_by_the_write_timeout() {
     );
     s.assert_clean(base);
 }
+
+// `--check-config` validates and exits; a broken registry is refused naming file and line.
+#[test]
+fn check_config() {
+    let bin = env!("CARGO_BIN_EXE_ixn-server");
+    let ok = std::process::Command::new(bin)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
+    let dir = std::env::temp_dir().join(format!("ixn-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg = dir.join("bad.toml");
+    std::fs::write(
+        &reg,
+        "[[client]]\nname = \"a\"\ntypes = [\"Proxy\"]\nallow = [\"300.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let bad = std::process::Command::new(bin)
+        .args(["--check-config", "--registry", reg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bad.toml:4"), "{err}");
+    let bad = std::process::Command::new(bin)
+        .args(["--check-config", "--max-frame-len", "2000000"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

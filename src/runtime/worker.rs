@@ -115,7 +115,8 @@ async fn run(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Sh
             Ok(dup) => stoppers.push(dup),
             Err(e) => tracing::warn!("cannot duplicate a listener: {e}"),
         }
-        tokio_uring::spawn(accept_loop(w.clone(), TcpListener::from_std(l)));
+        let batch = l.try_clone().ok();
+        tokio_uring::spawn(accept_loop(w.clone(), TcpListener::from_std(l), batch));
     }
     w.shared.listening_workers.fetch_add(1, Ordering::AcqRel);
 
@@ -152,7 +153,10 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+/// Most connections taken from the backlog with plain `accept(2)` after one io_uring accept.
+const ACCEPT_BATCH: usize = 64;
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, batch: Option<std::net::TcpListener>) {
     let mut backoff = Duration::from_millis(5);
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -160,10 +164,10 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
         if w.shared.draining.load(Ordering::Acquire) {
             return;
         }
-        let (stream, peer) = match accepted {
-            Ok(x) => {
+        match accepted {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                x
+                w.admit(stream, peer, &mut last_warn);
             }
             Err(e) => {
                 w.metrics.accept_error();
@@ -182,7 +186,37 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 }
                 continue;
             }
-        };
+        }
+        // Under load more connections are already queued: take them with non-blocking
+        // accept(2) on a duplicate of the listener, one syscall each, instead of one io_uring
+        // operation and one task wake-up each (tokio-uring has no multishot accept).
+        let Some(batch) = &batch else { continue };
+        for _ in 0..ACCEPT_BATCH {
+            match batch.accept() {
+                Ok((s, peer)) => w.admit(TcpStream::from_std(s), peer, &mut last_warn),
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        w.metrics.accept_error();
+                    }
+                    // Errors (EMFILE included) are left to the io_uring accept above,
+                    // which owns the back-off.
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Takes an accepted connection: refuses it over the limit, else registers its slot,
+    /// arms its registration deadline and spawns its task.
+    fn admit(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        last_warn: &mut Option<Instant>,
+    ) {
+        let w = self;
         let limit = w.shared.config.max_connections;
         if w.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
             w.shared.active.fetch_sub(1, Ordering::AcqRel);
@@ -192,24 +226,22 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                     limit,
                     "connection limit reached; refusing with ServerOverloaded"
                 );
-                last_warn = Some(Instant::now());
+                *last_warn = Some(Instant::now());
             }
             tokio_uring::spawn(refuse(stream, w.overload_frame.clone()));
-            continue;
+            return;
         }
         w.metrics.accepted();
         let now = Instant::now();
         let (session, arm) = Session::accept(now, w.shared.config.session);
         let stream = Rc::new(stream);
-        let h = w
-            .conns
-            .borrow_mut()
-            .insert(session, stream.clone(), peer.ip(), now);
-        if let Some(c) = w.conns.borrow_mut().get_mut(h) {
+        let mut conns = w.conns.borrow_mut();
+        let h = conns.insert(session, stream.clone(), peer.ip(), now);
+        if let Some(c) = conns.get_mut(h) {
             apply_timer(&mut w.wheel.borrow_mut(), c, h, arm);
         }
-        let fut = serve(w.clone(), h, stream);
-        tokio_uring::spawn(fut);
+        drop(conns);
+        tokio_uring::spawn(serve(w.clone(), h, stream));
     }
 }
 
@@ -358,12 +390,17 @@ impl Worker {
         let logical_before = c.session.logical_clients();
         let mut registered = false;
         let metrics = &self.metrics;
+        let peer = c.peer;
         let fed = c
             .session
             .feed(buf, self.shared.config.max_frame_len, &mut ctx, out, |o| {
                 metrics.output(o);
-                if let Some(Ok(Registration { logical: false, .. })) = o.registration {
-                    registered = true;
+                match o.registration {
+                    Some(Ok(Registration { logical: false, .. })) => registered = true,
+                    Some(Err(code)) => {
+                        tracing::debug!(%peer, code = code.code(), error = code.name(), "registration rejected");
+                    }
+                    _ => {}
                 }
             });
         self.metrics
