@@ -372,6 +372,7 @@ fn sighup_reload() {
         "--registration-timeout",
         "20s",
     ]);
+    let base = s.fds();
     let mut live = s.connect();
     live.send(&rrc(1, "Alpha", 1, None));
     assert!(matches!(live.answer(), Some(Ans::Ack { .. })));
@@ -382,9 +383,9 @@ fn sighup_reload() {
     write_registry(&reg, &["Alpha", "Beta"]);
     s.signal("HUP");
     s.wait_log("registry reloaded");
-    let mut c = s.connect();
-    c.send(&rrc(2, "Beta", 1, None));
-    assert!(matches!(c.answer(), Some(Ans::Ack { rid: 2, .. })));
+    let mut c2 = s.connect();
+    c2.send(&rrc(2, "Beta", 1, None));
+    assert!(matches!(c2.answer(), Some(Ans::Ack { rid: 2, .. })));
 
     std::fs::write(&reg, "[[client]]\nname = \"Gamma\"\ntypes = [\"Nope\"]\n").unwrap();
     s.signal("HUP");
@@ -406,6 +407,8 @@ fn sighup_reload() {
 
     live.send(&other(4));
     assert_eq!(live.answer(), Some(err(4, 9)), "live connection untouched");
+    drop((live, c, c2));
+    s.assert_clean(base);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
