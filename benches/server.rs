@@ -3,7 +3,7 @@
 //! and CPU per connection dropped in bulk by the timer wheel.
 //!
 //! `cargo bench --bench server` (add `-- quick` for a short run, and any of `churn`,
-//! `memory`, `bulk` to run only those parts). The server runs as a
+//! `memory`, `bulk`, `metrics` to run only those parts). The server runs as a
 //! separate process with one worker pinned to CPU 0; the clients run here, pinned to CPU 1.
 //! Server CPU is read from `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU), so
 //! the figure is the server's own cost, whatever the clients spend. Not a test: it prints.
@@ -247,6 +247,31 @@ fn measure_churn(name: &str, p: &Proc, threads: usize, dur: Duration) -> (f64, f
     (rate, us)
 }
 
+/// The same churn with metrics on and off, alternated to spread the machine's drift.
+fn metrics_cost(dur: Duration) {
+    println!("# metrics on vs off (churn, 8 clients), alternating runs");
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (flag, acc) in [("true", &mut on), ("false", &mut off)] {
+            let p = start_ixn(&["--metrics", flag]);
+            let name = format!("ixn-server --metrics {flag}");
+            acc.push(measure_churn(&name, &p, 8, dur));
+        }
+    }
+    let med = |v: &mut Vec<(f64, f64)>, i: usize| {
+        let mut x: Vec<f64> = v.iter().map(|t| if i == 0 { t.0 } else { t.1 }).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (ron, roff) = (med(&mut on, 0), med(&mut off, 0));
+    let (con, coff) = (med(&mut on, 1), med(&mut off, 1));
+    println!(
+        "  medians: rate on {ron:.0}/s off {roff:.0}/s ({:+.1}%); CPU on {con:.2} off {coff:.2} µs/reg ({:+.1}%)",
+        (ron / roff - 1.0) * 100.0,
+        (con / coff - 1.0) * 100.0
+    );
+}
+
 fn idle_memory(n: usize) {
     let p = start_ixn(&["--registration-timeout", "120s"]);
     let pid = p.child.id();
@@ -329,7 +354,7 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "quick");
     // Optional filters: `churn`, `memory`, `bulk` (default: all).
-    let only: Vec<&str> = ["churn", "memory", "bulk"]
+    let only: Vec<&str> = ["churn", "memory", "bulk", "metrics"]
         .into_iter()
         .filter(|f| args.iter().any(|a| a == f))
         .collect();
@@ -359,6 +384,9 @@ fn main() {
             pr / br,
             pus / bus
         );
+    }
+    if run("metrics") {
+        metrics_cost(dur);
     }
     if run("memory") {
         idle_memory(if quick { 2000 } else { 10_000 });

@@ -116,6 +116,9 @@ pub struct Args {
     /// Pin each worker thread to one CPU [default: true].
     #[arg(long, env = "IXN_PIN_WORKERS", value_name = "BOOL")]
     pub pin_workers: Option<bool>,
+    /// Record and export metrics; `false` serves only /live and /ready [default: true].
+    #[arg(long, env = "IXN_METRICS", value_name = "BOOL")]
+    pub metrics: Option<bool>,
     /// Log format [default: text]; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "IXN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -180,6 +183,8 @@ pub struct Config {
     pub ring_setup: RingSetup,
     /// CPU pinning.
     pub pin_workers: bool,
+    /// Metrics on or off.
+    pub metrics: bool,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -208,6 +213,7 @@ impl Args {
             drain_timeout,
             ring_setup,
             pin_workers,
+            metrics,
             log_format
         );
         self
@@ -249,6 +255,7 @@ impl Args {
             drain_timeout: d(args.drain_timeout, 5000),
             ring_setup: args.ring_setup.unwrap_or_default(),
             pin_workers: args.pin_workers.unwrap_or(true),
+            metrics: args.metrics.unwrap_or(true),
             log_format: args.log_format.unwrap_or_default(),
         };
         cfg.validate()?;

@@ -18,8 +18,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::runtime::Shared;
 
 fn respond(
-    req: &Request<Incoming>,
-    handle: &PrometheusHandle,
+    method: &Method,
+    path: &str,
+    handle: Option<&PrometheusHandle>,
     shared: &Shared,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
@@ -29,11 +30,17 @@ fn respond(
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_default()
     };
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => {
+            let Some(handle) = handle else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "metrics are disabled (--metrics false)\n".into(),
+                );
+            };
             let mut r = text(StatusCode::OK, handle.render());
             r.headers_mut().insert(
                 "content-type",
@@ -65,7 +72,7 @@ fn respond(
 /// Binds the listener now (so a bad address fails start-up) and serves it on a thread.
 pub fn spawn(
     addr: SocketAddr,
-    handle: PrometheusHandle,
+    handle: Option<PrometheusHandle>,
     shared: Arc<Shared>,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
@@ -85,14 +92,15 @@ pub fn spawn(
                         return;
                     }
                 };
-                let upkeep = handle.clone();
-                tokio::spawn(async move {
-                    let mut every = tokio::time::interval(Duration::from_secs(5));
-                    loop {
-                        every.tick().await;
-                        upkeep.run_upkeep();
-                    }
-                });
+                if let Some(upkeep) = handle.clone() {
+                    tokio::spawn(async move {
+                        let mut every = tokio::time::interval(Duration::from_secs(5));
+                        loop {
+                            every.tick().await;
+                            upkeep.run_upkeep();
+                        }
+                    });
+                }
                 loop {
                     let (stream, _) = match listener.accept().await {
                         Ok(s) => s,
@@ -105,8 +113,9 @@ pub fn spawn(
                     let handle = handle.clone();
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| {
-                            let r = respond(&req, &handle, &shared);
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let r =
+                                respond(req.method(), req.uri().path(), handle.as_ref(), &shared);
                             async move { Ok::<_, Infallible>(r) }
                         });
                         let io = hyper_util::rt::TokioIo::new(stream);
@@ -120,4 +129,50 @@ pub fn spawn(
             });
         })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Args;
+    use crate::registry::Registry;
+    use arc_swap::ArcSwap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    #[test]
+    fn ready_follows_workers_and_drain() {
+        let mut config = Args::default().resolve().unwrap();
+        config.workers = 2;
+        let shared = Shared {
+            config,
+            registry: ArcSwap::from_pointee(Registry::embedded()),
+            active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            listening_workers: AtomicUsize::new(0),
+        };
+        let status = |path: &str| respond(&Method::GET, path, None, &shared).status();
+        assert_eq!(status("/live"), StatusCode::OK);
+        assert_eq!(
+            status("/ready"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no worker listens"
+        );
+        shared.listening_workers.store(1, Ordering::Release);
+        assert_eq!(
+            status("/ready"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "one of two"
+        );
+        shared.listening_workers.store(2, Ordering::Release);
+        assert_eq!(status("/ready"), StatusCode::OK);
+        shared.draining.store(true, Ordering::Release);
+        assert_eq!(status("/ready"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status("/live"), StatusCode::OK);
+        assert_eq!(status("/metrics"), StatusCode::NOT_FOUND, "metrics off");
+        assert_eq!(status("/nope"), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond(&Method::POST, "/live", None, &shared).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
 }

@@ -68,11 +68,30 @@ pub fn ring_builder(setup: RingSetup) -> io_uring::Builder {
     b
 }
 
+/// io_uring features the kernel reports, for the start-up log.
+fn ring_features(p: &io_uring::Parameters) -> String {
+    let all = [
+        ("fast_poll", p.is_feature_fast_poll()),
+        ("nodrop", p.is_feature_nodrop()),
+        ("submit_stable", p.is_feature_submit_stable()),
+        ("ext_arg", p.is_feature_ext_arg()),
+        ("native_workers", p.is_feature_native_workers()),
+        ("skip_cqe_on_success", p.is_feature_skip_cqe_on_success()),
+        ("linked_file", p.is_feature_linked_file()),
+    ];
+    all.iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Checks that a ring with `setup` can be created, explaining why not in operator terms.
-/// Returns the setup actually usable (COOP_TASKRUN needs Linux 5.19).
-pub fn probe_io_uring(setup: RingSetup) -> Result<RingSetup, StartError> {
+/// Returns the setup actually usable (COOP_TASKRUN needs Linux 5.19) and the kernel's
+/// io_uring features.
+pub fn probe_io_uring(setup: RingSetup) -> Result<(RingSetup, String), StartError> {
     match ring_builder(setup).build(8) {
-        Ok(_) => Ok(setup),
+        Ok(ring) => Ok((setup, ring_features(ring.params()))),
         Err(e) if setup == RingSetup::CoopTaskrun && e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(
                 "IORING_SETUP_COOP_TASKRUN not supported by this kernel; using a plain ring"
@@ -154,25 +173,32 @@ fn kernel_release() -> String {
 /// Runs the server until SIGTERM/SIGINT has drained it. Logs `listening on ADDR` for every
 /// client listener and `metrics on ADDR` once they accept.
 pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
-    config.ring_setup = probe_io_uring(config.ring_setup)?;
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(
-                crate::metrics::REGISTRATION_DURATION.into(),
-            ),
-            crate::metrics::DURATION_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(crate::metrics::BULK_DROP.into()),
-                crate::metrics::BULK_BUCKETS,
+    let (ring_setup, features) = probe_io_uring(config.ring_setup)?;
+    config.ring_setup = ring_setup;
+    let handle = if config.metrics {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    crate::metrics::REGISTRATION_DURATION.into(),
+                ),
+                crate::metrics::DURATION_BUCKETS,
             )
-        })
-        .map_err(|e| StartError::Metrics(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| StartError::Metrics(e.to_string()))?;
-    crate::metrics::describe();
-    metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(crate::metrics::BULK_DROP.into()),
+                    crate::metrics::BULK_BUCKETS,
+                )
+            })
+            .map_err(|e| StartError::Metrics(e.to_string()))?
+            .install_recorder()
+            .map_err(|e| StartError::Metrics(e.to_string()))?;
+        crate::metrics::describe();
+        metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
+        Some(handle)
+    } else {
+        // No recorder: every metric call lands in the `metrics` crate's no-op recorder.
+        None
+    };
 
     let (listeners, bound) = bind_all(&config)?;
     let workers = config.workers;
@@ -224,6 +250,8 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         workers,
         kernel = %kernel_release(),
         ring = ?shared.config.ring_setup,
+        io_uring_features = %features,
+        listeners = bound.len(),
         registry_clients = registry_len,
         registry = %shared.config.registry.as_ref().map_or("<embedded>".into(), |p| p.display().to_string()),
         "ixn-server {} started",
