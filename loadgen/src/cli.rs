@@ -1,0 +1,198 @@
+//! Command line of `ixn-loadgen` (every flag is documented in docs/LOADGEN.md).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+/// What each connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// connect → RequestRegisterClient → EventAck → close, repeated.
+    Churn,
+    /// Open connections, register them and keep them open for the run.
+    Hold,
+    /// Connect, send nothing, and time the server's drop against its deadline.
+    Silent,
+    /// Invalid clients of every kind, checking error codes and disconnect timing.
+    Invalid,
+    /// A weighted mix of churn, invalid and silent (`--mix`).
+    Mix,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A load generator for IXN/1 registration traffic.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ixn-loadgen", version)]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(long, value_enum, default_value = "churn")]
+    pub scenario: Scenario,
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub target: SocketAddr,
+    /// Closed loop: connections in flight at once (ignored with --rate).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Open loop: connections started per second, latency measured from each one's
+    /// intended start (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Run time (measurement, after the warm-up).
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Stop after this many connections instead (warm-up not included).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Excluded from every statistic.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    pub warmup: Duration,
+    /// hold: connections to open and register.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// hold: connections opened per second while ramping up.
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Source addresses: ranges `127.0.0.2-127.0.0.40` and/or comma-separated addresses.
+    #[arg(long, value_delimiter = ',')]
+    pub source: Vec<String>,
+    /// Threads, one io_uring event loop each [default: CPUs].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Pin thread i to CPU (i + --first-cpu) mod CPUs.
+    #[arg(long, default_value_t = false)]
+    pub pin: bool,
+    /// First CPU for --pin.
+    #[arg(long, default_value_t = 0)]
+    pub first_cpu: usize,
+    /// ClientName that registers successfully.
+    #[arg(long, default_value = "MediaServer_email")]
+    pub client_name: String,
+    /// Its ClientType (1..=5).
+    #[arg(long, default_value_t = 1)]
+    pub client_type: i32,
+    /// Its Credential, if the registry requires one.
+    #[arg(long)]
+    pub credential: Option<String>,
+    /// invalid: a ClientName that requires a Credential (sent with a wrong one).
+    #[arg(long, default_value = "AgentDesktop")]
+    pub credential_client: String,
+    /// invalid: that client's ClientType.
+    #[arg(long, default_value_t = 2)]
+    pub credential_client_type: i32,
+    /// mix weights, e.g. `churn=90,invalid=5,silent=5`.
+    #[arg(long, default_value = "churn=90,invalid=5,silent=5")]
+    pub mix: String,
+    /// The server's registration timeout (silent: the deadline to check against).
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub registration_timeout: Duration,
+    /// The server's error disconnect timeout (invalid: the deadline to check against).
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub error_disconnect_timeout: Duration,
+    /// The server's timer tick: a drop is "within" its window if it comes between the
+    /// deadline and deadline + tick + --slack.
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    pub timer_tick: Duration,
+    /// Extra tolerance for the network and scheduling.
+    #[arg(long, value_parser = duration, default_value = "50ms")]
+    pub slack: Duration,
+    /// Give up on an answer (or a drop) after this long.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub io_timeout: Duration,
+    /// Close connections with a reset (SO_LINGER 0) so this side keeps no TIME_WAIT
+    /// sockets; needed for long churn runs against a remote server.
+    #[arg(long)]
+    pub reset_close: bool,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the latency percentile distribution (HdrHistogram .hgrm text).
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Draw throughput and latency percentiles over time as an SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Exit 1 if errors / connections exceeds this fraction (e.g. 0.01).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// Exit 1 if the p99 latency exceeds this (e.g. 5ms).
+    #[arg(long, value_parser = duration)]
+    pub max_p99: Option<Duration>,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Weights of `--mix`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mix {
+    pub churn: u32,
+    pub invalid: u32,
+    pub silent: u32,
+}
+
+impl Mix {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let mut m = Mix::default();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .with_context(|| format!("--mix entry {part:?} is not name=weight"))?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("--mix weight {v:?}"))?;
+            match k.trim() {
+                "churn" => m.churn = v,
+                "invalid" => m.invalid = v,
+                "silent" => m.silent = v,
+                other => bail!("--mix: unknown scenario {other:?} (churn, invalid, silent)"),
+            }
+        }
+        if m.churn + m.invalid + m.silent == 0 {
+            bail!("--mix: all weights are zero");
+        }
+        Ok(m)
+    }
+}
+
+/// Expands `--source` into addresses.
+pub fn sources(specs: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if let Some((a, b)) = spec.split_once('-') {
+            let a: std::net::Ipv4Addr = a.parse().with_context(|| format!("--source {spec}"))?;
+            let b: std::net::Ipv4Addr = b.parse().with_context(|| format!("--source {spec}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a > 65_535 {
+                bail!("--source {spec}: empty or too large a range");
+            }
+            out.extend((a..=b).map(|v| IpAddr::V4(v.into())));
+        } else {
+            out.push(spec.parse().with_context(|| format!("--source {spec}"))?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources_and_mix() {
+        let s = sources(&["127.0.0.2-127.0.0.4".into(), "::1".into()]).unwrap();
+        assert_eq!(s.len(), 4);
+        assert!(sources(&["127.0.0.9-127.0.0.1".into()]).is_err());
+        let m = Mix::parse("churn=90,invalid=5,silent=5").unwrap();
+        assert_eq!((m.churn, m.invalid, m.silent), (90, 5, 5));
+        assert!(Mix::parse("hold=1").is_err());
+        assert!(Mix::parse("churn=0").is_err());
+    }
+}

@@ -1,0 +1,614 @@
+//! One load thread: a tokio-uring event loop running scenario tasks, closed or open loop.
+//!
+//! Connections are made with `socket2` (so they can be bound to a chosen source address
+//! with `IP_BIND_ADDRESS_NO_PORT`) and connected without blocking; the first io_uring
+//! operation on the socket waits for the handshake to finish, so no thread ever blocks.
+
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ixn::protocol::{decode, encode, Message, RegisterClient, DEFAULT_MAX_FRAME_LEN};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use crate::cli::{Args, Mix, Scenario};
+use crate::stats::{classify, record, Shared, Totals};
+
+/// What one thread needs.
+pub struct Plan {
+    pub args: Args,
+    pub index: usize,
+    pub threads: usize,
+    pub sources: Vec<IpAddr>,
+    pub mix: Mix,
+    /// Start of measurement (after warm-up).
+    pub measure_from: Instant,
+    /// End of measurement.
+    pub measure_until: Instant,
+}
+
+/// One scenario instance's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Churn,
+    Hold,
+    Silent,
+    Invalid(u8),
+}
+
+/// Names of the invalid cases, in the order they rotate.
+pub const INVALID_CASES: [&str; 5] = [
+    "unknown_client",
+    "undefined_client_type",
+    "wrong_credential",
+    "other_message_first",
+    "first_one_then_the_other",
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Churn => "churn",
+            Kind::Hold => "hold",
+            Kind::Silent => "silent",
+            Kind::Invalid(_) => "invalid",
+        }
+    }
+}
+
+struct Thread {
+    plan: Plan,
+    shared: Arc<Shared>,
+    totals: RefCell<Totals>,
+    rng: Cell<u64>,
+    next_source: Cell<usize>,
+    invalid_case: Cell<u8>,
+    held: RefCell<Vec<Rc<TcpStream>>>,
+}
+
+/// Error kinds, as reported in the summary and the JSON.
+mod err {
+    pub const CONNECT: &str = "connect_failed";
+    pub const IO: &str = "io_error";
+    pub const TIMEOUT: &str = "timeout";
+    pub const CLOSED: &str = "closed_before_answer";
+    pub const OVERLOADED: &str = "server_overloaded";
+    pub const SHUTTING_DOWN: &str = "server_shutting_down";
+    pub const REJECTED: &str = "registration_rejected";
+    pub const BAD_ANSWER: &str = "unexpected_answer";
+    pub const WRONG_CODE: &str = "wrong_error_code";
+    pub const DROPPED_EARLY: &str = "dropped_before_deadline";
+    pub const DROPPED_LATE: &str = "dropped_after_deadline";
+    pub const DATA_ON_SILENT: &str = "data_on_silent_connection";
+    pub const HOLD_DROPPED: &str = "held_connection_dropped";
+}
+
+/// Runs one thread to completion and returns what it measured.
+pub fn thread_main(plan: Plan, shared: Arc<Shared>) -> Totals {
+    if plan.args.pin {
+        if let Some(ids) = core_affinity::get_core_ids() {
+            if !ids.is_empty() {
+                core_affinity::set_for_current(ids[(plan.index + plan.args.first_cpu) % ids.len()]);
+            }
+        }
+    }
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_coop_taskrun().setup_taskrun_flag();
+    let mut b = tokio_uring::builder();
+    b.entries(4096).uring_builder(&ring);
+    let rt = match tokio_uring::Runtime::new(&b) {
+        Ok(rt) => rt,
+        Err(e) => {
+            shared.fail(format!("cannot create an io_uring ring: {e}"));
+            return Totals::default();
+        }
+    };
+    let seed =
+        0x9e37_79b9_7f4a_7c15u64 ^ (plan.index as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let t = Rc::new(Thread {
+        plan,
+        shared,
+        totals: RefCell::new(Totals::default()),
+        rng: Cell::new(seed),
+        next_source: Cell::new(0),
+        invalid_case: Cell::new(0),
+        held: RefCell::new(Vec::new()),
+    });
+    rt.block_on(run(t.clone()));
+    let totals = std::mem::take(&mut *t.totals.borrow_mut());
+    totals
+}
+
+async fn run(t: Rc<Thread>) {
+    let args = &t.plan.args;
+    let share = |total: usize| {
+        let (n, i) = (t.plan.threads, t.plan.index);
+        total / n + usize::from(i < total % n)
+    };
+    let mut tasks = Vec::new();
+    if args.scenario == Scenario::Hold {
+        // Open connections at this thread's share of --connect-rate, then hold them.
+        let n = share(args.connections);
+        let per_sec = (args.connect_rate / t.plan.threads as f64).max(0.001);
+        let start = Instant::now();
+        for k in 0..n {
+            if t.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let at = start + Duration::from_secs_f64(k as f64 / per_sec);
+            tokio::time::sleep_until(at.into()).await;
+            tasks.push(tokio_uring::spawn(one(t.clone(), Kind::Hold, at)));
+        }
+        while !t.shared.stop.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The run is over: wake every held connection's pending read.
+        for s in t.held.borrow_mut().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    } else if let Some(rate) = args.rate {
+        // Open loop: starts at fixed intended times, whatever the server does.
+        let per_sec = (rate / t.plan.threads as f64).max(0.001);
+        let interval = Duration::from_secs_f64(1.0 / per_sec);
+        let mut at = Instant::now() + interval.mul_f64(t.plan.index as f64 / t.plan.threads as f64);
+        loop {
+            tokio::time::sleep_until(at.into()).await;
+            if t.shared.stop.load(Ordering::Acquire) || !t.admit(at) {
+                break;
+            }
+            let kind = t.pick();
+            tasks.push(tokio_uring::spawn(one(t.clone(), kind, at)));
+            at += interval;
+            if tasks.len() >= 1024 {
+                tasks.retain(|h| !h.is_finished());
+            }
+        }
+    } else {
+        // Closed loop: a fixed number of connections in flight.
+        for _ in 0..share(args.concurrency) {
+            let t = t.clone();
+            tasks.push(tokio_uring::spawn(async move {
+                loop {
+                    let at = Instant::now();
+                    if t.shared.stop.load(Ordering::Acquire) || !t.admit(at) {
+                        break;
+                    }
+                    let kind = t.pick();
+                    one(t.clone(), kind, at).await;
+                }
+            }));
+        }
+    }
+    for h in tasks {
+        let _ = h.await;
+    }
+}
+
+impl Thread {
+    /// Whether a connection intended to start at `at` may start (time and --count).
+    fn admit(&self, at: Instant) -> bool {
+        if at >= self.plan.measure_until {
+            self.shared.stop.store(true, Ordering::Release);
+            return false;
+        }
+        if at < self.plan.measure_from {
+            return true;
+        }
+        let n = self.shared.started.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.plan.args.count {
+            Some(c) if n > c => {
+                self.shared.stop.store(true, Ordering::Release);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn rand(&self) -> u64 {
+        // xorshift64*: cheap, deterministic per thread, good enough to pick scenarios.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn pick(&self) -> Kind {
+        let invalid = || {
+            let c = self.invalid_case.get();
+            self.invalid_case.set((c + 1) % 5);
+            Kind::Invalid(c)
+        };
+        match self.plan.args.scenario {
+            Scenario::Churn => Kind::Churn,
+            Scenario::Hold => Kind::Hold,
+            Scenario::Silent => Kind::Silent,
+            Scenario::Invalid => invalid(),
+            Scenario::Mix => {
+                let m = self.plan.mix;
+                let r = (self.rand() % u64::from(m.churn + m.invalid + m.silent)) as u32;
+                if r < m.churn {
+                    Kind::Churn
+                } else if r < m.churn + m.invalid {
+                    invalid()
+                } else {
+                    Kind::Silent
+                }
+            }
+        }
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        let s = &self.plan.sources;
+        if s.is_empty() {
+            return None;
+        }
+        let i = self.next_source.get();
+        self.next_source.set(i.wrapping_add(1));
+        Some(s[(i * self.plan.threads + self.plan.index) % s.len()])
+    }
+
+    fn error(&self, measured: bool, kind: &'static str) {
+        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut w) = self.shared.windows[self.plan.index].lock() {
+            w.errors += 1;
+        }
+        if measured {
+            *self.totals.borrow_mut().errors.entry(kind).or_default() += 1;
+        }
+    }
+
+    fn ok(&self, measured: bool, kind: Kind, latency: Duration) {
+        self.shared.ok.fetch_add(1, Ordering::Relaxed);
+        // A silent connection has no answer: its drop time is in its own histogram.
+        let answered = kind != Kind::Silent;
+        if let Ok(mut w) = self.shared.windows[self.plan.index].lock() {
+            w.ok += 1;
+            if answered {
+                record(&mut w.latency, latency);
+            }
+        }
+        if measured {
+            let mut t = self.totals.borrow_mut();
+            t.ok += 1;
+            if answered {
+                record(&mut t.latency, latency);
+            }
+            *t.ok_by_kind.entry(kind.name()).or_default() += 1;
+            if let Kind::Invalid(case) = kind {
+                *t.invalid_cases
+                    .entry(INVALID_CASES[usize::from(case)])
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: defer the port choice to connect(), so one source address
+/// serves ~28k connections *per destination* instead of ~28k in all.
+fn bind_address_no_port(s: &Socket) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `s` is an open socket for the duration of the call; the option value is a
+    // live c_int whose size is passed alongside it, as setsockopt(2) requires.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Starts a non-blocking connect; the caller's first io_uring operation waits for it.
+fn start_connect(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    reset_close: bool,
+) -> std::io::Result<TcpStream> {
+    let s = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if let Some(src) = source {
+        if src.is_ipv4() {
+            bind_address_no_port(&s)?;
+        }
+        s.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    s.set_nodelay(true)?;
+    if reset_close {
+        // Close with RST: no TIME_WAIT on our side, at the cost of a reset the server sees.
+        s.set_linger(Some(Duration::ZERO))?;
+    }
+    s.set_nonblocking(true)?;
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+fn is_fatal(e: &std::io::Error) -> Option<String> {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => Some(format!(
+            "out of file descriptors ({e}); lower --concurrency/--connections or raise `ulimit -n`"
+        )),
+        Some(libc::EADDRNOTAVAIL) => Some(format!(
+            "out of local ports or source addresses ({e}); add addresses with --source (e.g. 127.0.0.2-127.0.0.40)"
+        )),
+        _ => None,
+    }
+}
+
+/// A decoded server answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Ack { rid: i32, id: Option<i32> },
+    Error { rid: i32, code: i32 },
+}
+
+struct Conn {
+    s: Rc<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn send(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        let (res, _) = self.s.write_all(bytes).await;
+        res
+    }
+
+    /// The next answer; `Ok(None)` when the server closed the connection.
+    async fn answer(&mut self) -> std::io::Result<Option<Answer>> {
+        loop {
+            match decode(&self.buf, DEFAULT_MAX_FRAME_LEN) {
+                Ok(Some(f)) => {
+                    let a = match f.message {
+                        Message::EventAck(a) => Answer::Ack {
+                            rid: a.reference_id,
+                            id: a.proxy_client_id,
+                        },
+                        Message::EventError(e) => Answer::Error {
+                            rid: e.reference_id,
+                            code: e.error_code,
+                        },
+                        _ => Answer::Error { rid: 0, code: -1 },
+                    };
+                    self.buf.drain(..f.frame_len);
+                    return Ok(Some(a));
+                }
+                Ok(None) => {}
+                Err(_) => return Ok(Some(Answer::Error { rid: 0, code: -1 })),
+            }
+            if self.buf.capacity() - self.buf.len() < 64 {
+                self.buf.reserve(256);
+            }
+            let len = self.buf.len();
+            let (res, slice) = self
+                .s
+                .read(std::mem::take(&mut self.buf).slice(len..))
+                .await;
+            self.buf = slice.into_inner();
+            if res? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn rrc(reference_id: i32, name: &str, ty: i32, credential: Option<&str>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    let _ = encode(
+        &Message::RegisterClient(RegisterClient {
+            reference_id,
+            client_name: name,
+            client_type: ty,
+            proxy_client_id: None,
+            credential,
+            extension: None,
+        }),
+        &mut v,
+    );
+    v
+}
+
+fn other(reference_id: i32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    let _ = encode(
+        &Message::Other {
+            msg_id: 0x0010,
+            reference_id: Some(reference_id),
+        },
+        &mut v,
+    );
+    v
+}
+
+/// Runs one scenario instance intended to start at `at` and records its outcome.
+async fn one(t: Rc<Thread>, kind: Kind, at: Instant) {
+    let measured = at >= t.plan.measure_from;
+    let io_timeout = t.plan.args.io_timeout;
+    t.shared.active.fetch_add(1, Ordering::Relaxed);
+    let outcome = tokio::time::timeout(io_timeout, scenario(&t, kind, at, measured)).await;
+    t.shared.active.fetch_sub(1, Ordering::Relaxed);
+    match outcome {
+        Ok(Ok(latency)) => t.ok(measured, kind, latency),
+        Ok(Err(kind)) => t.error(measured, kind),
+        Err(_) => t.error(measured, err::TIMEOUT),
+    }
+}
+
+async fn scenario(
+    t: &Thread,
+    kind: Kind,
+    at: Instant,
+    measured: bool,
+) -> Result<Duration, &'static str> {
+    let a = &t.plan.args;
+    let s = match start_connect(a.target, t.source(), a.reset_close) {
+        Ok(s) => Rc::new(s),
+        Err(e) => {
+            if let Some(why) = is_fatal(&e) {
+                t.shared.fail(why);
+            }
+            return Err(err::CONNECT);
+        }
+    };
+    let mut c = Conn {
+        s,
+        buf: Vec::with_capacity(128),
+    };
+    let rid = (t.rand() & 0x7fff_ffff) as i32;
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            err::CONNECT
+        } else {
+            err::IO
+        }
+    };
+    match kind {
+        Kind::Churn | Kind::Hold => {
+            c.send(rrc(
+                rid,
+                &a.client_name,
+                a.client_type,
+                a.credential.as_deref(),
+            ))
+            .await
+            .map_err(io)?;
+            let connected = Instant::now();
+            let answer = c.answer().await.map_err(io)?;
+            let done = Instant::now();
+            match answer {
+                Some(Answer::Ack {
+                    rid: r,
+                    id: Some(id),
+                }) if r == rid && id != 0 => {}
+                Some(Answer::Error { code: 10, .. }) => return Err(err::OVERLOADED),
+                Some(Answer::Error { code: 11, .. }) => return Err(err::SHUTTING_DOWN),
+                Some(Answer::Error { .. }) => return Err(err::REJECTED),
+                Some(_) => return Err(err::BAD_ANSWER),
+                None => return Err(err::CLOSED),
+            }
+            if measured {
+                let mut tot = t.totals.borrow_mut();
+                record(&mut tot.connect, connected.saturating_duration_since(at));
+                record(&mut tot.register, done - connected);
+            }
+            if kind == Kind::Hold {
+                t.held.borrow_mut().push(c.s.clone());
+                // Held until the run ends (shutdown below) or the server drops it.
+                let r = c.answer().await;
+                if !t.shared.stop.load(Ordering::Acquire) {
+                    return Err(match r {
+                        Ok(Some(Answer::Error { code: 11, .. })) => err::SHUTTING_DOWN,
+                        _ => err::HOLD_DROPPED,
+                    });
+                }
+            }
+            Ok(done.saturating_duration_since(at))
+        }
+        Kind::Silent => {
+            let started = Instant::now();
+            let r = c.answer().await;
+            let elapsed = started.elapsed();
+            match r {
+                Ok(Some(_)) => return Err(err::DATA_ON_SILENT),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => return Err(io(e)),
+            }
+            let window = a.timer_tick + a.slack;
+            if measured {
+                let mut tot = t.totals.borrow_mut();
+                record(&mut tot.dropped, elapsed);
+                classify(elapsed, a.registration_timeout, window, &mut tot.drops);
+            }
+            if elapsed < a.registration_timeout {
+                return Err(err::DROPPED_EARLY);
+            }
+            if elapsed > a.registration_timeout + window {
+                return Err(err::DROPPED_LATE);
+            }
+            Ok(Instant::now().saturating_duration_since(at))
+        }
+        Kind::Invalid(case) => {
+            // (frames, expected codes): unknown name, undefined type, wrong credential,
+            // any other message first, first one then the other.
+            let (frames, codes): (Vec<Vec<u8>>, &[i32]) = match case {
+                0 => (vec![rrc(rid, "ixn-loadgen-unknown-client", 1, None)], &[2]),
+                1 => (vec![rrc(rid, &a.client_name, 99, None)], &[3]),
+                2 => (
+                    vec![rrc(
+                        rid,
+                        &a.credential_client,
+                        a.credential_client_type,
+                        Some("ixn-loadgen-wrong"),
+                    )],
+                    &[4],
+                ),
+                3 => (vec![other(rid)], &[1]),
+                _ => (
+                    vec![rrc(rid, "ixn-loadgen-unknown-client", 1, None), other(rid)],
+                    &[2, 1],
+                ),
+            };
+            let mut first_error = None;
+            for (f, want) in frames.into_iter().zip(codes) {
+                c.send(f).await.map_err(io)?;
+                match c.answer().await.map_err(io)? {
+                    Some(Answer::Error { code, rid: r }) if code == *want && r == rid => {}
+                    Some(Answer::Error { code: 10, .. }) => return Err(err::OVERLOADED),
+                    Some(Answer::Error { .. }) => return Err(err::WRONG_CODE),
+                    Some(_) => return Err(err::BAD_ANSWER),
+                    None => return Err(err::CLOSED),
+                }
+                first_error.get_or_insert_with(Instant::now);
+            }
+            let answered = Instant::now();
+            let first = first_error.unwrap_or(answered);
+            // Then the server closes at its error deadline.
+            match c.answer().await {
+                Ok(Some(_)) => return Err(err::BAD_ANSWER),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => return Err(io(e)),
+            }
+            let elapsed = first.elapsed();
+            let window = a.timer_tick + a.slack;
+            if measured {
+                let mut tot = t.totals.borrow_mut();
+                record(&mut tot.error_close, elapsed);
+                classify(
+                    elapsed,
+                    a.error_disconnect_timeout,
+                    window,
+                    &mut tot.error_drops,
+                );
+            }
+            if elapsed + Duration::from_millis(2) < a.error_disconnect_timeout {
+                return Err(err::DROPPED_EARLY);
+            }
+            if elapsed > a.error_disconnect_timeout + window {
+                return Err(err::DROPPED_LATE);
+            }
+            Ok(answered.saturating_duration_since(at))
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Each scenario against the real server on loopback, for about a second; the loadgen's
+//! counts must agree with the server's `/metrics` counters.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn server_bin() -> PathBuf {
+    // The server binary lives in the sibling package's target directory.
+    let mut p = PathBuf::from(env!("CARGO_BIN_EXE_ixn-loadgen"));
+    p.set_file_name("ixn-server");
+    if !p.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "ixn-server", "--bin", "ixn-server"])
+            .status()
+            .expect("cargo build ixn-server");
+        assert!(ok.success());
+    }
+    p
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let mut child = Command::new(server_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--registration-timeout",
+            "600ms",
+            "--error-disconnect-timeout",
+            "300ms",
+            "--timer-tick",
+            "20ms",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut addr, mut metrics) = (None, None);
+    while addr.is_none() || metrics.is_none() {
+        let line = lines.next().expect("server log").unwrap();
+        if let Some(a) = line.split("listening on ").nth(1) {
+            addr = Some(a.trim().parse().unwrap());
+        }
+        if let Some(a) = line.split("metrics on ").nth(1) {
+            metrics = Some(a.trim().parse().unwrap());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        addr: addr.unwrap(),
+        metrics: metrics.unwrap(),
+    }
+}
+
+impl Server {
+    fn metric(&self, series: &str) -> f64 {
+        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| {
+                let (n, v) = l.rsplit_once(' ')?;
+                (n == series).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Waits for the server's flush (once per tick) to reach `want`.
+    fn wait(&self, series: &str, want: f64) -> f64 {
+        let t = Instant::now();
+        loop {
+            let v = self.metric(series);
+            if v == want || t.elapsed() > Duration::from_secs(5) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+fn loadgen(s: &Server, args: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!(
+        "ixn-lg-{}-{}",
+        std::process::id(),
+        args.join("_").len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join(format!("{}.json", args[1]));
+    let out = Command::new(env!("CARGO_BIN_EXE_ixn-loadgen"))
+        .args(["--target", &s.addr.to_string(), "--threads", "1", "-q"])
+        .args([
+            "--registration-timeout",
+            "600ms",
+            "--error-disconnect-timeout",
+            "300ms",
+        ])
+        .args(["--timer-tick", "20ms", "--slack", "400ms"])
+        .args(["--json", json.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(v["error_total"], 0, "{v:#}");
+    v
+}
+
+fn n(v: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64().unwrap_or(0.0)
+}
+
+#[test]
+fn churn_counts_agree() {
+    let s = start();
+    let v = loadgen(
+        &s,
+        &[
+            "--scenario",
+            "churn",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "8",
+        ],
+    );
+    let ok = n(&v, &["ok"]);
+    assert!(ok > 100.0, "{v:#}");
+    assert_eq!(s.wait("ixn_registrations_total{result=\"ok\"}", ok), ok);
+    assert_eq!(
+        s.wait("ixn_connections_closed_total{reason=\"peer\"}", ok),
+        ok
+    );
+    assert!(n(&v, &["latency_us", "p99"]) > 0.0);
+    assert!(n(&v, &["phases", "register", "count"]) == ok);
+}
+
+#[test]
+fn open_loop_rate_counts_agree() {
+    let s = start();
+    let v = loadgen(
+        &s,
+        &["--scenario", "churn", "--duration", "1s", "--rate", "500"],
+    );
+    let ok = n(&v, &["ok"]);
+    assert!(
+        (400.0..=600.0).contains(&ok),
+        "about 500 at 500/s for 1 s: {ok}"
+    );
+    assert_eq!(v["mode"], "open");
+    assert_eq!(s.wait("ixn_registrations_total{result=\"ok\"}", ok), ok);
+}
+
+#[test]
+fn silent_counts_and_deadline_windows_agree() {
+    let s = start();
+    let v = loadgen(
+        &s,
+        &[
+            "--scenario",
+            "silent",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "20",
+        ],
+    );
+    let ok = n(&v, &["ok"]);
+    assert!(ok >= 20.0);
+    assert_eq!(n(&v, &["silent", "within"]), ok);
+    assert_eq!(n(&v, &["silent", "before"]), 0.0);
+    assert_eq!(
+        s.wait("ixn_timer_expired_total{timer=\"registration\"}", ok),
+        ok
+    );
+    assert_eq!(
+        s.wait(
+            "ixn_connections_closed_total{reason=\"registration_timeout\"}",
+            ok
+        ),
+        ok
+    );
+}
+
+#[test]
+fn invalid_counts_agree_by_error_code() {
+    let s = start();
+    let v = loadgen(
+        &s,
+        &[
+            "--scenario",
+            "invalid",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "10",
+        ],
+    );
+    let case = |c: &str| n(&v, &["invalid_cases", c]);
+    let total = n(&v, &["ok"]);
+    assert!(total >= 10.0);
+    assert_eq!(n(&v, &["invalid", "within"]), total);
+    let code =
+        |c: i32, name: &str| format!("ixn_errors_sent_total{{code=\"{c}\",name=\"{name}\"}}");
+    let want2 = case("unknown_client") + case("first_one_then_the_other");
+    assert_eq!(s.wait(&code(2, "UnknownClient"), want2), want2);
+    let want3 = case("undefined_client_type");
+    assert_eq!(s.wait(&code(3, "ClientTypeNotAllowed"), want3), want3);
+    let want4 = case("wrong_credential");
+    assert_eq!(s.wait(&code(4, "AuthenticationFailed"), want4), want4);
+    let want1 = case("other_message_first") + case("first_one_then_the_other");
+    assert_eq!(s.wait(&code(1, "ClientNotRegistered"), want1), want1);
+    assert_eq!(
+        s.wait(
+            "ixn_connections_closed_total{reason=\"error_timeout\"}",
+            total
+        ),
+        total
+    );
+}
+
+#[test]
+fn hold_counts_agree() {
+    let s = start();
+    // Registered clients outlive the server's registration deadline (600 ms) while held.
+    let v = loadgen(
+        &s,
+        &[
+            "--scenario",
+            "hold",
+            "--connections",
+            "300",
+            "--connect-rate",
+            "3000",
+            "--duration",
+            "1500ms",
+        ],
+    );
+    assert_eq!(n(&v, &["ok"]), 300.0);
+    assert_eq!(
+        s.wait("ixn_registrations_total{result=\"ok\"}", 300.0),
+        300.0
+    );
+    assert_eq!(
+        s.wait("ixn_connections_active", 0.0),
+        0.0,
+        "released at the end"
+    );
+}
+
+#[test]
+fn mix_counts_agree_by_kind() {
+    let s = start();
+    let v = loadgen(
+        &s,
+        &[
+            "--scenario",
+            "mix",
+            "--mix",
+            "churn=80,invalid=10,silent=10",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "16",
+        ],
+    );
+    let kind = |k: &str| n(&v, &["ok_by_kind", k]);
+    assert!(
+        kind("churn") > 0.0 && kind("invalid") > 0.0 && kind("silent") > 0.0,
+        "{v:#}"
+    );
+    assert_eq!(
+        s.wait("ixn_registrations_total{result=\"ok\"}", kind("churn")),
+        kind("churn")
+    );
+    assert_eq!(
+        s.wait(
+            "ixn_timer_expired_total{timer=\"registration\"}",
+            kind("silent")
+        ),
+        kind("silent")
+    );
+    assert_eq!(
+        s.wait(
+            "ixn_connections_closed_total{reason=\"error_timeout\"}",
+            kind("invalid")
+        ),
+        kind("invalid")
+    );
+}
+
+#[test]
+fn thresholds_fail_the_run_and_errors_are_counted() {
+    // Nothing listens on this port: every connect fails, the error-rate threshold trips.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_ixn-loadgen"))
+        .args([
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--threads",
+            "1",
+            "-q",
+        ])
+        .args([
+            "--duration",
+            "300ms",
+            "--concurrency",
+            "2",
+            "--max-error-rate",
+            "0.01",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("connect_failed"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("threshold missed"));
+}
