@@ -3,7 +3,7 @@
 //! and CPU per connection dropped in bulk by the timer wheel.
 //!
 //! `cargo bench --bench server` (add `-- quick` for a short run, and any of `churn`,
-//! `memory`, `bulk`, `metrics` to run only those parts). The server runs as a
+//! `memory`, `bulk`, `metrics`, `loadgen` to run only those parts). The server runs as a
 //! separate process with one worker pinned to CPU 0; the clients run here, pinned to CPU 1.
 //! Server CPU is read from `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU), so
 //! the figure is the server's own cost, whatever the clients spend. Not a test: it prints.
@@ -114,7 +114,7 @@ fn epoll_baseline_main() {
     poll.registry()
         .register(&mut listener, Token(usize::MAX), Interest::READABLE)
         .unwrap();
-    let ack = hex::decode("0000001600800002000101000400000007000401000400000001").unwrap();
+    let mut ack = hex::decode("0000001600800002000101000400000007000401000400000001").unwrap();
     let mut conns: slab::Slab<(mio::net::TcpStream, Vec<u8>)> = slab::Slab::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = [0u8; 4096];
@@ -148,6 +148,10 @@ fn epoll_baseline_main() {
                                     + 4;
                                 if pending.len() < len {
                                     break;
+                                }
+                                // Echo the ReferenceId (the first attribute's value).
+                                if len >= 17 {
+                                    ack[13..17].copy_from_slice(&pending[13..17]);
                                 }
                                 pending.drain(..len);
                                 let _ = s.write_all(&ack);
@@ -272,6 +276,67 @@ fn metrics_cost(dur: Duration) {
     );
 }
 
+/// `ixn-loadgen` (one thread, CPU 1) against the canned epoll server and against
+/// ixn-server (both on CPU 0): if the canned server lets it go faster, the loadgen is not
+/// what limits the measurement of ixn-server.
+fn loadgen_capacity(dur: Duration) {
+    let mut bin = std::env::current_exe().unwrap();
+    bin.pop();
+    bin.pop();
+    bin.push("ixn-loadgen");
+    println!("# ixn-loadgen capacity: churn --reset-close, 1 thread pinned to CPU 1, 64 in flight");
+    let secs = format!("{}s", dur.as_secs());
+    let run = |name: &str, p: &Proc| {
+        let json = std::env::temp_dir().join(format!("ixn-lg-bench-{}.json", std::process::id()));
+        let cpu0 = cpu_ns(p.child.id());
+        let out = Command::new(&bin)
+            .args([
+                "--target",
+                &p.addr.to_string(),
+                "--threads",
+                "1",
+                "--pin",
+                "--first-cpu",
+                "1",
+            ])
+            .args([
+                "--concurrency",
+                "64",
+                "--duration",
+                &secs,
+                "--warmup",
+                "500ms",
+                "-q",
+            ])
+            .arg("--reset-close")
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .expect("target/release/ixn-loadgen (cargo build --release first)");
+        let cpu = cpu_ns(p.child.id()) - cpu0;
+        let text = std::fs::read_to_string(&json).unwrap_or_default();
+        let field = |k: &str| {
+            text.split(&format!("\"{k}\": "))
+                .nth(1)
+                .and_then(|r| r.split([',', '\n']).next())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        println!(
+            "{name:<34} {:>9.0} reg/s  errors {}  server CPU {:.0}% of one core  (exit {:?})",
+            field("rate"),
+            field("error_total"),
+            cpu as f64 / 1e9 / (dur.as_secs_f64() + 0.5) * 100.0,
+            out.status.code()
+        );
+    };
+    let base = start_baseline();
+    run("loadgen -> canned epoll server", &base);
+    drop(base);
+    let ixn = start_ixn(&[]);
+    run("loadgen -> ixn-server (1 worker)", &ixn);
+}
+
 fn idle_memory(n: usize) {
     let p = start_ixn(&["--registration-timeout", "120s"]);
     let pid = p.child.id();
@@ -354,7 +419,7 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "quick");
     // Optional filters: `churn`, `memory`, `bulk` (default: all).
-    let only: Vec<&str> = ["churn", "memory", "bulk", "metrics"]
+    let only: Vec<&str> = ["churn", "memory", "bulk", "metrics", "loadgen"]
         .into_iter()
         .filter(|f| args.iter().any(|a| a == f))
         .collect();
@@ -387,6 +452,9 @@ fn main() {
     }
     if run("metrics") {
         metrics_cost(dur);
+    }
+    if run("loadgen") {
+        loadgen_capacity(dur);
     }
     if run("memory") {
         idle_memory(if quick { 2000 } else { 10_000 });
