@@ -172,6 +172,30 @@ fn churn_counts_agree() {
 }
 
 #[test]
+fn hgrm_and_plot_files_are_written() {
+    let s = start();
+    let dir = std::env::temp_dir().join(format!("ixn-lg-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hgrm, svg) = (dir.join("l.hgrm"), dir.join("l.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ixn-loadgen"))
+        .args(["--target", &s.addr.to_string(), "--threads", "1", "-q", "--duration", "1500ms"])
+        .arg("--hgrm")
+        .arg(&hgrm)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let h = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(h.contains("Percentile") && h.contains("#[Max"), "{h}");
+    let last = h.lines().rev().find(|l| l.contains("1.000000000000")).expect("100th percentile row");
+    assert!(last.split_whitespace().count() >= 3);
+    let p = std::fs::read_to_string(&svg).unwrap();
+    assert!(p.starts_with("<svg") && p.contains("polyline"), "an SVG with lines");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn open_loop_rate_counts_agree() {
     let s = start();
     let v = loadgen(
