@@ -178,7 +178,15 @@ fn hgrm_and_plot_files_are_written() {
     std::fs::create_dir_all(&dir).unwrap();
     let (hgrm, svg) = (dir.join("l.hgrm"), dir.join("l.svg"));
     let out = Command::new(env!("CARGO_BIN_EXE_ixn-loadgen"))
-        .args(["--target", &s.addr.to_string(), "--threads", "1", "-q", "--duration", "1500ms"])
+        .args([
+            "--target",
+            &s.addr.to_string(),
+            "--threads",
+            "1",
+            "-q",
+            "--duration",
+            "1500ms",
+        ])
         .arg("--hgrm")
         .arg(&hgrm)
         .arg("--plot")
@@ -188,10 +196,17 @@ fn hgrm_and_plot_files_are_written() {
     assert!(out.status.success());
     let h = std::fs::read_to_string(&hgrm).unwrap();
     assert!(h.contains("Percentile") && h.contains("#[Max"), "{h}");
-    let last = h.lines().rev().find(|l| l.contains("1.000000000000")).expect("100th percentile row");
+    let last = h
+        .lines()
+        .rev()
+        .find(|l| l.contains("1.000000000000"))
+        .expect("100th percentile row");
     assert!(last.split_whitespace().count() >= 3);
     let p = std::fs::read_to_string(&svg).unwrap();
-    assert!(p.starts_with("<svg") && p.contains("polyline"), "an SVG with lines");
+    assert!(
+        p.starts_with("<svg") && p.contains("polyline"),
+        "an SVG with lines"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,11 +5,10 @@
 //! generation, so it can never reach the next connection that reuses the slot.
 
 use std::net::IpAddr;
-use std::rc::Rc;
+use std::os::fd::RawFd;
 use std::time::Instant;
 
 use slab::Slab;
-use tokio_uring::net::TcpStream;
 
 use crate::session::{CloseReason, Session};
 use crate::timer_wheel::TimerKey;
@@ -21,14 +20,15 @@ pub struct ConnHandle {
     generation: u32,
 }
 
-/// One live connection's state (`S` is the stream; generic so the table is testable without io_uring).
+/// One live connection's state.
 #[derive(Debug)]
-pub struct Conn<S = TcpStream> {
+pub struct Conn {
     generation: u32,
     /// The registration state machine.
     pub session: Session,
-    /// Shared with the connection's task, so a timer tick can shut it down.
-    pub stream: Rc<S>,
+    /// The socket, owned by the connection's task (which frees this slot before it
+    /// closes the socket), so a timer tick can shut it down without owning it.
+    pub fd: RawFd,
     /// The peer's address.
     pub peer: IpAddr,
     /// When it was accepted (for the registration-duration histogram).
@@ -52,12 +52,12 @@ pub enum Signal {
 
 /// The slab.
 #[derive(Debug)]
-pub struct Conns<S = TcpStream> {
-    slab: Slab<Conn<S>>,
+pub struct Conns {
+    slab: Slab<Conn>,
     generation: u32,
 }
 
-impl<S> Default for Conns<S> {
+impl Default for Conns {
     fn default() -> Self {
         Self {
             slab: Slab::new(),
@@ -66,12 +66,12 @@ impl<S> Default for Conns<S> {
     }
 }
 
-impl<S> Conns<S> {
+impl Conns {
     /// Adds a connection.
     pub fn insert(
         &mut self,
         session: Session,
-        stream: Rc<S>,
+        fd: RawFd,
         peer: IpAddr,
         accepted_at: Instant,
     ) -> ConnHandle {
@@ -80,7 +80,7 @@ impl<S> Conns<S> {
         let index = self.slab.insert(Conn {
             generation,
             session,
-            stream,
+            fd,
             peer,
             accepted_at,
             timer: None,
@@ -91,14 +91,14 @@ impl<S> Conns<S> {
     }
 
     /// The connection `h` names, unless it is gone.
-    pub fn get_mut(&mut self, h: ConnHandle) -> Option<&mut Conn<S>> {
+    pub fn get_mut(&mut self, h: ConnHandle) -> Option<&mut Conn> {
         self.slab
             .get_mut(h.index as usize)
             .filter(|c| c.generation == h.generation)
     }
 
     /// Removes the connection `h` names, unless it is gone.
-    pub fn remove(&mut self, h: ConnHandle) -> Option<Conn<S>> {
+    pub fn remove(&mut self, h: ConnHandle) -> Option<Conn> {
         match self.slab.get(h.index as usize) {
             Some(c) if c.generation == h.generation => Some(self.slab.remove(h.index as usize)),
             _ => None,
@@ -134,19 +134,19 @@ mod tests {
 
     #[test]
     fn stale_handle_never_reaches_the_reused_slot() {
-        let mut c: Conns<()> = Conns::default();
+        let mut c = Conns::default();
         let now = Instant::now();
         let peer = IpAddr::from([127, 0, 0, 1]);
         let a = c.insert(
             Session::accept(now, SessionConfig::default()).0,
-            Rc::new(()),
+            -1,
             peer,
             now,
         );
         assert!(c.remove(a).is_some());
         let b = c.insert(
             Session::accept(now, SessionConfig::default()).0,
-            Rc::new(()),
+            -1,
             peer,
             now,
         );

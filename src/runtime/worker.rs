@@ -30,8 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::{TcpListener, TcpStream};
+
+use tokio_uring::net::TcpStream;
 
 use super::conns::{Conn, ConnHandle, Conns, Signal};
 use super::Shared;
@@ -48,6 +50,12 @@ pub const READ_BUF: usize = 128;
 const WHEEL_SLOTS: usize = 4096;
 /// Output buffer capacity kept between writes; larger ones are released.
 const OUT_KEEP: usize = 4096;
+/// Initial output buffer: room for several answers (an EventError is at most ~60 bytes).
+const OUT_BUF: usize = 256;
+/// Buffer pairs a worker keeps for reuse; beyond this, closed connections free theirs.
+const POOL_MAX: usize = 4096;
+/// Idle connection tasks a worker keeps for reuse.
+const IDLE_TASKS_MAX: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
 enum Deadline {
@@ -63,6 +71,12 @@ struct Worker {
     metrics: WorkerMetrics,
     expired: RefCell<Vec<(ConnHandle, Deadline)>>,
     overload_frame: Rc<[u8]>,
+    pool: RefCell<Vec<Buffers>>,
+    /// Accepted connections waiting for a task.
+    queue: RefCell<std::collections::VecDeque<(ConnHandle, TcpStream)>>,
+    /// Tasks waiting for a connection, and their wake-up.
+    idle_tasks: std::cell::Cell<usize>,
+    wake: tokio::sync::Notify,
 }
 
 /// Entry point of a worker thread.
@@ -106,6 +120,10 @@ async fn run(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Sh
         metrics: WorkerMetrics::new(),
         expired: RefCell::new(Vec::new()),
         overload_frame: overload.into(),
+        pool: RefCell::new(Vec::new()),
+        queue: RefCell::new(std::collections::VecDeque::with_capacity(ACCEPT_BATCH)),
+        idle_tasks: std::cell::Cell::new(0),
+        wake: tokio::sync::Notify::new(),
         shared,
     });
     // Duplicates of the listening sockets: shutting one down wakes the pending accept.
@@ -115,8 +133,7 @@ async fn run(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Sh
             Ok(dup) => stoppers.push(dup),
             Err(e) => tracing::warn!("cannot duplicate a listener: {e}"),
         }
-        let batch = l.try_clone().ok();
-        tokio_uring::spawn(accept_loop(w.clone(), TcpListener::from_std(l), batch));
+        tokio_uring::spawn(accept_loop(w.clone(), l));
     }
     w.shared.listening_workers.fetch_add(1, Ordering::AcqRel);
 
@@ -153,56 +170,67 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
-/// Most connections taken from the backlog with plain `accept(2)` after one io_uring accept.
+/// Most connections accepted per readiness event before other tasks get a turn.
 const ACCEPT_BATCH: usize = 64;
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener, batch: Option<std::net::TcpListener>) {
+/// Accepts with plain non-blocking `accept(2)` whenever the listener is readable (tokio's
+/// epoll reactor, which the tokio-uring runtime also runs): one syscall per connection,
+/// whole backlogs per wake-up, and no allocation. tokio-uring's accept allocates per call
+/// and has no multishot form.
+async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener) {
+    // SAFETY: the AsyncFd owns the `std::net::TcpListener`, whose descriptor is open from
+    // here until that listener is dropped with the AsyncFd, and never changes.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+    };
+    let listener = match registered {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot watch a listener: {e}");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     let mut last_warn: Option<Instant> = None;
     loop {
-        let accepted = listener.accept().await;
+        let Ok(mut ready) = listener.readable().await else {
+            return;
+        };
         if w.shared.draining.load(Ordering::Acquire) {
             return;
         }
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(5);
-                w.admit(stream, peer, &mut last_warn);
-            }
-            Err(e) => {
-                w.metrics.accept_error();
-                if is_fd_exhaustion(&e) {
-                    // Out of descriptors: wait for some to free up instead of spinning.
-                    if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        tracing::warn!(
-                            "accept failed ({e}); backing off until descriptors free up"
-                        );
-                        last_warn = Some(Instant::now());
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                } else {
-                    tracing::debug!("accept failed: {e}");
-                }
-                continue;
-            }
-        }
-        // Under load more connections are already queued: take them with non-blocking
-        // accept(2) on a duplicate of the listener, one syscall each, instead of one io_uring
-        // operation and one task wake-up each (tokio-uring has no multishot accept).
-        let Some(batch) = &batch else { continue };
+        let mut exhausted = None;
         for _ in 0..ACCEPT_BATCH {
-            match batch.accept() {
-                Ok((s, peer)) => w.admit(TcpStream::from_std(s), peer, &mut last_warn),
-                Err(e) => {
-                    if e.kind() != std::io::ErrorKind::WouldBlock {
-                        w.metrics.accept_error();
-                    }
-                    // Errors (EMFILE included) are left to the io_uring accept above,
-                    // which owns the back-off.
+            match ready.get_inner().accept() {
+                Ok((s, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    w.admit(TcpStream::from_std(s), peer, &mut last_warn);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
                     break;
                 }
+                Err(e) => {
+                    w.metrics.accept_error();
+                    if is_fd_exhaustion(&e) {
+                        exhausted = Some(e);
+                        break;
+                    }
+                    tracing::debug!("accept failed: {e}");
+                }
             }
+        }
+        drop(ready);
+        if let Some(e) = exhausted {
+            // Out of descriptors: wait for some to free up instead of spinning.
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                tracing::warn!("accept failed ({e}); backing off until descriptors free up");
+                last_warn = Some(Instant::now());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        } else {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -234,19 +262,32 @@ impl Worker {
         w.metrics.accepted();
         let now = Instant::now();
         let (session, arm) = Session::accept(now, w.shared.config.session);
-        let stream = Rc::new(stream);
         let mut conns = w.conns.borrow_mut();
-        let h = conns.insert(session, stream.clone(), peer.ip(), now);
+        let h = conns.insert(session, stream.as_raw_fd(), peer.ip(), now);
         if let Some(c) = conns.get_mut(h) {
             apply_timer(&mut w.wheel.borrow_mut(), c, h, arm);
         }
         drop(conns);
-        tokio_uring::spawn(serve(w.clone(), h, stream));
+        w.queue.borrow_mut().push_back((h, stream));
+        if w.idle_tasks.get() > 0 {
+            w.wake.notify_one();
+        } else {
+            tokio_uring::spawn(serve_loop(w.clone()));
+        }
     }
 }
 
 async fn refuse(stream: TcpStream, frame: Rc<[u8]>) {
     let (_res, _buf) = stream.write_all(frame.to_vec()).await;
+}
+
+/// shutdown(2) on a connection's socket, to complete the task's pending read or write.
+fn shutdown(fd: RawFd, how: std::net::Shutdown) {
+    // SAFETY: `fd` comes from a live slab entry; the task that owns the socket removes
+    // that entry (`Worker::finish`) before it drops the socket, and this runs on the same
+    // thread as that task, so the descriptor is open and still that socket here.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&fd).shutdown(how);
 }
 
 fn apply_timer(
@@ -326,7 +367,7 @@ impl Worker {
             };
             c.signal = Some(Signal::Close(reason));
             // Completes the task's pending read or write; the task then frees the slot.
-            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            shutdown(c.fd, std::net::Shutdown::Both);
         }
         self.metrics.expired(Some(TimerKind::Registration), n_reg);
         self.metrics
@@ -342,7 +383,7 @@ impl Worker {
             if let Some(c) = conns.get_mut(h) {
                 if c.signal.is_none() {
                     c.signal = Some(Signal::Drain);
-                    let _ = c.stream.shutdown(std::net::Shutdown::Read);
+                    shutdown(c.fd, std::net::Shutdown::Read);
                 }
             }
         }
@@ -440,6 +481,31 @@ impl Worker {
         self.conns.borrow_mut().get_mut(h).map(|c| c.accepted_at)
     }
 
+    /// A connection's buffers: from the pool when one is free (no allocation), else new.
+    fn buffers(&self) -> Buffers {
+        self.pool.borrow_mut().pop().unwrap_or_else(|| Buffers {
+            read: Vec::with_capacity(READ_BUF),
+            out: Vec::with_capacity(OUT_BUF),
+        })
+    }
+
+    /// Returns a closed connection's buffers to the pool, at their standard sizes.
+    fn recycle(&self, mut b: Buffers) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() >= POOL_MAX {
+            return;
+        }
+        b.read.clear();
+        b.out.clear();
+        if b.read.capacity() != READ_BUF {
+            b.read = Vec::with_capacity(READ_BUF);
+        }
+        if b.out.capacity() > OUT_KEEP || b.out.capacity() < OUT_BUF {
+            b.out = Vec::with_capacity(OUT_BUF);
+        }
+        pool.push(b);
+    }
+
     /// Frees the slot, disarms its timers and counts the close.
     fn finish(&self, h: ConnHandle, reason: CloseReason) {
         let Some(c) = self.conns.borrow_mut().remove(h) else {
@@ -474,27 +540,58 @@ async fn write_all(stream: &TcpStream, mut buf: Vec<u8>) -> (std::io::Result<()>
     (Ok(()), buf)
 }
 
-async fn serve(w: Rc<Worker>, h: ConnHandle, stream: Rc<TcpStream>) {
-    let reason = connection(&w, h, &stream).await;
-    w.finish(h, reason);
+/// A connection task: serves queued connections one after another, then waits for more.
+/// Tasks are reused, so an accepted connection costs no task allocation once the worker
+/// has as many tasks as it has concurrent connections; beyond [`IDLE_TASKS_MAX`] idle
+/// tasks, they end.
+async fn serve_loop(w: Rc<Worker>) {
+    loop {
+        let next = w.queue.borrow_mut().pop_front();
+        match next {
+            Some((h, stream)) => serve(&w, h, stream).await,
+            None => {
+                if w.idle_tasks.get() >= IDLE_TASKS_MAX {
+                    return;
+                }
+                w.idle_tasks.set(w.idle_tasks.get() + 1);
+                w.wake.notified().await;
+                w.idle_tasks.set(w.idle_tasks.get() - 1);
+            }
+        }
+    }
 }
 
-async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream) -> CloseReason {
+async fn serve(w: &Worker, h: ConnHandle, stream: TcpStream) {
+    let mut bufs = w.buffers();
+    let reason = connection(w, h, &stream, &mut bufs).await;
+    // The slot goes first: once it is gone no tick can reach the socket's descriptor.
+    w.finish(h, reason);
+    w.recycle(bufs);
+    drop(stream);
+}
+
+/// A connection's read and write buffers, taken from and returned to the worker's pool.
+#[derive(Debug, Default)]
+struct Buffers {
+    read: Vec<u8>,
+    out: Vec<u8>,
+}
+
+async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffers) -> CloseReason {
     let max = w.shared.config.max_frame_len;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
-    let mut out: Vec<u8> = Vec::new();
     loop {
-        if buf.len() == buf.capacity() {
+        if b.read.len() == b.read.capacity() {
             // The decoder asked for more of a frame it knows is at most `max` bytes.
-            let want = (buf.capacity() * 2).clamp(buf.len() + 1, max.max(buf.len() + 1));
-            buf.reserve_exact(want - buf.len());
+            let (len, cap) = (b.read.len(), b.read.capacity());
+            let want = (cap * 2).clamp(len + 1, max.max(len + 1));
+            b.read.reserve_exact(want - len);
         }
-        let len = buf.len();
-        let (res, slice) = stream.read(buf.slice(len..)).await;
-        buf = slice.into_inner();
+        let len = b.read.len();
+        let (res, slice) = stream.read(std::mem::take(&mut b.read).slice(len..)).await;
+        b.read = slice.into_inner();
         let n = res.unwrap_or(0);
-        // The bytes are part of `buf` now; `step` sees the whole unconsumed input.
-        let (consumed, close_after, registered) = match w.step(h, &buf, n, &mut out) {
+        // The bytes are part of the buffer now; `step` sees the whole unconsumed input.
+        let (consumed, close_after, registered) = match w.step(h, &b.read, n, &mut b.out) {
             Step::Close(r) => return r,
             Step::Write {
                 consumed,
@@ -502,12 +599,13 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream) -> CloseReaso
                 registered,
             } => (consumed, close_after, registered),
         };
-        buf.drain(..consumed);
-        if !out.is_empty() {
-            let bytes = out.len();
+        b.read.drain(..consumed);
+        if !b.out.is_empty() {
+            let bytes = b.out.len();
             w.arm_write_timer(h);
-            let (res, o) = write_all(stream, out).await;
-            out = o;
+            let (res, out) = write_all(stream, std::mem::take(&mut b.out)).await;
+            b.out = out;
+            b.out.clear();
             let signal = w.write_done(h);
             if res.is_err() {
                 return match signal {
@@ -521,16 +619,15 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream) -> CloseReaso
                     w.metrics.registration_duration(t.elapsed());
                 }
             }
-            out.clear();
-            if out.capacity() > OUT_KEEP {
-                out = Vec::new();
+            if b.out.capacity() > OUT_KEEP {
+                b.out = Vec::with_capacity(OUT_BUF);
             }
         }
         if let Some(r) = close_after {
             return r;
         }
-        if buf.is_empty() && buf.capacity() > READ_BUF {
-            buf = Vec::with_capacity(READ_BUF);
+        if b.read.is_empty() && b.read.capacity() > READ_BUF {
+            b.read = Vec::with_capacity(READ_BUF);
         }
     }
 }
