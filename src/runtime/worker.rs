@@ -50,8 +50,9 @@ pub const READ_BUF: usize = 128;
 const WHEEL_SLOTS: usize = 4096;
 /// Output buffer capacity kept between writes; larger ones are released.
 const OUT_KEEP: usize = 4096;
-/// Initial output buffer: room for several answers (an EventError is at most ~60 bytes).
-const OUT_BUF: usize = 256;
+/// Initial output buffer: one answer (EventAck 26 bytes, EventError at most 60); pipelined
+/// batches grow it. Small, because an idle registered connection keeps it.
+const OUT_BUF: usize = 64;
 /// Buffer pairs a worker keeps for reuse; beyond this, closed connections free theirs.
 const POOL_MAX: usize = 4096;
 /// Idle connection tasks a worker keeps for reuse.
