@@ -10,98 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const RRC: &str = "0000002c0001000300010100040000000700020200114d656469615365727665725f656d61696c000301000400000001";
-const ACK_LEN: usize = 26;
-
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in dir.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-                total += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_ixn(extra: &[&str]) -> Proc {
-    let bin = std::env::var("IXN_SERVER_BIN").unwrap_or_else(|_| {
-        let mut p = std::env::current_exe().unwrap();
-        p.pop();
-        p.pop();
-        p.push("ixn-server");
-        p.to_string_lossy().into_owned()
-    });
-    let mut child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn,ixn::runtime=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ixn-server binary (cargo build --release first)");
-    let mut err = child.stderr.take().unwrap();
-    let mut text = String::new();
-    let mut b = [0u8; 1];
-    while !text.contains("listening on ") || !text.ends_with('\n') {
-        if err.read(&mut b).unwrap_or(0) == 0 {
-            panic!("server exited: {text}");
-        }
-        text.push(b[0] as char);
-    }
-    let addr = text
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = err.read_to_end(&mut sink);
-    });
-    Proc { child, addr }
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{cpu_ns, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
 
 /// The baseline: the same accept/read/answer/close loop a user would write with mio (epoll),
 /// single-threaded, answering every complete frame with a fixed EventAck.

@@ -57,7 +57,10 @@ struct Entry<T> {
 pub struct TimerWheel<T> {
     origin: Instant,
     tick: Duration,
-    tick_nanos: u128,
+    tick_nanos: u64,
+    /// ⌊2^64 / tick_nanos⌋: turns the division by the tick on every insert into a
+    /// multiplication (plus one correction step), the one costly instruction of an insert.
+    tick_recip: u64,
     /// Every tick below this one has been processed.
     next_tick: u64,
     slots: Box<[u32]>,
@@ -74,7 +77,9 @@ impl<T> TimerWheel<T> {
         Self {
             origin,
             tick,
-            tick_nanos: tick.as_nanos(),
+            // Ticks of more than 584 years do not occur; u64 keeps the hot path off u128 division.
+            tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
+            tick_recip: u64::try_from((1u128 << 64) / tick.as_nanos().max(2)).unwrap_or(u64::MAX),
             next_tick: 0,
             slots: vec![NIL; slots].into_boxed_slice(),
             mask: slots as u64 - 1,
@@ -100,7 +105,7 @@ impl<T> TimerWheel<T> {
 
     /// The instant of tick boundary `tick`.
     pub fn tick_instant(&self, tick: u64) -> Instant {
-        self.origin + Duration::from_nanos((u128::from(tick) * self.tick_nanos) as u64)
+        self.origin + Duration::from_nanos(tick.saturating_mul(self.tick_nanos))
     }
 
     /// The next tick boundary `advance` has not processed yet.
@@ -108,14 +113,30 @@ impl<T> TimerWheel<T> {
         self.tick_instant(self.next_tick)
     }
 
-    fn elapsed_nanos(&self, t: Instant) -> u128 {
-        t.saturating_duration_since(self.origin).as_nanos()
+    fn elapsed_nanos(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.origin);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
+    }
+
+    /// ⌊nanos / tick⌋ without a division: the reciprocal estimate is at most one short.
+    #[inline]
+    fn ticks_floor(&self, nanos: u64) -> u64 {
+        let q = ((u128::from(nanos) * u128::from(self.tick_recip)) >> 64) as u64;
+        if (q + 1).saturating_mul(self.tick_nanos) <= nanos {
+            q + 1
+        } else {
+            q
+        }
     }
 
     /// Arms a timer for `deadline`; a deadline already passed fires at the next `advance`.
     pub fn insert(&mut self, deadline: Instant, value: T) -> TimerKey {
-        let tick =
-            (self.elapsed_nanos(deadline).div_ceil(self.tick_nanos) as u64).max(self.next_tick);
+        let nanos = self.elapsed_nanos(deadline);
+        let floor = self.ticks_floor(nanos);
+        let ceil = floor + u64::from(floor.saturating_mul(self.tick_nanos) < nanos);
+        let tick = ceil.max(self.next_tick);
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let slot = (tick & self.mask) as usize;
@@ -158,7 +179,7 @@ impl<T> TimerWheel<T> {
     /// Processes every tick boundary up to `now`, handing each expired value to `expired`.
     /// Returns how many expired.
     pub fn advance(&mut self, now: Instant, mut expired: impl FnMut(T)) -> usize {
-        let target = (self.elapsed_nanos(now) / self.tick_nanos) as u64;
+        let target = self.ticks_floor(self.elapsed_nanos(now));
         if target < self.next_tick {
             return 0;
         }
@@ -270,6 +291,14 @@ mod tests {
             10_000
         );
         assert_eq!(n, 10_000);
+    }
+
+    proptest! {
+        #[test]
+        fn reciprocal_division_is_exact(nanos in any::<u64>(), tick in 1_000u64..10_000_000_000) {
+            let w: TimerWheel<()> = TimerWheel::new(Instant::now(), Duration::from_nanos(tick), 1);
+            prop_assert_eq!(w.ticks_floor(nanos), nanos / tick);
+        }
     }
 
     #[derive(Debug, Clone)]

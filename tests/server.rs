@@ -528,3 +528,23 @@ fn check_config() {
     assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Many connections accepted at once, then registered one after another: every queued
+// connection gets served (no connection waits for a task that never comes).
+#[test]
+fn a_burst_of_connections_is_served_in_full() {
+    let s = server(&["--registration-timeout", "30s"]);
+    let base = s.fds();
+    for round in [1usize, 8, 1500] {
+        let mut conns: Vec<Client> = (0..round).map(|_| s.connect()).collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.send(&rrc(i as i32, "MediaServer_email", 1, None));
+            assert!(
+                matches!(c.answer(), Some(Ans::Ack { .. })),
+                "round {round}: connection {i} not served"
+            );
+        }
+    }
+    s.assert_clean(base);
+}

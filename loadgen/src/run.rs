@@ -461,6 +461,8 @@ async fn scenario(
     measured: bool,
 ) -> Result<Duration, &'static str> {
     let a = &t.plan.args;
+    // Before connect(2): the server cannot accept, and start its deadline, any earlier.
+    let connect_started = Instant::now();
     let s = match start_connect(a.target, t.source(), a.reset_close) {
         Ok(s) => Rc::new(s),
         Err(e) => {
@@ -525,9 +527,8 @@ async fn scenario(
             Ok(done.saturating_duration_since(at))
         }
         Kind::Silent => {
-            let started = Instant::now();
             let r = c.answer().await;
-            let elapsed = started.elapsed();
+            let elapsed = connect_started.elapsed();
             match r {
                 Ok(Some(_)) => return Err(err::DATA_ON_SILENT),
                 Ok(None) => {}

@@ -270,7 +270,11 @@ impl Worker {
         }
         drop(conns);
         w.queue.borrow_mut().push_back((h, stream));
-        if w.idle_tasks.get() > 0 {
+        // Every queued connection claims its own task: an idle one (woken) or a new one. A
+        // task serves its connection until it closes, so none may be counted twice.
+        let idle = w.idle_tasks.get();
+        if idle > 0 {
+            w.idle_tasks.set(idle - 1);
             w.wake.notify_one();
         } else {
             tokio_uring::spawn(serve_loop(w.clone()));
@@ -554,9 +558,9 @@ async fn serve_loop(w: Rc<Worker>) {
                 if w.idle_tasks.get() >= IDLE_TASKS_MAX {
                     return;
                 }
+                // Counted as idle until `admit` claims (and wakes) it.
                 w.idle_tasks.set(w.idle_tasks.get() + 1);
                 w.wake.notified().await;
-                w.idle_tasks.set(w.idle_tasks.get() - 1);
             }
         }
     }

@@ -186,17 +186,21 @@ pub fn err(rid: i32, code: i32) -> Ans {
 pub struct Client {
     pub s: TcpStream,
     buf: Vec<u8>,
+    /// Just before the connect: a lower bound of the server's accept time.
     pub connected_at: Instant,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
+        // Taken before connect(2): the server cannot accept (and start its deadline) earlier,
+        // however late this thread is scheduled after the handshake.
+        let connected_at = Instant::now();
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Client {
             s,
             buf: Vec::new(),
-            connected_at: Instant::now(),
+            connected_at,
         }
     }
 
