@@ -74,6 +74,26 @@ pub struct Args {
     )]
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Client listener that requires a PROXY protocol v1/v2 header first, for use behind
+    /// HAProxy (`send-proxy-v2`) or another L4 balancer; repeatable.
+    #[arg(
+        long,
+        env = "IXN_PROXY_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Peers allowed to send a PROXY header (the balancers), repeatable
+    /// [default: 127.0.0.0/8, ::1/128].
+    #[arg(
+        long,
+        env = "IXN_PROXY_PROTOCOL_TRUSTED",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
     /// Worker threads, one io_uring event loop each [default: number of CPUs].
     #[arg(long, env = "IXN_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -157,6 +177,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Client listeners.
     pub listen: Vec<SocketAddr>,
+    /// Client listeners that require a PROXY header.
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Peers trusted to send PROXY headers.
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -195,6 +219,12 @@ impl Args {
         if self.listen.is_empty() {
             self.listen = file.listen;
         }
+        if self.proxy_listen.is_empty() {
+            self.proxy_listen = file.proxy_listen;
+        }
+        if self.proxy_protocol_trusted.is_empty() {
+            self.proxy_protocol_trusted = file.proxy_protocol_trusted;
+        }
         macro_rules! fill {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
@@ -230,10 +260,19 @@ impl Args {
         };
         let d = |v: Option<Dur>, default: u64| v.map_or(Duration::from_millis(default), |d| d.0);
         let cfg = Config {
-            listen: if args.listen.is_empty() {
+            listen: if args.listen.is_empty() && args.proxy_listen.is_empty() {
                 vec![SocketAddr::from(([127, 0, 0, 1], 7400))]
             } else {
                 args.listen
+            },
+            proxy_listen: args.proxy_listen,
+            proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
+                vec![
+                    "127.0.0.0/8".parse().unwrap_or_default(),
+                    "::1/128".parse().unwrap_or_default(),
+                ]
+            } else {
+                args.proxy_protocol_trusted
             },
             workers: args.workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod session;

@@ -132,11 +132,13 @@ pub enum CloseReason {
     Drain,
     /// Its answers did not drain within the write timeout.
     WriteStall,
+    /// On a PROXY-protocol listener: no valid header, or a peer not trusted to send one.
+    ProxyProtocol,
 }
 
 impl CloseReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         Self::Peer,
         Self::RegistrationTimeout,
         Self::ErrorTimeout,
@@ -146,6 +148,7 @@ impl CloseReason {
         Self::Unregister,
         Self::Drain,
         Self::WriteStall,
+        Self::ProxyProtocol,
     ];
 
     /// Metric label value.
@@ -160,6 +163,7 @@ impl CloseReason {
             Self::Unregister => "unregister",
             Self::Drain => "drain",
             Self::WriteStall => "write_stall",
+            Self::ProxyProtocol => "proxy_protocol",
         }
     }
 }

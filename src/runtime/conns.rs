@@ -39,6 +39,8 @@ pub struct Conn {
     pub write_timer: Option<TimerKey>,
     /// Set by the worker (deadline, drain, stall) before it wakes the task with a shutdown.
     pub signal: Option<Signal>,
+    /// Accepted on a PROXY-protocol listener and its header has not arrived yet.
+    pub awaiting_proxy: bool,
 }
 
 /// Why the worker woke a connection's task.
@@ -86,6 +88,7 @@ impl Conns {
             timer: None,
             write_timer: None,
             signal: None,
+            awaiting_proxy: false,
         }) as u32;
         ConnHandle { index, generation }
     }

@@ -142,24 +142,33 @@ fn listener(addr: SocketAddr, config: &Config) -> std::io::Result<std::net::TcpL
     Ok(s.into())
 }
 
-/// Binds every listener for every worker; port 0 is resolved once and shared.
-fn bind_all(
-    config: &Config,
-) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), StartError> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..config.workers).map(|_| Vec::new()).collect();
+/// One worker's listening socket and whether it requires a PROXY header.
+type Listener = (std::net::TcpListener, bool);
+/// Every worker's listeners, and the addresses bound (with their PROXY flag).
+type Bound = (Vec<Vec<Listener>>, Vec<(SocketAddr, bool)>);
+
+/// Binds every listener for every worker; port 0 is resolved once and shared. Returns the
+/// bound addresses, the PROXY-protocol ones last.
+fn bind_all(config: &Config) -> Result<Bound, StartError> {
+    let mut per_worker: Vec<Vec<Listener>> = (0..config.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for &addr in &config.listen {
+    let all = config
+        .listen
+        .iter()
+        .map(|a| (*a, false))
+        .chain(config.proxy_listen.iter().map(|a| (*a, true)));
+    for (addr, proxy) in all {
         let first = listener(addr, config).map_err(|source| StartError::Bind { addr, source })?;
         let actual = first.local_addr()?;
-        per_worker[0].push(first);
+        per_worker[0].push((first, proxy));
         for w in per_worker.iter_mut().skip(1) {
-            w.push(listener(actual, config).map_err(|source| StartError::Bind {
+            let l = listener(actual, config).map_err(|source| StartError::Bind {
                 addr: actual,
                 source,
-            })?);
+            })?;
+            w.push((l, proxy));
         }
-        bound.push(actual);
+        bound.push((actual, proxy));
     }
     Ok((per_worker, bound))
 }
@@ -257,10 +266,21 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         "ixn-server {} started",
         env!("CARGO_PKG_VERSION")
     );
-    for a in &bound {
-        tracing::info!("listening on {a}");
+    for (a, proxy) in &bound {
+        if *proxy {
+            tracing::info!(
+                trusted = ?shared.config.proxy_protocol_trusted,
+                "listening with PROXY protocol on {a}"
+            );
+        } else {
+            tracing::info!("listening on {a}");
+        }
     }
     tracing::info!("metrics on {metrics_addr}");
+    // systemd Type=notify: ready once every worker listens (a no-op outside systemd).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::debug!("sd_notify READY: {e}");
+    }
 
     loop {
         for sig in signals.pending() {
@@ -268,6 +288,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
                 signal_hook::consts::SIGHUP => reload(&shared),
                 _ => {
                     if !shared.draining.swap(true, Ordering::AcqRel) {
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                         tracing::info!(
                             active = shared.active.load(Ordering::Relaxed),
                             "draining: no new connections; registered clients get ServerShuttingDown"

@@ -83,7 +83,7 @@ struct Worker {
 /// Entry point of a worker thread.
 pub(super) fn thread_main(
     index: usize,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     shared: Arc<Shared>,
     core: Option<core_affinity::CoreId>,
 ) {
@@ -106,7 +106,7 @@ pub(super) fn thread_main(
     rt.block_on(run(index, listeners, shared));
 }
 
-async fn run(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Shared>) {
+async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared: Arc<Shared>) {
     let origin = Instant::now();
     let tick = shared.config.timer_tick;
     let mut overload = Vec::new();
@@ -129,12 +129,12 @@ async fn run(index: usize, listeners: Vec<std::net::TcpListener>, shared: Arc<Sh
     });
     // Duplicates of the listening sockets: shutting one down wakes the pending accept.
     let mut stoppers = Vec::new();
-    for l in listeners {
+    for (l, proxy) in listeners {
         match l.try_clone() {
             Ok(dup) => stoppers.push(dup),
             Err(e) => tracing::warn!("cannot duplicate a listener: {e}"),
         }
-        tokio_uring::spawn(accept_loop(w.clone(), l));
+        tokio_uring::spawn(accept_loop(w.clone(), l, proxy));
     }
     w.shared.listening_workers.fetch_add(1, Ordering::AcqRel);
 
@@ -178,7 +178,7 @@ const ACCEPT_BATCH: usize = 64;
 /// epoll reactor, which the tokio-uring runtime also runs): one syscall per connection,
 /// whole backlogs per wake-up, and no allocation. tokio-uring's accept allocates per call
 /// and has no multishot form.
-async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener) {
+async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener, proxy: bool) {
     // SAFETY: the AsyncFd owns the `std::net::TcpListener`, whose descriptor is open from
     // here until that listener is dropped with the AsyncFd, and never changes.
     let registered = unsafe {
@@ -205,7 +205,7 @@ async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener) {
             match ready.get_inner().accept() {
                 Ok((s, peer)) => {
                     backoff = Duration::from_millis(5);
-                    w.admit(TcpStream::from_std(s), peer, &mut last_warn);
+                    w.admit(TcpStream::from_std(s), peer, proxy, &mut last_warn);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
@@ -243,6 +243,7 @@ impl Worker {
         self: &Rc<Self>,
         stream: TcpStream,
         peer: std::net::SocketAddr,
+        proxy: bool,
         last_warn: &mut Option<Instant>,
     ) {
         let w = self;
@@ -261,11 +262,28 @@ impl Worker {
             return;
         }
         w.metrics.accepted();
+        if proxy {
+            let ip = peer.ip().to_canonical();
+            if !w
+                .shared
+                .config
+                .proxy_protocol_trusted
+                .iter()
+                .any(|n| n.contains(&ip))
+            {
+                // Only the balancers may speak first with a PROXY header.
+                tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
+                w.shared.active.fetch_sub(1, Ordering::AcqRel);
+                w.metrics.closed(CloseReason::ProxyProtocol, false, 0);
+                return;
+            }
+        }
         let now = Instant::now();
         let (session, arm) = Session::accept(now, w.shared.config.session);
         let mut conns = w.conns.borrow_mut();
         let h = conns.insert(session, stream.as_raw_fd(), peer.ip(), now);
         if let Some(c) = conns.get_mut(h) {
+            c.awaiting_proxy = proxy;
             apply_timer(&mut w.wheel.borrow_mut(), c, h, arm);
         }
         drop(conns);
@@ -433,6 +451,31 @@ impl Worker {
             return Step::Close(CloseReason::Peer);
         }
         self.metrics.bytes_in(n);
+        let mut skip = 0;
+        if c.awaiting_proxy {
+            match crate::proxy::parse(buf) {
+                Ok(None) => {
+                    return Step::Write {
+                        consumed: 0,
+                        close_after: None,
+                        registered: false,
+                    }
+                }
+                Ok(Some(header)) => {
+                    c.awaiting_proxy = false;
+                    if let Some(src) = header.source {
+                        c.peer = src.ip();
+                        ctx.peer = src.ip();
+                    }
+                    skip = header.len;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %c.peer, "refused: {e}");
+                    return Step::Close(CloseReason::ProxyProtocol);
+                }
+            }
+        }
+        let buf = &buf[skip..];
         let logical_before = c.session.logical_clients();
         let mut registered = false;
         let metrics = &self.metrics;
@@ -453,7 +496,7 @@ impl Worker {
             .logical_delta(c.session.logical_clients() as i64 - logical_before as i64);
         apply_timer(&mut wheel, c, h, fed.timer);
         Step::Write {
-            consumed: fed.consumed,
+            consumed: skip + fed.consumed,
             close_after: (fed.close != Close::No)
                 .then(|| c.session.close_reason().unwrap_or(CloseReason::Peer)),
             registered,

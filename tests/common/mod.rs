@@ -15,6 +15,8 @@ use ixn::protocol::{
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The PROXY-protocol listener, when `--proxy-listen` was given.
+    pub proxy_addr: Option<SocketAddr>,
     pub metrics: SocketAddr,
     pub logs: mpsc::Receiver<String>,
 }
@@ -22,7 +24,13 @@ pub struct Server {
 impl Server {
     /// Starts the binary with `args` on ephemeral ports and waits until it listens.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ixn-server"));
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -40,7 +48,7 @@ impl Server {
                 }
             }
         });
-        let (mut addr, mut metrics) = (None, None);
+        let (mut addr, mut metrics, mut proxy_addr) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while addr.is_none() || metrics.is_none() {
             let line = rx
@@ -49,6 +57,9 @@ impl Server {
             if let Some(a) = line.split("listening on ").nth(1) {
                 addr = Some(a.trim().parse().unwrap());
             }
+            if let Some(a) = line.split("PROXY protocol on ").nth(1) {
+                proxy_addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
             if let Some(a) = line.split("metrics on ").nth(1) {
                 metrics = Some(a.trim().parse().unwrap());
             }
@@ -56,6 +67,7 @@ impl Server {
         Server {
             child,
             addr: addr.unwrap(),
+            proxy_addr,
             metrics: metrics.unwrap(),
             logs: rx,
         }
@@ -201,6 +213,15 @@ impl Client {
             s,
             buf: Vec::new(),
             connected_at,
+        }
+    }
+
+    /// Wraps a stream connected elsewhere (e.g. from a chosen source address).
+    pub fn from_stream(s: TcpStream) -> Client {
+        Client {
+            s,
+            buf: Vec::new(),
+            connected_at: Instant::now(),
         }
     }
 
