@@ -43,7 +43,7 @@ fds=$(ls /proc/$srv/fd | wc -l)
 ok_mix=$(python3 -c "import json;d=json.load(open('$dir/mix.json'));print(d['ok_by_kind'].get('churn',0))")
 ok_hold=$(python3 -c "import json;d=json.load(open('$dir/hold.json'));print(d['ok'])")
 silent=$(python3 -c "import json;d=json.load(open('$dir/mix.json'));print(d['ok_by_kind'].get('silent',0))")
-errors=$(python3 -c "import json;d=json.load(open('$dir/mix.json'));print(d['error_total'])")
+errors=$(python3 -c "import json;print(sum(json.load(open('$dir/' + f))['error_total'] for f in ('mix.json','hold.json')))")
 reg_ok=$(metric 'ixn_registrations_total{result="ok"}'); expired=$(metric 'ixn_timer_expired_total{timer="registration"}')
 echo "warm-up RSS ${warm} KiB, max after ${max_after} KiB; fds ${fds0} -> ${fds}"
 echo "loadgen: churn ok ${ok_mix}, held ${ok_hold}, silent ${silent}, errors ${errors}; server: registrations ok ${reg_ok}, registration timeouts ${expired}"
@@ -52,6 +52,7 @@ python3 -c "import sys; sys.exit(0 if $max_after <= $warm * 1.05 else 1)" || { e
 [ "$fds" -le "$fds0" ] || { echo "FAIL: descriptors leaked ($fds0 -> $fds)"; fail=1; }
 [ "${reg_ok%.*}" -eq $((ok_mix + ok_hold)) ] || { echo "FAIL: registrations disagree"; fail=1; }
 [ "${expired%.*}" -eq "$silent" ] || { echo "FAIL: registration timeouts disagree"; fail=1; }
+[ "$ok_hold" -eq "$hold" ] || { echo "FAIL: $ok_hold of $hold held connections lasted the run"; fail=1; }
 [ "$errors" -eq 0 ] || { echo "FAIL: loadgen errors"; fail=1; }
 [ $fail -eq 0 ] && echo "PASS"
 exit $fail

@@ -445,7 +445,13 @@ async fn one(t: Rc<Thread>, kind: Kind, at: Instant) {
     let measured = at >= t.plan.measure_from;
     let io_timeout = t.plan.args.io_timeout;
     t.shared.active.fetch_add(1, Ordering::Relaxed);
-    let outcome = tokio::time::timeout(io_timeout, scenario(&t, kind, at, measured)).await;
+    // A held connection is meant to outlive any I/O timeout: its registration is timed
+    // inside the scenario, the holding is not.
+    let outcome = if kind == Kind::Hold {
+        Ok(scenario(&t, kind, at, measured).await)
+    } else {
+        tokio::time::timeout(io_timeout, scenario(&t, kind, at, measured)).await
+    };
     t.shared.active.fetch_sub(1, Ordering::Relaxed);
     match outcome {
         Ok(Ok(latency)) => t.ok(measured, kind, latency),
@@ -486,16 +492,16 @@ async fn scenario(
     };
     match kind {
         Kind::Churn | Kind::Hold => {
-            c.send(rrc(
-                rid,
-                &a.client_name,
-                a.client_type,
-                a.credential.as_deref(),
-            ))
-            .await
-            .map_err(io)?;
+            let request = rrc(rid, &a.client_name, a.client_type, a.credential.as_deref());
+            match tokio::time::timeout(a.io_timeout, c.send(request)).await {
+                Ok(r) => r.map_err(io)?,
+                Err(_) => return Err(err::TIMEOUT),
+            }
             let connected = Instant::now();
-            let answer = c.answer().await.map_err(io)?;
+            let answer = match tokio::time::timeout(a.io_timeout, c.answer()).await {
+                Ok(r) => r.map_err(io)?,
+                Err(_) => return Err(err::TIMEOUT),
+            };
             let done = Instant::now();
             match answer {
                 Some(Answer::Ack {
