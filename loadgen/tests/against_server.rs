@@ -309,6 +309,9 @@ fn hold_counts_agree() {
             "3000",
             "--duration",
             "1500ms",
+            // Held longer than the I/O timeout: holding is not an I/O wait.
+            "--io-timeout",
+            "500ms",
         ],
     );
     assert_eq!(n(&v, &["ok"]), 300.0);
