@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{cpu_ns, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
+use common::{cpu_ns, listen_addr, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
 
 /// The baseline: the same accept/read/answer/close loop a user would write with mio (epoll),
 /// single-threaded, answering every complete frame with a fixed EventAck.
@@ -96,20 +96,7 @@ fn start_baseline() -> Proc {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let mut text = String::new();
-    let mut b = [0u8; 1];
-    while !text.ends_with('\n') {
-        assert!(err.read(&mut b).unwrap() == 1, "baseline exited");
-        text.push(b[0] as char);
-    }
-    let addr = text
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let addr = listen_addr(&mut child);
     // Pin the baseline to CPU 0 like the ixn worker.
     let _ = Command::new("taskset")
         .args(["-pc", "0", &child.id().to_string()])

@@ -73,25 +73,31 @@ pub fn start_ixn(extra: &[&str]) -> Proc {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ixn-server binary (cargo build --release first)");
-    let mut err = child.stderr.take().unwrap();
+    let addr = listen_addr(&mut child);
+
+    Proc { child, addr }
+}
+
+/// Reads a child's stderr up to its `listening on ADDR` line and returns ADDR; the rest of
+/// its stderr is drained on a thread so the child never blocks on a full pipe.
+pub fn listen_addr(child: &mut Child) -> SocketAddr {
+    let mut err = child.stderr.take().expect("stderr piped");
     let mut text = String::new();
     let mut b = [0u8; 1];
     while !text.contains("listening on ") || !text.ends_with('\n') {
         if err.read(&mut b).unwrap_or(0) == 0 {
-            panic!("server exited: {text}");
+            panic!("process exited before listening: {text}");
         }
         text.push(b[0] as char);
     }
-    let addr = text
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     std::thread::spawn(move || {
         let mut sink = Vec::new();
         let _ = err.read_to_end(&mut sink);
     });
-    Proc { child, addr }
+    let line = text.split("listening on ").nth(1).unwrap_or_default();
+    line.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .expect("listen address")
 }
