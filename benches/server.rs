@@ -25,7 +25,8 @@ fn epoll_baseline_main() {
     use mio::net::TcpListener;
     use mio::{Events, Interest, Poll, Token};
     let mut poll = Poll::new().unwrap();
-    let mut listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let at = std::env::var("IXN_BENCH_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let mut listener = TcpListener::bind(at.parse().unwrap()).unwrap();
     eprintln!("listening on {}", listener.local_addr().unwrap());
     poll.registry()
         .register(&mut listener, Token(usize::MAX), Interest::READABLE)

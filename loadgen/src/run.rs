@@ -70,6 +70,13 @@ struct Thread {
     next_source: Cell<usize>,
     invalid_case: Cell<u8>,
     held: RefCell<Vec<Rc<TcpStream>>>,
+    /// Scenario instances spawned and not yet finished. The open loop spawns detached tasks
+    /// and counts them instead of keeping join handles: scanning handles for finished ones
+    /// grew with the number in flight and, against a stalled server, cost more than the
+    /// connections themselves.
+    in_flight: Cell<usize>,
+    /// Signalled when `in_flight` drops to zero.
+    drained: tokio::sync::Notify,
 }
 
 /// Error kinds, as reported in the summary and the JSON.
@@ -119,6 +126,8 @@ pub fn thread_main(plan: Plan, shared: Arc<Shared>) -> Totals {
         next_source: Cell::new(0),
         invalid_case: Cell::new(0),
         held: RefCell::new(Vec::new()),
+        in_flight: Cell::new(0),
+        drained: tokio::sync::Notify::new(),
     });
     rt.block_on(run(t.clone()));
     let totals = std::mem::take(&mut *t.totals.borrow_mut());
@@ -143,7 +152,7 @@ async fn run(t: Rc<Thread>) {
             }
             let at = start + Duration::from_secs_f64(k as f64 / per_sec);
             tokio::time::sleep_until(at.into()).await;
-            tasks.push(tokio_uring::spawn(one(t.clone(), Kind::Hold, at)));
+            spawn_one(&t, Kind::Hold, at);
         }
         while !t.shared.stop.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -162,12 +171,8 @@ async fn run(t: Rc<Thread>) {
             if t.shared.stop.load(Ordering::Acquire) || !t.admit(at) {
                 break;
             }
-            let kind = t.pick();
-            tasks.push(tokio_uring::spawn(one(t.clone(), kind, at)));
+            spawn_one(&t, t.pick(), at);
             at += interval;
-            if tasks.len() >= 1024 {
-                tasks.retain(|h| !h.is_finished());
-            }
         }
     } else {
         // Closed loop: a fixed number of connections in flight.
@@ -188,6 +193,24 @@ async fn run(t: Rc<Thread>) {
     for h in tasks {
         let _ = h.await;
     }
+    // `notify_one` keeps a permit when nobody waits, so a task finishing between the check
+    // and the wait is not missed.
+    while t.in_flight.get() > 0 {
+        t.drained.notified().await;
+    }
+}
+
+/// Starts one detached scenario instance, counted in `in_flight`.
+fn spawn_one(t: &Rc<Thread>, kind: Kind, at: Instant) {
+    t.in_flight.set(t.in_flight.get() + 1);
+    let t = t.clone();
+    tokio_uring::spawn(async move {
+        one(t.clone(), kind, at).await;
+        t.in_flight.set(t.in_flight.get() - 1);
+        if t.in_flight.get() == 0 {
+            t.drained.notify_one();
+        }
+    });
 }
 
 impl Thread {
@@ -493,14 +516,19 @@ async fn scenario(
     match kind {
         Kind::Churn | Kind::Hold => {
             let request = rrc(rid, &a.client_name, a.client_type, a.credential.as_deref());
-            match tokio::time::timeout(a.io_timeout, c.send(request)).await {
-                Ok(r) => r.map_err(io)?,
-                Err(_) => return Err(err::TIMEOUT),
-            }
-            let connected = Instant::now();
-            let answer = match tokio::time::timeout(a.io_timeout, c.answer()).await {
-                Ok(r) => r.map_err(io)?,
-                Err(_) => return Err(err::TIMEOUT),
+            let exchange = async {
+                c.send(request).await.map_err(io)?;
+                let connected = Instant::now();
+                Ok::<_, &'static str>((connected, c.answer().await.map_err(io)?))
+            };
+            // Other kinds run under `one`'s --io-timeout already; one more timer per
+            // connection would only cost (a timer-wheel entry each).
+            let (connected, answer) = if kind == Kind::Hold {
+                tokio::time::timeout(a.io_timeout, exchange)
+                    .await
+                    .map_err(|_| err::TIMEOUT)??
+            } else {
+                exchange.await?
             };
             let done = Instant::now();
             match answer {
