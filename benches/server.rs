@@ -182,42 +182,63 @@ fn metrics_cost(dur: Duration) {
 
 /// `ixn-loadgen` (one thread, CPU 1) against the canned epoll server and against
 /// ixn-server (both on CPU 0): if the canned server lets it go faster, the loadgen is not
-/// what limits the measurement of ixn-server.
+/// what limits the measurement of ixn-server. With `perf` at hand, a system-wide profile
+/// of each run is also split the way two hosts would pay for it (see [`two_host_split`]).
 fn loadgen_capacity(dur: Duration) {
     let mut bin = std::env::current_exe().unwrap();
     bin.pop();
     bin.pop();
     bin.push("ixn-loadgen");
     println!("# ixn-loadgen capacity: churn --reset-close, 1 thread pinned to CPU 1, 64 in flight");
+    let perf = Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !perf {
+        println!("  (perf not found: no two-host split; install linux-perf for it)");
+    }
     let secs = format!("{}s", dur.as_secs());
     let run = |name: &str, p: &Proc| {
-        let json = std::env::temp_dir().join(format!("ixn-lg-bench-{}.json", std::process::id()));
+        let tmp = std::env::temp_dir();
+        let json = tmp.join(format!("ixn-lg-bench-{}.json", std::process::id()));
+        let data = tmp.join(format!("ixn-lg-bench-{}.perf", std::process::id()));
         let cpu0 = cpu_ns(p.child.id());
-        let out = Command::new(&bin)
+        let stat0 = cpu_busy();
+        let mut lg = Command::new(&bin)
+            .args(["--target", &p.addr.to_string(), "--threads", "1"])
+            .args(["--pin", "--first-cpu", "1", "--concurrency", "64"])
             .args([
-                "--target",
-                &p.addr.to_string(),
-                "--threads",
-                "1",
-                "--pin",
-                "--first-cpu",
-                "1",
-            ])
-            .args([
-                "--concurrency",
-                "64",
                 "--duration",
                 &secs,
                 "--warmup",
                 "500ms",
                 "-q",
+                "--reset-close",
             ])
-            .arg("--reset-close")
             .arg("--json")
             .arg(&json)
-            .output()
+            .stdout(Stdio::null())
+            .spawn()
             .expect("target/release/ixn-loadgen (cargo build --release first)");
+        // Profile a window inside the measured part of the run (warm-up 0.5 s, then `dur`).
+        let window = dur.as_secs_f64() - 1.0;
+        let profile = (perf && window >= 1.0).then(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            Command::new("perf")
+                .args(["record", "-a", "-g", "-e", "cpu-clock", "-F", "2000", "-o"])
+                .arg(&data)
+                .args(["--", "sleep", &format!("{window}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        });
+        let status = lg.wait().unwrap();
         let cpu = cpu_ns(p.child.id()) - cpu0;
+        let busy: Vec<f64> = cpu_busy()
+            .iter()
+            .zip(&stat0)
+            .map(|(b, a)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64 * 100.0)
+            .collect();
         let text = std::fs::read_to_string(&json).unwrap_or_default();
         let field = |k: &str| {
             text.split(&format!("\"{k}\": "))
@@ -226,19 +247,198 @@ fn loadgen_capacity(dur: Duration) {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
+        let rate = field("rate");
         println!(
-            "{name:<34} {:>9.0} reg/s  errors {}  server CPU {:.0}% of one core  (exit {:?})",
-            field("rate"),
+            "{name:<34} {rate:>9.0} reg/s  errors {}  server process {:.0}% of a core; CPU 0 busy {:.0}%, CPU 1 busy {:.0}%  (exit {:?})",
             field("error_total"),
             cpu as f64 / 1e9 / (dur.as_secs_f64() + 0.5) * 100.0,
-            out.status.code()
+            busy.first().copied().unwrap_or(0.0),
+            busy.get(1).copied().unwrap_or(0.0),
+            status.code()
         );
+        if profile.is_some_and(|r| r.is_ok_and(|s| s.success())) {
+            match two_host_split(&data, 2000.0, rate * window) {
+                Some(s) => println!(
+                    "  two-host split: loadgen {:.1} µs/reg (here {:.1}), server {:.1} µs/reg (here {:.1}); \
+                     per core the loadgen is {:.2}x the server; unrelated work {:.1}%",
+                    s.client_us,
+                    s.client_here_us,
+                    s.server_us,
+                    s.server_here_us,
+                    s.server_us / s.client_us,
+                    s.unrelated_pct
+                ),
+                None => println!("  two-host split: no usable profile"),
+            }
+        }
+        let _ = std::fs::remove_file(&data);
     };
     let base = start_baseline();
     run("loadgen -> canned epoll server", &base);
     drop(base);
     let ixn = start_ixn(&[]);
     run("loadgen -> ixn-server (1 worker)", &ixn);
+}
+
+/// Busy and total jiffies of each CPU, from /proc/stat (softirq and irq time included).
+fn cpu_busy() -> Vec<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+            (busy, busy + v[3] + v[4])
+        })
+        .collect()
+}
+
+/// CPU per registration of each side as two hosts would pay it.
+struct Split {
+    client_us: f64,
+    server_us: f64,
+    /// As measured on this host: each CPU's own work.
+    client_here_us: f64,
+    server_here_us: f64,
+    /// Samples of other programs on the two CPUs, in percent of all non-idle samples.
+    unrelated_pct: f64,
+}
+
+/// Functions that only run for a listening socket or one of its half-open children.
+const SERVER_SIDE: [&str; 6] = [
+    "tcp_conn_request",
+    "tcp_check_req",
+    "tcp_v4_syn_recv_sock",
+    "tcp_child_process",
+    "inet_csk_complete_hashdance",
+    "tcp_create_openreq_child",
+];
+
+/// Splits a system-wide `perf record -g` profile of a loopback run (server on CPU 0,
+/// loadgen on CPU 1) the way two hosts would pay for it.
+///
+/// On loopback a packet is received in the *sender's* context: the loadgen's `connect(2)`
+/// runs the server's SYN handling and the creation of its accepted socket, its `write`
+/// runs the server's receive of the request, and the server's `write` runs the client's
+/// receive of the EventAck. On two hosts each receives its own packets. So each sample of
+/// packet receive (`__netif_receive_skb*`) is charged to the receiving side: the server
+/// for listener and half-open handling, the client for SYN-ACK handling
+/// (`tcp_rcv_synsent_state_process`), otherwise the side that did not send it (the other
+/// CPU's side). All other samples stay with their CPU. Idle time and `perf` itself are
+/// left out; NIC interrupt costs, which two real hosts would add to both sides, are not
+/// modelled.
+fn two_host_split(data: &std::path::Path, hz: f64, regs: f64) -> Option<Split> {
+    let out = Command::new("perf")
+        .args(["script", "-F", "comm,cpu,ip,sym", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    split_samples(&String::from_utf8_lossy(&out.stdout), hz, regs)
+}
+
+/// The classification behind [`two_host_split`], over `perf script -F comm,cpu,ip,sym` text.
+fn split_samples(text: &str, hz: f64, regs: f64) -> Option<Split> {
+    // [cpu][charged to: 0 = server, 1 = client]
+    let mut charged = [[0u64; 2]; 2];
+    let (mut related, mut unrelated) = (0u64, 0u64);
+    for sample in text.split("\n\n") {
+        let mut lines = sample.lines().filter(|l| !l.trim().is_empty());
+        let Some(head) = lines.next() else { continue };
+        let Some((comm, cpu)) = head.rsplit_once('[').and_then(|(c, rest)| {
+            let cpu: usize = rest.split(']').next()?.trim().parse().ok()?;
+            Some((c.trim(), cpu))
+        }) else {
+            continue;
+        };
+        if cpu > 1 {
+            continue;
+        }
+        let frames: Vec<&str> = lines.filter_map(|l| l.split_whitespace().nth(1)).collect();
+        let has = |f: &str| frames.contains(&f);
+        let rx = frames.iter().any(|f| f.starts_with("__netif_receive_skb"));
+        if comm.starts_with("perf") || (comm.starts_with("swapper") && !rx) {
+            continue;
+        }
+        let ours = comm.starts_with("ixn-")
+            || comm.starts_with("server-")
+            || comm.starts_with("ksoftirqd")
+            || comm.starts_with("rcu")
+            || comm.starts_with("swapper");
+        if !ours {
+            unrelated += 1;
+            continue;
+        }
+        related += 1;
+        let side = if !rx {
+            cpu
+        } else if SERVER_SIDE.iter().any(|f| has(f)) {
+            0
+        } else if has("tcp_rcv_synsent_state_process") {
+            1
+        } else {
+            1 - cpu
+        };
+        charged[cpu][side] += 1;
+    }
+    if related == 0 || regs <= 0.0 {
+        return None;
+    }
+    let us = |n: u64| n as f64 / hz / regs * 1e6;
+    Some(Split {
+        client_us: us(charged[0][1] + charged[1][1]),
+        server_us: us(charged[0][0] + charged[1][0]),
+        client_here_us: us(charged[1][0] + charged[1][1]),
+        server_here_us: us(charged[0][0] + charged[0][1]),
+        unrelated_pct: unrelated as f64 * 100.0 / (related + unrelated) as f64,
+    })
+}
+
+/// The two-host split on a hand-made profile: each receive sample lands on the side that
+/// receives the packet, everything else stays with its CPU, idle and perf are left out.
+fn check_split() {
+    let sample = |comm: &str, cpu: usize, frames: &[&str]| {
+        let mut s = format!("{comm} [{cpu:03}] \n");
+        for f in frames {
+            s.push_str(&format!("\tffffffff81000000 {f}\n"));
+        }
+        s + "\n"
+    };
+    let rx = "__netif_receive_skb_one_core";
+    let text = [
+        // Loadgen CPU: own work, the server's SYN, the client's SYN-ACK, the server's
+        // receive of the request and of the reset.
+        sample("ixn-loadgen-0", 1, &["__sys_socket"]),
+        sample(
+            "ixn-loadgen-0",
+            1,
+            &["tcp_conn_request", "tcp_v4_rcv", rx, "__sys_connect"],
+        ),
+        sample(
+            "ixn-loadgen-0",
+            1,
+            &["tcp_rcv_synsent_state_process", rx, "__sys_connect"],
+        ),
+        sample("ixn-loadgen-0", 1, &["tcp_rcv_established", rx, "io_write"]),
+        sample("ixn-loadgen-0", 1, &["tcp_reset", rx, "__x64_sys_close"]),
+        // Server CPU: own work, the client's receive of the EventAck, idle, the profiler.
+        sample("ixn-worker-0", 0, &["__sys_accept4"]),
+        sample("ixn-worker-0", 0, &["tcp_rcv_established", rx, "io_write"]),
+        sample("swapper", 0, &["pv_native_safe_halt", "do_idle"]),
+        sample("perf", 0, &["__x64_sys_read"]),
+        sample("cc1", 1, &["main"]),
+    ]
+    .concat();
+    // 1 sample = 1 µs per registration at hz = 1e6, regs = 1.
+    let s = split_samples(&text, 1e6, 1.0).expect("a split");
+    assert_eq!((s.client_us, s.server_us), (3.0, 4.0), "two-host split");
+    assert_eq!((s.client_here_us, s.server_here_us), (5.0, 2.0));
+    assert!((s.unrelated_pct - 100.0 / 8.0).abs() < 1e-9);
 }
 
 fn idle_memory(n: usize) {
@@ -318,6 +518,7 @@ fn main() {
             let n = churn(p.addr, 2, Duration::from_millis(200));
             assert!(n > 0, "no registration completed");
         }
+        check_split();
         println!("server bench smoke run: ok (use `cargo bench --bench server` to measure)");
         return;
     }
