@@ -5,6 +5,7 @@
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ixn::protocol::{decode, Message, DEFAULT_MAX_FRAME_LEN};
@@ -12,8 +13,11 @@ use ixn::registry::Registry;
 use ixn::session::{Close, Ctx, IdAllocator, Input, Session, SessionConfig, State, TimerKind};
 use libfuzzer_sys::fuzz_target;
 
+/// Parsed once: parsing per input took most of each run.
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
 fuzz_target!(|data: &[u8]| {
-    let registry = Registry::embedded();
+    let registry = REGISTRY.get_or_init(Registry::embedded);
     let mut ids = IdAllocator::default();
     let t0 = Instant::now();
     let config = SessionConfig::default();
@@ -24,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     for (i, chunk) in data.chunks(7).enumerate() {
         let mut out = Vec::new();
         let mut ctx = Ctx {
-            registry: &registry,
+            registry,
             peer: IpAddr::V4(Ipv4Addr::new(127, 0, 0, (i % 3) as u8 + 1)),
             now: t0 + Duration::from_millis(i as u64),
             ids: &mut ids,
@@ -57,5 +61,5 @@ fuzz_target!(|data: &[u8]| {
             closed = true;
         }
     }
-    assert!(errors_when_rejected <= 17, "{errors_when_rejected} errors to a rejected connection");
+    assert!(errors_when_rejected <= 16, "{errors_when_rejected} errors to a rejected connection");
 });
