@@ -329,7 +329,9 @@ const SERVER_SIDE: [&str; 6] = [
 /// packet receive (`__netif_receive_skb*`) is charged to the receiving side: the server
 /// for listener and half-open handling, the client for SYN-ACK handling
 /// (`tcp_rcv_synsent_state_process`), otherwise the side that did not send it (the other
-/// CPU's side). All other samples stay with their CPU. Idle time and `perf` itself are
+/// CPU's side). All other samples stay with their CPU. The pure ACKs the kernel sends from
+/// inside receive processing (one each way per registration) land on the wrong side, and
+/// offset each other. Idle time and `perf` itself are
 /// left out; NIC interrupt costs, which two real hosts would add to both sides, are not
 /// modelled.
 fn two_host_split(data: &std::path::Path, hz: f64, regs: f64) -> Option<Split> {
