@@ -398,3 +398,49 @@ fn thresholds_fail_the_run_and_errors_are_counted() {
     assert!(stdout.contains("connect_failed"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("threshold missed"));
 }
+
+#[test]
+fn open_loop_against_a_stalled_server_accounts_for_every_start() {
+    // A server that accepts and never answers: every open-loop start stays in flight until
+    // --io-timeout, and the run must wait for all of them and count each exactly once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acceptor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            held.len()
+        })
+    };
+    let dir = std::env::temp_dir().join(format!("ixn-lg-stalled-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("stalled.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ixn-loadgen"))
+        .args(["--target", &addr.to_string(), "--threads", "1", "-q"])
+        .args(["--duration", "1s", "--warmup", "0s", "--rate", "400"])
+        .args(["--io-timeout", "500ms", "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    // Let the acceptor take the last connections from the backlog.
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let accepted = acceptor.join().unwrap() as f64;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(n(&v, &["ok"]), 0.0, "{v:#}");
+    assert!(
+        (380.0..=420.0).contains(&accepted),
+        "about 400 starts: {accepted}"
+    );
+    assert_eq!(n(&v, &["errors", "timeout"]), accepted, "{v:#}");
+    assert_eq!(n(&v, &["error_total"]), accepted, "{v:#}");
+}
