@@ -20,7 +20,8 @@ mod common;
 use common::{cpu_ns, listen_addr, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
 
 /// The baseline: the same accept/read/answer/close loop a user would write with mio (epoll),
-/// single-threaded, answering every complete frame with a fixed EventAck.
+/// single-threaded, answering every complete frame with a fixed EventAck. It listens on
+/// `IXN_BENCH_LISTEN` when set (to run it by hand, e.g. inside a network namespace).
 fn epoll_baseline_main() {
     use mio::net::TcpListener;
     use mio::{Events, Interest, Poll, Token};
