@@ -70,10 +70,9 @@ struct Thread {
     next_source: Cell<usize>,
     invalid_case: Cell<u8>,
     held: RefCell<Vec<Rc<TcpStream>>>,
-    /// Scenario instances spawned and not yet finished. The open loop spawns detached tasks
-    /// and counts them instead of keeping join handles: scanning handles for finished ones
-    /// grew with the number in flight and, against a stalled server, cost more than the
-    /// connections themselves.
+    /// Tasks spawned and not yet finished. They are counted instead of kept as join
+    /// handles: the open loop used to scan its handles for finished ones, a cost that grew
+    /// with the number in flight and, against a stalled server, exceeded the connections'.
     in_flight: Cell<usize>,
     /// Signalled when `in_flight` drops to zero.
     drained: tokio::sync::Notify,
@@ -140,7 +139,6 @@ async fn run(t: Rc<Thread>) {
         let (n, i) = (t.plan.threads, t.plan.index);
         total / n + usize::from(i < total % n)
     };
-    let mut tasks = Vec::new();
     if args.scenario == Scenario::Hold {
         // Open connections at this thread's share of --connect-rate, then hold them.
         let n = share(args.connections);
@@ -152,7 +150,7 @@ async fn run(t: Rc<Thread>) {
             }
             let at = start + Duration::from_secs_f64(k as f64 / per_sec);
             tokio::time::sleep_until(at.into()).await;
-            spawn_one(&t, Kind::Hold, at);
+            spawn_counted(&t, one(t.clone(), Kind::Hold, at));
         }
         while !t.shared.stop.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,27 +169,23 @@ async fn run(t: Rc<Thread>) {
             if t.shared.stop.load(Ordering::Acquire) || !t.admit(at) {
                 break;
             }
-            spawn_one(&t, t.pick(), at);
+            spawn_counted(&t, one(t.clone(), t.pick(), at));
             at += interval;
         }
     } else {
         // Closed loop: a fixed number of connections in flight.
         for _ in 0..share(args.concurrency) {
-            let t = t.clone();
-            tasks.push(tokio_uring::spawn(async move {
+            let w = t.clone();
+            spawn_counted(&t, async move {
                 loop {
                     let at = Instant::now();
-                    if t.shared.stop.load(Ordering::Acquire) || !t.admit(at) {
+                    if w.shared.stop.load(Ordering::Acquire) || !w.admit(at) {
                         break;
                     }
-                    let kind = t.pick();
-                    one(t.clone(), kind, at).await;
+                    one(w.clone(), w.pick(), at).await;
                 }
-            }));
+            });
         }
-    }
-    for h in tasks {
-        let _ = h.await;
     }
     // `notify_one` keeps a permit when nobody waits, so a task finishing between the check
     // and the wait is not missed.
@@ -200,12 +194,13 @@ async fn run(t: Rc<Thread>) {
     }
 }
 
-/// Starts one detached scenario instance, counted in `in_flight`.
-fn spawn_one(t: &Rc<Thread>, kind: Kind, at: Instant) {
+/// Starts a detached task (a scenario instance, or a closed-loop worker), counted in
+/// `in_flight` so that `run` can wait for all of them.
+fn spawn_counted(t: &Rc<Thread>, task: impl std::future::Future<Output = ()> + 'static) {
     t.in_flight.set(t.in_flight.get() + 1);
     let t = t.clone();
     tokio_uring::spawn(async move {
-        one(t.clone(), kind, at).await;
+        task.await;
         t.in_flight.set(t.in_flight.get() - 1);
         if t.in_flight.get() == 0 {
             t.drained.notify_one();
