@@ -142,6 +142,21 @@ pub struct Args {
     /// Log format [default: text]; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "IXN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// On a registered connection, a frame begun must be complete within this [default: 5s].
+    #[arg(long, env = "IXN_FRAME_TIMEOUT", value_name = "DUR")]
+    pub frame_timeout: Option<Dur>,
+    /// Longest wait for the peer's close after the last answer of a closing connection
+    /// [default: 1s].
+    #[arg(long, env = "IXN_CLOSE_LINGER", value_name = "DUR")]
+    pub close_linger: Option<Dur>,
+    /// SO_SNDBUF of client sockets: what a client that does not read can pin in the
+    /// kernel [default: 65536].
+    #[arg(long, env = "IXN_SOCKET_SEND_BUFFER", value_name = "BYTES")]
+    pub socket_send_buffer: Option<usize>,
+    /// Concurrent connections on the metrics listener; the next is closed at once
+    /// [default: 64].
+    #[arg(long, env = "IXN_METRICS_MAX_CONNECTIONS", value_name = "N")]
+    pub metrics_max_connections: Option<usize>,
     /// Validate the configuration and the registry, then exit.
     #[arg(long)]
     #[serde(skip)]
@@ -211,6 +226,14 @@ pub struct Config {
     pub metrics: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// Frame deadline on registered connections.
+    pub frame_timeout: Duration,
+    /// Longest wait for the peer's close once the last answer is written.
+    pub close_linger: Duration,
+    /// SO_SNDBUF of client sockets.
+    pub socket_send_buffer: usize,
+    /// Concurrent metrics-listener connections.
+    pub metrics_max_connections: usize,
 }
 
 impl Args {
@@ -244,7 +267,11 @@ impl Args {
             ring_setup,
             pin_workers,
             metrics,
-            log_format
+            log_format,
+            frame_timeout,
+            close_linger,
+            socket_send_buffer,
+            metrics_max_connections
         );
         self
     }
@@ -296,6 +323,10 @@ impl Args {
             pin_workers: args.pin_workers.unwrap_or(true),
             metrics: args.metrics.unwrap_or(true),
             log_format: args.log_format.unwrap_or_default(),
+            frame_timeout: d(args.frame_timeout, 5000),
+            close_linger: d(args.close_linger, 1000),
+            socket_send_buffer: args.socket_send_buffer.unwrap_or(65_536),
+            metrics_max_connections: args.metrics_max_connections.unwrap_or(64),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -308,34 +339,110 @@ fn load_file(path: &Path) -> Result<Args, ConfigError> {
         file: file.clone(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        file,
-        message: e.to_string(),
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = crate::registry::line_col(&text, e.span().map_or(0, |s| s.start));
+        ConfigError::Parse {
+            file: format!("{file}:{line}:{column}"),
+            message: e.message().trim().to_string(),
+        }
     })
 }
 
+/// Shortest duration any setting accepts (IXN1.md section 8).
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// Longest duration any setting accepts: 7 days. Bounding every duration keeps all deadline
+/// arithmetic (`Instant + Duration`, ticks of the timer wheel) far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest TCP keepalive idle time the kernel accepts (`TCP_KEEPIDLE` ≤ 32,767 s).
+pub const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32_767);
+/// Longest timer tick.
+pub const MAX_TIMER_TICK: Duration = Duration::from_secs(1);
+/// Smallest and largest `--socket-send-buffer` (the kernel's minimum; far below i32 overflow).
+pub const SOCKET_SEND_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(1 << 30);
+
+fn fmt_dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 impl Config {
+    /// The durations served by the timer wheel, by flag name: each must lie in
+    /// [`MIN_DURATION`]`..=`[`MAX_DURATION`] and be at least one timer tick.
+    fn wheel_timeouts(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("--registration-timeout", self.session.registration_timeout),
+            (
+                "--error-disconnect-timeout",
+                self.session.error_disconnect_timeout,
+            ),
+            ("--frame-timeout", self.frame_timeout),
+            ("--close-linger", self.close_linger),
+            ("--write-timeout", self.write_timeout),
+        ]
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !(MIN_FRAME_LEN..=MAX_FRAME_LEN_LIMIT).contains(&self.max_frame_len) {
             return bad(format!(
-                "max_frame_len {} is outside {MIN_FRAME_LEN}..={MAX_FRAME_LEN_LIMIT}",
+                "--max-frame-len {} is outside {MIN_FRAME_LEN}..={MAX_FRAME_LEN_LIMIT}",
                 self.max_frame_len
             ));
         }
         if self.workers == 0 || self.workers > 1024 {
-            return bad(format!("workers {} is outside 1..=1024", self.workers));
+            return bad(format!("--workers {} is outside 1..=1024", self.workers));
         }
-        if self.timer_tick < Duration::from_millis(1) {
-            return bad("timer_tick must be at least 1ms".into());
+        let timeouts = self.wheel_timeouts();
+        let all = timeouts
+            .iter()
+            .copied()
+            .chain([("--drain-timeout", self.drain_timeout)]);
+        for (flag, d) in all {
+            if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
+                return bad(format!("{flag} {} is outside 1ms..=7days", fmt_dur(d)));
+            }
         }
-        if self.session.registration_timeout.is_zero()
-            || self.session.error_disconnect_timeout.is_zero()
-        {
-            return bad("registration_timeout and error_disconnect_timeout must be above 0".into());
+        if !(MIN_DURATION..=MAX_TIMER_TICK).contains(&self.timer_tick) {
+            return bad(format!(
+                "--timer-tick {} is outside 1ms..=1s",
+                fmt_dur(self.timer_tick)
+            ));
+        }
+        if let Some((flag, d)) = timeouts.iter().min_by_key(|(_, d)| *d) {
+            if self.timer_tick > *d {
+                return bad(format!(
+                    "--timer-tick {} is longer than {flag} {}: deadlines would be served late",
+                    fmt_dur(self.timer_tick),
+                    fmt_dur(*d)
+                ));
+            }
+        }
+        if let Some(k) = self.tcp_keepalive {
+            if !(Duration::from_secs(1)..=MAX_TCP_KEEPALIVE).contains(&k) {
+                return bad(format!(
+                    "--tcp-keepalive {} is outside 1s..=32767s (0s turns it off)",
+                    fmt_dur(k)
+                ));
+            }
         }
         if self.max_connections == 0 {
-            return bad("max_connections must be at least 1".into());
+            return bad("--max-connections must be at least 1".into());
+        }
+        if self.backlog == 0 {
+            return bad("--backlog must be at least 1".into());
+        }
+        if !SOCKET_SEND_BUFFER_RANGE.contains(&self.socket_send_buffer) {
+            return bad(format!(
+                "--socket-send-buffer {} is outside {}..={}",
+                self.socket_send_buffer,
+                SOCKET_SEND_BUFFER_RANGE.start(),
+                SOCKET_SEND_BUFFER_RANGE.end()
+            ));
+        }
+        if !(1..=65_536).contains(&self.metrics_max_connections) {
+            return bad(format!(
+                "--metrics-max-connections {} is outside 1..=65536",
+                self.metrics_max_connections
+            ));
         }
         Ok(())
     }
@@ -402,8 +509,73 @@ mod tests {
         assert_eq!(c.listen, vec!["127.0.0.1:9".parse().unwrap()]);
         assert_eq!(c.max_connections, 8, "command line wins");
         assert_eq!(c.timer_tick, Duration::from_millis(20));
-        std::fs::write(&f, "max_conections = 7\n").unwrap();
+        std::fs::write(&f, "max_connections = 7\n\nmax_conections = 7\n").unwrap();
         let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
-        assert!(e.to_string().contains("max_conections"), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("max_conections"), "{e}");
+        assert!(e.contains("c.toml:3:"), "names file and line: {e}");
+    }
+
+    #[test]
+    fn durations_are_bounded_and_named() {
+        for (flag, value) in [
+            ("--registration-timeout", "300000000000years"),
+            ("--registration-timeout", "8days"),
+            ("--error-disconnect-timeout", "0s"),
+            ("--frame-timeout", "500us"),
+            ("--close-linger", "8days"),
+            ("--write-timeout", "0s"),
+            ("--drain-timeout", "8days"),
+            ("--timer-tick", "2s"),
+            ("--timer-tick", "0s"),
+            ("--tcp-keepalive", "32768s"),
+            ("--tcp-keepalive", "500ms"),
+        ] {
+            let e = parse(&[flag, value]).expect_err(value).to_string();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
+        // The tick may not exceed the smallest wheel timeout.
+        let e = parse(&["--timer-tick", "200ms", "--close-linger", "100ms"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--timer-tick") && e.contains("--close-linger"),
+            "{e}"
+        );
+        // The bounds themselves are accepted.
+        let c = parse(&[
+            "--registration-timeout",
+            "7days",
+            "--error-disconnect-timeout",
+            "1ms",
+            "--timer-tick",
+            "1ms",
+            "--tcp-keepalive",
+            "32767s",
+        ])
+        .unwrap();
+        assert_eq!(c.session.registration_timeout, MAX_DURATION);
+        assert_eq!(c.tcp_keepalive, Some(MAX_TCP_KEEPALIVE));
+        assert_eq!(
+            parse(&["--tcp-keepalive", "0s"]).unwrap().tcp_keepalive,
+            None
+        );
+    }
+
+    #[test]
+    fn revision_2_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.frame_timeout, Duration::from_secs(5));
+        assert_eq!(c.close_linger, Duration::from_secs(1));
+        assert_eq!(c.socket_send_buffer, 65_536);
+        assert_eq!(c.metrics_max_connections, 64);
+        let e = parse(&["--socket-send-buffer", "100"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--socket-send-buffer"), "{e}");
+        let e = parse(&["--metrics-max-connections", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--metrics-max-connections"), "{e}");
     }
 }

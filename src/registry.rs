@@ -108,7 +108,8 @@ fn de_sha256<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>,
     Ok(Some(out))
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column of byte `offset` in `text`, for `file:line:column` messages.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -192,6 +193,14 @@ impl Registry {
                 ));
             }
         }
+        if clients.is_empty() {
+            // An empty registry would refuse every client: almost certainly a truncated or
+            // wrong file, so it is refused and (on reload) the registry in force is kept.
+            return Err(invalid(
+                0,
+                "no [[client]] entry: a registry must name at least one client".into(),
+            ));
+        }
         Ok(Self { clients })
     }
 
@@ -210,8 +219,10 @@ impl Registry {
         self.clients.get(name)
     }
 
-    /// Validates a registration in the spec's order: name (2), type (3), credential (4),
-    /// peer address (5). Returns the entry and the parsed ClientType on success.
+    /// Validates a registration in the spec's order (IXN1.md section 6): name (2), type
+    /// (3), peer address (5), then credential (4). The address comes before any secret, so
+    /// a peer outside an entry's networks learns nothing about its credential. Returns the
+    /// entry and the parsed ClientType on success.
     pub fn validate(
         &self,
         name: &str,
@@ -223,18 +234,18 @@ impl Registry {
         let ty = ClientType::from_i32(client_type)
             .filter(|t| entry.allows_type(*t))
             .ok_or(ErrorCode::ClientTypeNotAllowed)?;
+        if !entry.allow.is_empty() {
+            let peer = peer.to_canonical();
+            if !entry.allow.iter().any(|net| net.contains(&peer)) {
+                return Err(ErrorCode::AddressNotAllowed);
+            }
+        }
         if let Some(want) = &entry.credential_sha256 {
             let given = credential.ok_or(ErrorCode::AuthenticationFailed)?;
             let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
             // Constant time, so response timing never tells how much of a guess was right.
             if !bool::from(digest.ct_eq(want)) {
                 return Err(ErrorCode::AuthenticationFailed);
-            }
-        }
-        if !entry.allow.is_empty() {
-            let peer = peer.to_canonical();
-            if !entry.allow.iter().any(|net| net.contains(&peer)) {
-                return Err(ErrorCode::AddressNotAllowed);
             }
         }
         Ok((entry, ty))
@@ -262,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn validation_order_is_name_type_credential_address() {
+    fn validation_order_is_name_type_address_credential() {
         let r = Registry::embedded();
         // Unknown name wins over everything else being wrong too.
         assert_eq!(
@@ -288,7 +299,30 @@ mod tests {
             Some(ErrorCode::AuthenticationFailed)
         );
         assert!(r.validate("AgentDesktop", 2, Some("s3cret"), LOOP).is_ok());
-        // Address last.
+        // The address before the credential: outside the entry's networks, a wrong and a
+        // right credential get the same answer (no oracle).
+        let dir = r#"
+[[client]]
+name = "Locked"
+types = ["MediaServer"]
+credential_sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+allow = ["10.0.0.0/8"]
+"#;
+        let locked = Registry::parse(dir, "t").unwrap();
+        for cred in [None, Some("wrong"), Some("secret")] {
+            assert_eq!(
+                locked.validate("Locked", 1, cred, LOOP).err(),
+                Some(ErrorCode::AddressNotAllowed),
+                "{cred:?}"
+            );
+        }
+        let inside = "10.9.9.9".parse().unwrap();
+        assert_eq!(
+            locked.validate("Locked", 1, Some("wrong"), inside).err(),
+            Some(ErrorCode::AuthenticationFailed)
+        );
+        assert!(locked.validate("Locked", 1, Some("secret"), inside).is_ok());
+        // Address checks on entries without a credential.
         assert_eq!(
             r.validate("Reporting_dc", 5, None, LOOP).err(),
             Some(ErrorCode::AddressNotAllowed)
@@ -364,6 +398,12 @@ mod tests {
 
         let (_, msg) = err_of("[[client]]\ntypes = [\"Proxy\"]\n");
         assert!(msg.contains("name"), "{msg}");
+
+        for empty in ["", "# nothing\n", "client = []\n"] {
+            let (line, msg) = err_of(empty);
+            assert_eq!(line, 1);
+            assert!(msg.contains("[[client]]"), "{msg}");
+        }
     }
 
     #[test]
