@@ -69,7 +69,42 @@ fn respond(
     }
 }
 
+/// Largest request head (request line and headers) the endpoint reads; a longer one is
+/// answered 431 and the connection closed. hyper's own floor is the same 8 KiB.
+pub const MAX_HEAD_BYTES: usize = 8192;
+/// A request head must arrive within this after the connection opens (or after the
+/// previous response on a kept-alive connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest life of one metrics connection, whatever it does.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Shortest interval between two warnings of the same kind.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs `msg` at WARN unless it was logged less than [`WARN_EVERY`] ago; counts what it
+/// held back and says so the next time.
+#[derive(Debug, Default)]
+struct RateLimitedWarn {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarn {
+    fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
+        if self.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(suppressed, "{msg}");
+        self.last = Some(std::time::Instant::now());
+    }
+}
+
 /// Binds the listener now (so a bad address fails start-up) and serves it on a thread.
+///
+/// Bounds (docs/SECURITY.md): at most `Shared::max_metrics` connections at once (the next
+/// is closed as soon as it is accepted), request heads of at most [`MAX_HEAD_BYTES`] arriving
+/// within [`HEADER_READ_TIMEOUT`], and [`CONNECTION_LIFETIME`] per connection.
 pub fn spawn(
     addr: SocketAddr,
     handle: Option<PrometheusHandle>,
@@ -101,18 +136,33 @@ pub fn spawn(
                         }
                     });
                 }
+                let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let mut accept_warn = RateLimitedWarn::default();
+                let mut full_warn = RateLimitedWarn::default();
                 loop {
-                    let (stream, _) = match listener.accept().await {
+                    let (stream, peer) = match listener.accept().await {
                         Ok(s) => s,
                         Err(e) => {
-                            tracing::warn!("metrics accept: {e}");
+                            accept_warn.warn(format_args!("metrics accept: {e}"));
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
+                    let max = shared.max_metrics.load(Ordering::Relaxed);
+                    if open.load(Ordering::Relaxed) >= max {
+                        // Closed at once: the descriptor is back before the next accept.
+                        drop(stream);
+                        full_warn.warn(format_args!(
+                            "metrics listener: {max} connections open (--metrics-max-connections, and the descriptor limit); refused {peer}"
+                        ));
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::Relaxed);
+                    let guard = OpenGuard(open.clone());
                     let handle = handle.clone();
                     let shared = shared.clone();
                     tokio::spawn(async move {
+                        let _guard = guard;
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let r =
                                 respond(req.method(), req.uri().path(), handle.as_ref(), &shared);
@@ -121,14 +171,24 @@ pub fn spawn(
                         let io = hyper_util::rt::TokioIo::new(stream);
                         let conn = hyper::server::conn::http1::Builder::new()
                             .timer(hyper_util::rt::TokioTimer::new())
-                            .header_read_timeout(Duration::from_secs(10))
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
+                            .max_buf_size(MAX_HEAD_BYTES)
                             .serve_connection(io, svc);
-                        let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
                     });
                 }
             });
         })?;
     Ok(local)
+}
+
+/// Counts one open metrics connection until dropped (also when its task is cancelled).
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +209,8 @@ mod tests {
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             listening_workers: AtomicUsize::new(0),
+            max_clients: AtomicUsize::new(1),
+            max_metrics: AtomicUsize::new(1),
         };
         let status = |path: &str| respond(&Method::GET, path, None, &shared).status();
         assert_eq!(status("/live"), StatusCode::OK);

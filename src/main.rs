@@ -19,7 +19,32 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Any panic, on any thread, ends the process.
+///
+/// A worker's connection and accept tasks run on its runtime, which would catch a task's
+/// panic and carry on: a slot, a descriptor and an `active` count leaked, or a listener
+/// whose handshakes complete and are never served while `/ready` says 200. Nothing in the
+/// process can tell which invariants the panic broke, so the one safe answer is to stop the
+/// whole server and let the supervisor (systemd `Restart=on-failure`, Kubernetes) start a
+/// clean one. A hook rather than `panic = "abort"` in the profile, so that every build (the
+/// debug binary the integration tests drive included) behaves the same, and the panic is
+/// logged through the server's own log format first.
+fn abort_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(
+            thread = name,
+            "panic: {info}; aborting so that a supervisor restarts the server"
+        );
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    abort_on_panic();
     let args = Args::parse();
     let check_only = args.check_config;
     let config = match args.resolve() {

@@ -14,7 +14,7 @@ use metrics::{
 };
 
 use crate::protocol::ErrorCode;
-use crate::session::{Answer, CloseReason, Output, TimerKind};
+use crate::session::{Answer, CloseReason, Output, Timer};
 
 /// `ixn_connections_accepted_total`
 pub const ACCEPTED: &str = "ixn_connections_accepted_total";
@@ -59,8 +59,6 @@ pub const BULK_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0];
 
 /// Registration results, in label order: "ok" then each error name.
 const RESULTS: usize = 1 + ErrorCode::ALL.len();
-/// Timer labels: the session's two deadlines and the write stall.
-pub const TIMERS: [&str; 3] = ["registration", "error_disconnect", "write_stall"];
 
 /// Describes every metric so it carries HELP and TYPE from the first scrape.
 pub fn describe() {
@@ -205,9 +203,9 @@ impl WorkerMetrics {
                 )
             })
             .collect();
-        let timers = TIMERS
+        let timers = Timer::ALL
             .iter()
-            .map(|t| Local::new(counter!(TIMER_EXPIRED, "timer" => *t)))
+            .map(|t| Local::new(counter!(TIMER_EXPIRED, "timer" => t.name())))
             .collect();
         Self {
             accepted: Local::new(counter!(ACCEPTED)),
@@ -246,6 +244,13 @@ impl WorkerMetrics {
     }
 
     /// A connection refused at accept (counted as accepted and closed, never active).
+    /// A peer refused on a PROXY listener because it is not a trusted balancer (never in
+    /// `active`).
+    pub fn refused_untrusted(&self) {
+        self.accepted.add(1);
+        self.closed[reason_index(CloseReason::ProxyProtocol)].add(1);
+    }
+
     pub fn overloaded(&self) {
         self.accepted.add(1);
         self.closed[reason_index(CloseReason::Overload)].add(1);
@@ -283,13 +288,8 @@ impl WorkerMetrics {
     }
 
     /// Deadlines that expired on one tick, by timer; and the tick's bulk size.
-    pub fn expired(&self, kind: Option<TimerKind>, n: u64) {
-        let i = match kind {
-            Some(TimerKind::Registration) => 0,
-            Some(TimerKind::ErrorDisconnect) => 1,
-            None => 2,
-        };
-        self.timers[i].add(n);
+    pub fn expired(&self, timer: Timer, n: u64) {
+        self.timers[timer.index()].add(n);
     }
 
     /// Connections one tick closed together.

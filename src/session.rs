@@ -74,6 +74,58 @@ impl TimerKind {
     }
 }
 
+/// Every per-connection deadline the runtime serves from its timer wheel; the label of
+/// `ixn_timer_expired_total{timer}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// The session's registration deadline.
+    Registration,
+    /// The session's error deadline.
+    ErrorDisconnect,
+    /// Answers that did not drain within `write_timeout`.
+    WriteStall,
+    /// A registered connection's begun frame not complete within `frame_timeout`.
+    Frame,
+    /// A closing connection whose peer did not close within `close_linger`.
+    CloseLinger,
+}
+
+impl Timer {
+    /// Every timer, for pre-registering metric series.
+    pub const ALL: [Timer; 5] = [
+        Self::Registration,
+        Self::ErrorDisconnect,
+        Self::WriteStall,
+        Self::Frame,
+        Self::CloseLinger,
+    ];
+
+    /// Metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Registration => TimerKind::Registration.name(),
+            Self::ErrorDisconnect => TimerKind::ErrorDisconnect.name(),
+            Self::WriteStall => "write_stall",
+            Self::Frame => "frame",
+            Self::CloseLinger => "close_linger",
+        }
+    }
+
+    /// Position in [`Timer::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<TimerKind> for Timer {
+    fn from(k: TimerKind) -> Self {
+        match k {
+            TimerKind::Registration => Self::Registration,
+            TimerKind::ErrorDisconnect => Self::ErrorDisconnect,
+        }
+    }
+}
+
 /// One input to the state machine.
 #[derive(Debug, Clone, Copy)]
 pub enum Input<'a> {
@@ -134,11 +186,13 @@ pub enum CloseReason {
     WriteStall,
     /// On a PROXY-protocol listener: no valid header, or a peer not trusted to send one.
     ProxyProtocol,
+    /// Registered, and a begun frame did not complete within `frame_timeout`.
+    FrameTimeout,
 }
 
 impl CloseReason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         Self::Peer,
         Self::RegistrationTimeout,
         Self::ErrorTimeout,
@@ -149,6 +203,7 @@ impl CloseReason {
         Self::Drain,
         Self::WriteStall,
         Self::ProxyProtocol,
+        Self::FrameTimeout,
     ];
 
     /// Metric label value.
@@ -164,6 +219,7 @@ impl CloseReason {
             Self::Drain => "drain",
             Self::WriteStall => "write_stall",
             Self::ProxyProtocol => "proxy_protocol",
+            Self::FrameTimeout => "frame_timeout",
         }
     }
 }
@@ -209,36 +265,70 @@ impl Output {
     };
 }
 
-/// Hands out ProxyClientIds: never 0, unique among the ids one allocator has live.
+/// Hands out ProxyClientIds: never 0, never one that is live on this allocator.
 ///
 /// Each worker owns one, starting at `first` and stepping by `step` (the worker count), so
-/// ids are unique across the whole server without any shared counter.
+/// ids are unique across the whole server without any shared counter. The sequence wraps
+/// before it leaves the positive i32 range (after about 2^31 / workers ids); ids still held
+/// by a live connection or logical client are skipped, so a long-lived client's id is never
+/// handed out twice. Holders give their ids back with [`IdAllocator::release`].
 #[derive(Debug, Clone)]
 pub struct IdAllocator {
     next: u32,
     first: u32,
     step: u32,
+    last: u32,
+    live: std::collections::HashSet<i32>,
 }
 
 impl IdAllocator {
     /// Ids `first`, `first + step`, …, wrapping before they leave the positive i32 range.
     pub fn new(first: u32, step: u32) -> Self {
+        Self::with_last(first, step, i32::MAX as u32)
+    }
+
+    /// Like [`IdAllocator::new`], wrapping after `last` instead (tests use a small space).
+    pub fn with_last(first: u32, step: u32, last: u32) -> Self {
         let first = first.clamp(1, i32::MAX as u32);
         Self {
             next: first,
             first,
             step: step.max(1),
+            last: last.clamp(first, i32::MAX as u32),
+            live: std::collections::HashSet::new(),
         }
     }
 
-    /// The next id.
-    pub fn next_id(&mut self) -> i32 {
-        let id = self.next;
-        self.next = match self.next.checked_add(self.step) {
-            Some(n) if n <= i32::MAX as u32 => n,
-            _ => self.first,
-        };
-        id as i32
+    /// How many ids the sequence holds before it wraps.
+    fn space(&self) -> u64 {
+        u64::from(self.last - self.first) / u64::from(self.step) + 1
+    }
+
+    /// The next id not live, now live; `None` when every id of the space is live.
+    pub fn next_id(&mut self) -> Option<i32> {
+        if self.live.len() as u64 >= self.space() {
+            return None;
+        }
+        loop {
+            let id = self.next as i32;
+            self.next = match self.next.checked_add(self.step) {
+                Some(n) if n <= self.last => n,
+                _ => self.first,
+            };
+            if self.live.insert(id) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// Gives `id` back: it may be handed out again.
+    pub fn release(&mut self, id: i32) {
+        self.live.remove(&id);
+    }
+
+    /// Ids currently live.
+    pub fn live(&self) -> usize {
+        self.live.len()
     }
 }
 
@@ -316,6 +406,18 @@ impl Session {
         self.logical.len()
     }
 
+    /// Gives back every ProxyClientId the connection holds (its own and its logical
+    /// clients'); the caller does this once, when the connection is gone.
+    pub fn release_ids(&mut self, ids: &mut IdAllocator) {
+        if self.own_id != 0 {
+            ids.release(self.own_id);
+            self.own_id = 0;
+        }
+        for id in self.logical.drain(..) {
+            ids.release(id);
+        }
+    }
+
     /// Feeds one input; any answer is appended to `out`.
     pub fn handle(&mut self, input: Input<'_>, ctx: &mut Ctx<'_>, out: &mut impl BufMut) -> Output {
         if self.state == State::Closing {
@@ -361,7 +463,7 @@ impl Session {
                     self.reject(ErrorCode::ClientNotRegistered, m.reference_id(), ctx, out)
                 }
                 (_, Message::RegisterClient(req)) => self.register_again(req, ctx, out),
-                (_, Message::UnregisterClient(req)) => self.unregister(req, out),
+                (_, Message::UnregisterClient(req)) => self.unregister(req, ctx, out),
                 (_, m) => answer_error(out, m.reference_id(), ErrorCode::UnsupportedRequest),
             },
         }
@@ -450,8 +552,15 @@ impl Session {
             .validate(req.client_name, req.client_type, req.credential, ctx.peer)
         {
             Ok((entry, ty)) => {
+                let Some(id) = ctx.ids.next_id() else {
+                    // Every id of this worker is held by a live client.
+                    return Output {
+                        registration: Some(Err(ErrorCode::ServerOverloaded)),
+                        ..self.reject(ErrorCode::ServerOverloaded, req.reference_id, ctx, out)
+                    };
+                };
                 self.state = State::Registered;
-                self.own_id = ctx.ids.next_id();
+                self.own_id = id;
                 self.is_proxy = ty == ClientType::Proxy;
                 self.max_logical = if self.is_proxy {
                     entry.max_logical_clients()
@@ -497,9 +606,9 @@ impl Session {
                     }
                 })
         };
+        let result = result.and_then(|()| ctx.ids.next_id().ok_or(ErrorCode::ServerOverloaded));
         match result {
-            Ok(()) => {
-                let id = ctx.ids.next_id();
+            Ok(id) => {
                 self.logical.push(id);
                 encode_event_ack(out, req.reference_id, Some(id));
                 Output {
@@ -518,7 +627,12 @@ impl Session {
         }
     }
 
-    fn unregister(&mut self, req: UnregisterClient, out: &mut impl BufMut) -> Output {
+    fn unregister(
+        &mut self,
+        req: UnregisterClient,
+        ctx: &mut Ctx<'_>,
+        out: &mut impl BufMut,
+    ) -> Output {
         match req.proxy_client_id {
             None => {}
             Some(id) if id == self.own_id => {}
@@ -526,6 +640,7 @@ impl Session {
                 return match self.logical.iter().position(|&l| l == id) {
                     Some(i) => {
                         self.logical.swap_remove(i);
+                        ctx.ids.release(id);
                         encode_event_ack(out, req.reference_id, None);
                         Output {
                             answer: Some(Answer::Ack),

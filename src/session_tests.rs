@@ -653,13 +653,78 @@ fn stale_deadline_on_registered_is_ignored() {
 #[test]
 fn id_allocator_steps_and_wraps_without_zero() {
     let mut ids = IdAllocator::new(2, 2);
-    assert_eq!(ids.next_id(), 2);
-    assert_eq!(ids.next_id(), 4);
+    assert_eq!(ids.next_id(), Some(2));
+    assert_eq!(ids.next_id(), Some(4));
     let mut ids = IdAllocator::new(i32::MAX as u32 - 1, 2);
-    assert_eq!(ids.next_id(), i32::MAX - 1);
+    assert_eq!(ids.next_id(), Some(i32::MAX - 1));
+    assert_eq!(ids.next_id(), None, "its only id is live");
+    ids.release(i32::MAX - 1);
     assert_eq!(
         ids.next_id(),
-        i32::MAX - 1,
+        Some(i32::MAX - 1),
         "wraps to its first id, never 0 or negative"
     );
+}
+
+#[test]
+fn id_allocator_never_hands_out_a_live_id_after_wrapping() {
+    // Ids 1, 3, 5, 7 then wrap.
+    let mut ids = IdAllocator::with_last(1, 2, 8);
+    let long_lived = ids.next_id().unwrap();
+    let mut seen = vec![long_lived];
+    for _ in 0..100 {
+        let id = ids.next_id().unwrap();
+        assert_ne!(id, long_lived, "a live id was handed out again");
+        assert!(id > 0 && id <= 8 && id % 2 == 1, "{id}");
+        seen.push(id);
+        ids.release(id);
+    }
+    assert_eq!(ids.live(), 1);
+    // Every id live: the next registration is refused instead of duplicated.
+    let rest: Vec<i32> = (0..3).map(|_| ids.next_id().unwrap()).collect();
+    assert!(!rest.contains(&long_lived));
+    assert_eq!(ids.next_id(), None);
+}
+
+#[test]
+fn a_full_id_space_answers_server_overloaded() {
+    let mut h = H::new();
+    h.ids = IdAllocator::with_last(1, 1, 1);
+    let (a, _) = h.send(&[rrc(1, "Proxy_small", 3, None)]);
+    assert_eq!(
+        a,
+        vec![Answer2::Ack {
+            reference_id: 1,
+            proxy_client_id: Some(1)
+        }]
+    );
+    let (a, _) = h.send(&[rrc(2, "MediaServer_email", 1, None)]);
+    assert_eq!(
+        a,
+        vec![err(2, ErrorCode::ServerOverloaded)],
+        "logical client: no id left"
+    );
+    let mut other = H::new();
+    other.ids = h.ids.clone();
+    let (a, _) = other.send(&[rrc(3, "MediaServer_email", 1, None)]);
+    assert_eq!(a, vec![err(3, ErrorCode::ServerOverloaded)]);
+    assert_eq!(other.s.state(), State::Rejected);
+    h.s.release_ids(&mut h.ids);
+    assert_eq!(h.ids.live(), 0);
+}
+
+#[test]
+fn unregistering_a_logical_client_releases_its_id() {
+    let mut h = H::registered("Proxy_small", 3, None);
+    let (a, _) = h.send(&[rrc(2, "MediaServer_email", 1, None)]);
+    let Answer2::Ack {
+        proxy_client_id: Some(id),
+        ..
+    } = a[0]
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(h.ids.live(), 2);
+    let _ = h.send(&[unreg(3, Some(id))]);
+    assert_eq!(h.ids.live(), 1, "the logical client's id is free again");
 }

@@ -37,18 +37,23 @@ pub struct Conn {
     pub timer: Option<TimerKey>,
     /// The write-stall deadline armed while a write is in flight.
     pub write_timer: Option<TimerKey>,
-    /// Set by the worker (deadline, drain, stall) before it wakes the task with a shutdown.
+    /// Set by the worker (deadline, drain, stall) for the task to act on.
     pub signal: Option<Signal>,
+    /// Closing once written (IXN1.md section 6): every answer is sent and our FIN is out;
+    /// what still arrives is discarded until the peer closes or `close_linger` passes.
+    /// The reason the close was decided for.
+    pub linger: Option<CloseReason>,
     /// Accepted on a PROXY-protocol listener and its header has not arrived yet.
     pub awaiting_proxy: bool,
 }
 
-/// Why the worker woke a connection's task.
+/// What the worker asks of a connection's task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// Close with this reason; the session already knows.
+    /// Close now with this reason (the worker has shut the socket down, which completes a
+    /// pending read).
     Close(CloseReason),
-    /// Feed the session `Input::Drain`.
+    /// Feed the session `Input::Drain` once the write in flight completes.
     Drain,
 }
 
@@ -88,6 +93,7 @@ impl Conns {
             timer: None,
             write_timer: None,
             signal: None,
+            linger: None,
             awaiting_proxy: false,
         }) as u32;
         ConnHandle { index, generation }

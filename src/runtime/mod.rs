@@ -7,6 +7,7 @@
 //! touched at accept and close) and the drain flag.
 
 mod conns;
+mod debug;
 mod worker;
 
 pub use conns::{Conn, ConnHandle, Conns, Signal};
@@ -35,6 +36,12 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Workers whose listeners accept.
     pub listening_workers: AtomicUsize,
+    /// Client connections admitted at once: `max_connections`, or less when the
+    /// descriptor limit leaves less room (see [`FdBudget`]).
+    pub max_clients: AtomicUsize,
+    /// Metrics connections served at once: `metrics_max_connections`, or less when the
+    /// descriptor limit leaves less room beside the clients (see [`FdBudget`]).
+    pub max_metrics: AtomicUsize,
 }
 
 /// Why the server could not start.
@@ -127,6 +134,9 @@ fn listener(addr: SocketAddr, config: &Config) -> std::io::Result<std::net::TcpL
     }
     // Accepted sockets inherit these from the listener: no per-connection syscalls.
     s.set_nodelay(true)?;
+    // Bounds what a client that never reads pins in the kernel (autotuning would let a
+    // send buffer grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default).
+    s.set_send_buffer_size(config.socket_send_buffer)?;
     if let Some(idle) = config.tcp_keepalive {
         s.set_keepalive(true)?;
         s.set_tcp_keepalive(
@@ -173,6 +183,28 @@ fn bind_all(config: &Config) -> Result<Bound, StartError> {
     Ok((per_worker, bound))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::FdBudget;
+
+    #[test]
+    fn the_descriptor_limit_goes_to_clients_before_metrics() {
+        // Plenty: both get their maximum.
+        let b = FdBudget::new(20_000, 50, 1000, 64);
+        assert_eq!((b.clients, b.metrics), (1000, 64));
+        // max-connections + 60: every client fits, the metrics listener gets what is left.
+        let b = FdBudget::new(160, 52, 100, 64);
+        assert_eq!((b.clients, b.metrics), (100, 8));
+        assert_eq!(b.wanted, 216);
+        // Too little for the clients: they get all but one, metrics keeps one.
+        let b = FdBudget::new(100, 52, 100, 64);
+        assert_eq!((b.clients, b.metrics), (47, 1));
+        // Nothing left at all: one of each, and accept(2) failures are backed off.
+        let b = FdBudget::new(40, 52, 100, 64);
+        assert_eq!((b.clients, b.metrics), (1, 1));
+    }
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -209,14 +241,19 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         None
     };
 
+    let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
     let workers = config.workers;
+    let max_connections = config.max_connections;
+    let metrics_max_connections = config.metrics_max_connections;
     let shared = Arc::new(Shared {
         config,
         registry: ArcSwap::from_pointee(registry),
         active: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
         listening_workers: AtomicUsize::new(0),
+        max_clients: AtomicUsize::new(max_connections),
+        max_metrics: AtomicUsize::new(metrics_max_connections),
     });
     let metrics_addr = crate::http::spawn(shared.config.metrics_listen, handle, shared.clone())
         .map_err(|source| StartError::Bind {
@@ -253,6 +290,36 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
             ));
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+    // Every descriptor the server needs for itself is open now: the limit is shared out.
+    if let Some(limit) = nofile {
+        let b = FdBudget::new(
+            limit,
+            open_descriptors() + FD_HEADROOM + worker::REFUSALS_LINGERING_MAX * workers,
+            max_connections,
+            shared.config.metrics_max_connections,
+        );
+        if b.clients < max_connections {
+            tracing::warn!(
+                max_connections,
+                nofile = limit,
+                "the descriptor limit leaves room for {} client connections (the rest get ServerOverloaded); raise it to at least {} (LimitNOFILE=)",
+                b.clients,
+                b.wanted
+            );
+        }
+        if b.metrics < shared.config.metrics_max_connections {
+            tracing::warn!(
+                metrics_max_connections = shared.config.metrics_max_connections,
+                nofile = limit,
+                "the descriptor limit leaves room for {} metrics connections beside {} clients; raise it to at least {} (LimitNOFILE=)",
+                b.metrics,
+                b.clients,
+                b.wanted
+            );
+        }
+        shared.max_clients.store(b.clients, Ordering::Relaxed);
+        shared.max_metrics.store(b.metrics, Ordering::Relaxed);
     }
     let registry_len = shared.registry.load().len();
     tracing::info!(
@@ -314,6 +381,69 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         "drained; exiting"
     );
     Ok(())
+}
+
+/// Descriptors kept free beyond the server's own, the metrics listener's and the lingering
+/// refusals': a refusal (EventError 10) that does not linger still needs one, briefly.
+const FD_HEADROOM: usize = 16;
+
+/// Raises the soft descriptor limit to the hard one (as nginx's `worker_rlimit_nofile` or
+/// Go's runtime do) and returns it; `None` if it is unlimited or unreadable.
+fn raise_nofile_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the struct we pass and keeps no pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass and keeps no pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY)
+        .then(|| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// Descriptors the process has open now.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// How the descriptor limit is shared out: the server's own descriptors first, then the
+/// clients (up to `--max-connections`), then the metrics listener (up to
+/// `--metrics-max-connections`, at least one). The metrics listener never takes a
+/// descriptor a client could need, and a client over the budget is answered
+/// ServerOverloaded rather than left in the backlog by a failing accept(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// Client connections admitted at once.
+    pub clients: usize,
+    /// Metrics connections served at once.
+    pub metrics: usize,
+    /// The limit that would give both their configured maximum.
+    pub wanted: usize,
+}
+
+impl FdBudget {
+    /// Shares `limit` descriptors, `reserve` of which the server keeps for itself.
+    pub fn new(limit: usize, reserve: usize, max_clients: usize, max_metrics: usize) -> Self {
+        let room = limit.saturating_sub(reserve);
+        let clients = room.saturating_sub(1).clamp(1, max_clients.max(1));
+        let metrics = room.saturating_sub(clients).clamp(1, max_metrics.max(1));
+        Self {
+            clients,
+            metrics,
+            wanted: reserve + max_clients + max_metrics,
+        }
+    }
 }
 
 fn reload(shared: &Shared) {

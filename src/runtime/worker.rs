@@ -17,11 +17,25 @@
 //!
 //! # Deadlines
 //!
-//! No connection owns a timer future. Session deadlines and write stalls live in the
-//! worker's [`TimerWheel`]; one tick task advances it, and for every connection that
-//! expired it updates the session, marks the connection and shuts its socket down, which
-//! completes the connection's pending read so its task cleans up. Everything expired in a
-//! tick is handled in that one pass.
+//! No connection owns a timer future. Session deadlines, write stalls, frame deadlines and
+//! close lingers live in the worker's [`TimerWheel`]; one tick task advances it and handles
+//! everything expired in that tick in one pass.
+//!
+//! # Closing once written (IXN1.md section 6)
+//!
+//! Closing a socket that still has unread input makes the kernel send RST, which throws
+//! away answers still in our send buffer. So a connection that has ever been answered
+//! closes in two steps: once every answer is written, `shutdown(SHUT_WR)` sends our FIN
+//! behind them, and the connection *lingers*: its task keeps reading and discarding until
+//! the peer closes (end of stream) or `close_linger` passes in the wheel. Only then is the
+//! socket closed, with nothing unread, or with the peer gone. A connection never answered
+//! (a silent or trickling unregistered one) is closed at once: it has nothing to lose.
+//!
+//! The worker never cancels a pending read to reach a task. A hard close shuts the socket
+//! down both ways, which completes the read with end of stream; a graceful close only
+//! shuts down our sending side (the task's pending read then sees the peer's bytes or its
+//! FIN, which it now discards). The drain's EventError 11 to an idle registered connection
+//! is sent by the worker itself with one non-blocking `send(2)`, then the same linger.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -40,7 +54,8 @@ use super::Shared;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_event_error, ErrorCode};
 use crate::session::{
-    Close, CloseReason, Ctx, IdAllocator, Input, Registration, Session, TimerAction, TimerKind,
+    Close, CloseReason, Ctx, IdAllocator, Input, Registration, Session, State, Timer, TimerAction,
+    TimerKind,
 };
 use crate::timer_wheel::TimerWheel;
 
@@ -57,11 +72,21 @@ const OUT_BUF: usize = 64;
 const POOL_MAX: usize = 4096;
 /// Idle connection tasks a worker keeps for reuse.
 const IDLE_TASKS_MAX: usize = 1024;
+/// Refused connections (EventError 10) a worker lets linger at once. Refusals are what a
+/// flood produces, and each lingering one holds a descriptor for up to `close_linger`
+/// (the descriptor budget reserves them, see `runtime::fd_budget`); beyond this many, a
+/// refusal discards the input already there and closes at once.
+pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
 
+/// What a wheel entry stands for. A connection has at most one [`Conn::timer`] (its
+/// session deadline while unregistered or rejected, its frame deadline while registered,
+/// its linger while closing) and one [`Conn::write_timer`].
 #[derive(Debug, Clone, Copy)]
 enum Deadline {
     Session(TimerKind),
     WriteStall,
+    Frame,
+    Linger,
 }
 
 struct Worker {
@@ -78,6 +103,8 @@ struct Worker {
     /// Tasks waiting for a connection, and their wake-up.
     idle_tasks: std::cell::Cell<usize>,
     wake: tokio::sync::Notify,
+    /// Refused connections lingering now.
+    refusing: std::cell::Cell<usize>,
 }
 
 /// Entry point of a worker thread.
@@ -114,9 +141,10 @@ async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared
     let w = Rc::new(Worker {
         conns: RefCell::new(Conns::default()),
         wheel: RefCell::new(TimerWheel::new(origin, tick, WHEEL_SLOTS)),
-        ids: RefCell::new(IdAllocator::new(
+        ids: RefCell::new(IdAllocator::with_last(
             index as u32 + 1,
             shared.config.workers as u32,
+            super::debug::id_space_last(),
         )),
         metrics: WorkerMetrics::new(),
         expired: RefCell::new(Vec::new()),
@@ -125,6 +153,7 @@ async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared
         queue: RefCell::new(std::collections::VecDeque::with_capacity(ACCEPT_BATCH)),
         idle_tasks: std::cell::Cell::new(0),
         wake: tokio::sync::Notify::new(),
+        refusing: std::cell::Cell::new(0),
         shared,
     });
     // Duplicates of the listening sockets: shutting one down wakes the pending accept.
@@ -205,6 +234,7 @@ async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener, proxy: bool
             match ready.get_inner().accept() {
                 Ok((s, peer)) => {
                     backoff = Duration::from_millis(5);
+                    super::debug::maybe_panic("accept");
                     w.admit(TcpStream::from_std(s), peer, proxy, &mut last_warn);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -247,7 +277,24 @@ impl Worker {
         last_warn: &mut Option<Instant>,
     ) {
         let w = self;
-        let limit = w.shared.config.max_connections;
+        if proxy {
+            // Only the balancers may speak first with a PROXY header. Checked before
+            // anything else, so an untrusted peer never gets a byte of IXN/1, not even
+            // the refusal of a full server.
+            let ip = peer.ip().to_canonical();
+            if !w
+                .shared
+                .config
+                .proxy_protocol_trusted
+                .iter()
+                .any(|n| n.contains(&ip))
+            {
+                tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
+                w.metrics.refused_untrusted();
+                return;
+            }
+        }
+        let limit = w.shared.max_clients.load(Ordering::Relaxed);
         if w.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
             w.shared.active.fetch_sub(1, Ordering::AcqRel);
             w.metrics.overloaded();
@@ -258,26 +305,14 @@ impl Worker {
                 );
                 *last_warn = Some(Instant::now());
             }
-            tokio_uring::spawn(refuse(stream, w.overload_frame.clone()));
+            let linger = w.refusing.get() < REFUSALS_LINGERING_MAX;
+            if linger {
+                w.refusing.set(w.refusing.get() + 1);
+            }
+            tokio_uring::spawn(refuse(w.clone(), stream, linger));
             return;
         }
         w.metrics.accepted();
-        if proxy {
-            let ip = peer.ip().to_canonical();
-            if !w
-                .shared
-                .config
-                .proxy_protocol_trusted
-                .iter()
-                .any(|n| n.contains(&ip))
-            {
-                // Only the balancers may speak first with a PROXY header.
-                tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
-                w.shared.active.fetch_sub(1, Ordering::AcqRel);
-                w.metrics.closed(CloseReason::ProxyProtocol, false, 0);
-                return;
-            }
-        }
         let now = Instant::now();
         let (session, arm) = Session::accept(now, w.shared.config.session);
         let mut conns = w.conns.borrow_mut();
@@ -300,8 +335,58 @@ impl Worker {
     }
 }
 
-async fn refuse(stream: TcpStream, frame: Rc<[u8]>) {
-    let (_res, _buf) = stream.write_all(frame.to_vec()).await;
+/// Refuses a connection over the limit: EventError{0, 10}, closed once written. The
+/// connection is not in the slab (it is over the limit), so its linger is its own timer.
+async fn refuse(w: Rc<Worker>, stream: TcpStream, linger: bool) {
+    let frame = &w.overload_frame;
+    // Into an empty send buffer: one send(2) always takes 60 bytes.
+    let sent = send_now(&stream, frame).unwrap_or(0);
+    w.metrics.bytes_out(sent);
+    let fd = stream.as_raw_fd();
+    if sent == frame.len() {
+        shutdown(fd, std::net::Shutdown::Write);
+        if linger {
+            let until = tokio::time::sleep(w.shared.config.close_linger);
+            tokio::pin!(until);
+            let mut buf = Vec::with_capacity(READ_BUF);
+            loop {
+                tokio::select! {
+                    (res, b) = stream.read(buf) => {
+                        buf = b;
+                        buf.clear();
+                        if !matches!(res, Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                    () = &mut until => {
+                        // The read in flight completes once the socket is shut down.
+                        shutdown(fd, std::net::Shutdown::Both);
+                        break;
+                    }
+                }
+            }
+        } else {
+            discard_pending(fd);
+        }
+    }
+    if linger {
+        w.refusing.set(w.refusing.get() - 1);
+    }
+}
+
+/// Reads and drops whatever input is already queued, without waiting, so that closing the
+/// socket sends FIN rather than RST.
+fn discard_pending(fd: RawFd) {
+    // SAFETY: `fd` is the descriptor of a stream the caller owns and keeps open for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&fd);
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    for _ in 0..64 {
+        match sock.recv_with_flags(&mut scratch, libc::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// shutdown(2) on a connection's socket, to complete the task's pending read or write.
@@ -311,6 +396,13 @@ fn shutdown(fd: RawFd, how: std::net::Shutdown) {
     // thread as that task, so the descriptor is open and still that socket here.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = socket2::SockRef::from(&fd).shutdown(how);
+}
+
+/// One non-blocking send(2) on a live slab entry's socket.
+fn send_fd(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: as in `shutdown`: the descriptor of a live slab entry, on the owning thread.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 fn apply_timer(
@@ -337,7 +429,11 @@ fn apply_timer(
 
 /// What a connection's task does after a read.
 enum Step {
+    /// Close now.
     Close(CloseReason),
+    /// Lingering: drop what arrived and read on.
+    Discard,
+    /// Write what the session answered; then, if `close_after`, close once written.
     Write {
         consumed: usize,
         close_after: Option<CloseReason>,
@@ -356,10 +452,11 @@ impl Worker {
         let registry = self.shared.registry.load();
         let mut ids = self.ids.borrow_mut();
         let mut conns = self.conns.borrow_mut();
-        let (mut n_reg, mut n_err, mut n_stall) = (0u64, 0u64, 0u64);
+        let mut wheel = self.wheel.borrow_mut();
+        let mut counts = [0u64; Timer::ALL.len()];
         for (h, d) in expired.drain(..) {
             let Some(c) = conns.get_mut(h) else { continue };
-            let reason = match d {
+            match d {
                 Deadline::Session(kind) => {
                     c.timer = None;
                     let mut ctx = Ctx {
@@ -374,41 +471,191 @@ impl Worker {
                     if o.close != Close::Now {
                         continue;
                     }
-                    match kind {
-                        TimerKind::Registration => n_reg += 1,
-                        TimerKind::ErrorDisconnect => n_err += 1,
-                    }
-                    c.session
+                    counts[Timer::from(kind).index()] += 1;
+                    let reason = c
+                        .session
                         .close_reason()
-                        .unwrap_or(CloseReason::RegistrationTimeout)
+                        .unwrap_or(CloseReason::RegistrationTimeout);
+                    match kind {
+                        // Never answered: nothing to lose.
+                        TimerKind::Registration => close_hard(c, reason),
+                        // Its EventErrors must reach it.
+                        TimerKind::ErrorDisconnect => {
+                            self.close_gracefully(&mut wheel, c, h, reason, now);
+                        }
+                    }
                 }
                 Deadline::WriteStall => {
                     c.write_timer = None;
-                    n_stall += 1;
-                    CloseReason::WriteStall
+                    counts[Timer::WriteStall.index()] += 1;
+                    close_hard(c, CloseReason::WriteStall);
                 }
-            };
-            c.signal = Some(Signal::Close(reason));
-            // Completes the task's pending read or write; the task then frees the slot.
-            shutdown(c.fd, std::net::Shutdown::Both);
-        }
-        self.metrics.expired(Some(TimerKind::Registration), n_reg);
-        self.metrics
-            .expired(Some(TimerKind::ErrorDisconnect), n_err);
-        self.metrics.expired(None, n_stall);
-        self.metrics.bulk_drop((n_reg + n_err + n_stall) as usize);
-    }
-
-    /// Marks every connection for drain and wakes its task.
-    fn start_drain(&self) {
-        let mut conns = self.conns.borrow_mut();
-        for h in conns.handles() {
-            if let Some(c) = conns.get_mut(h) {
-                if c.signal.is_none() {
-                    c.signal = Some(Signal::Drain);
-                    shutdown(c.fd, std::net::Shutdown::Read);
+                Deadline::Frame => {
+                    c.timer = None;
+                    counts[Timer::Frame.index()] += 1;
+                    self.close_gracefully(&mut wheel, c, h, CloseReason::FrameTimeout, now);
+                }
+                Deadline::Linger => {
+                    c.timer = None;
+                    counts[Timer::CloseLinger.index()] += 1;
+                    let reason = c.linger.unwrap_or(CloseReason::Peer);
+                    close_hard(c, reason);
                 }
             }
+        }
+        for t in Timer::ALL {
+            self.metrics.expired(t, counts[t.index()]);
+        }
+        // Lingers ending are not drops: the connection was already closing.
+        let dropped: u64 = counts.iter().sum::<u64>() - counts[Timer::CloseLinger.index()];
+        self.metrics.bulk_drop(dropped as usize);
+    }
+
+    /// Closes once written: our FIN goes out behind every answer already written, and the
+    /// connection lingers (its task discards input) until the peer closes or
+    /// `close_linger` passes. With a write still in flight the peer is not reading: it is
+    /// closed at once instead.
+    fn close_gracefully(
+        &self,
+        wheel: &mut TimerWheel<(ConnHandle, Deadline)>,
+        c: &mut Conn,
+        h: ConnHandle,
+        reason: CloseReason,
+        now: Instant,
+    ) {
+        if c.write_timer.is_some() {
+            close_hard(c, reason);
+            return;
+        }
+        if let Some(k) = c.timer.take() {
+            wheel.cancel(k);
+        }
+        shutdown(c.fd, std::net::Shutdown::Write);
+        c.linger = Some(reason);
+        c.timer = Some(wheel.insert(now + self.shared.config.close_linger, (h, Deadline::Linger)));
+    }
+
+    /// The task, once its closing answers are written: close once written.
+    fn begin_linger(&self, h: ConnHandle, reason: CloseReason) {
+        let mut conns = self.conns.borrow_mut();
+        if let Some(c) = conns.get_mut(h) {
+            if c.linger.is_none() && c.signal.is_none() {
+                self.close_gracefully(&mut self.wheel.borrow_mut(), c, h, reason, Instant::now());
+            }
+        }
+    }
+
+    /// Starts, moves or stops a registered connection's frame deadline after a read:
+    /// `partial` says input is left over (a frame begun), `restarted` that a frame boundary
+    /// was crossed in this read (so the leftover frame began in it).
+    fn frame_clock(&self, h: ConnHandle, restarted: bool, partial: bool) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(h) else { return };
+        if c.linger.is_some() || c.session.state() != State::Registered {
+            return;
+        }
+        let mut wheel = self.wheel.borrow_mut();
+        if partial {
+            if restarted || c.timer.is_none() {
+                if let Some(k) = c.timer.take() {
+                    wheel.cancel(k);
+                }
+                let at = Instant::now() + self.shared.config.frame_timeout;
+                c.timer = Some(wheel.insert(at, (h, Deadline::Frame)));
+            }
+        } else if let Some(k) = c.timer.take() {
+            wheel.cancel(k);
+        }
+    }
+
+    /// Drain (SIGTERM): unregistered connections close; rejected ones close once written;
+    /// registered ones are sent EventError 11 and close once written.
+    fn start_drain(&self) {
+        let registry = self.shared.registry.load();
+        let mut ids = self.ids.borrow_mut();
+        let mut conns = self.conns.borrow_mut();
+        let mut wheel = self.wheel.borrow_mut();
+        let now = Instant::now();
+        let mut answer = Vec::with_capacity(64);
+        for h in conns.handles() {
+            let Some(c) = conns.get_mut(h) else { continue };
+            if c.linger.is_some() || c.signal.is_some() {
+                continue;
+            }
+            let state = c.session.state();
+            if state == State::Closing {
+                // Its task is writing its last answers and will linger by itself.
+                continue;
+            }
+            if state == State::Registered && c.write_timer.is_some() {
+                // Its task answers once the write in flight completes.
+                c.signal = Some(Signal::Drain);
+                continue;
+            }
+            let mut ctx = Ctx {
+                registry: &registry,
+                peer: c.peer,
+                now,
+                ids: &mut ids,
+                config: self.shared.config.session,
+            };
+            answer.clear();
+            let o = c.session.handle(Input::Drain, &mut ctx, &mut answer);
+            self.metrics.output(&o);
+            match state {
+                State::Registered => {
+                    // The task waits in a read; the answer goes out from here.
+                    let sent = send_fd(c.fd, &answer);
+                    if matches!(sent, Ok(n) if n == answer.len()) {
+                        self.metrics.bytes_out(answer.len());
+                        self.close_gracefully(&mut wheel, c, h, CloseReason::Drain, now);
+                    } else {
+                        close_hard(c, CloseReason::Drain);
+                    }
+                }
+                State::Rejected => {
+                    self.close_gracefully(&mut wheel, c, h, CloseReason::Drain, now);
+                }
+                _ => close_hard(c, CloseReason::Drain),
+            }
+        }
+    }
+
+    /// The signal the worker left for a connection's task, if any.
+    fn take_signal(&self, h: ConnHandle) -> Option<Signal> {
+        let mut conns = self.conns.borrow_mut();
+        match conns.get_mut(h) {
+            Some(c) => c.signal.take(),
+            None => Some(Signal::Close(CloseReason::Peer)),
+        }
+    }
+
+    /// The drain, for a registered connection whose write was in flight when it began.
+    fn drain_step(&self, h: ConnHandle, out: &mut Vec<u8>) -> Step {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(h) else {
+            return Step::Close(CloseReason::Peer);
+        };
+        let registry = self.shared.registry.load();
+        let mut ids = self.ids.borrow_mut();
+        let mut ctx = Ctx {
+            registry: &registry,
+            peer: c.peer,
+            now: Instant::now(),
+            ids: &mut ids,
+            config: self.shared.config.session,
+        };
+        let o = c.session.handle(Input::Drain, &mut ctx, out);
+        self.metrics.output(&o);
+        apply_timer(&mut self.wheel.borrow_mut(), c, h, o.timer);
+        if o.close == Close::AfterWrite {
+            Step::Write {
+                consumed: 0,
+                close_after: Some(CloseReason::Drain),
+                registered: false,
+            }
+        } else {
+            Step::Close(CloseReason::Drain)
         }
     }
 
@@ -418,6 +665,26 @@ impl Worker {
         let Some(c) = conns.get_mut(h) else {
             return Step::Close(CloseReason::Peer);
         };
+        match c.signal.take() {
+            Some(Signal::Close(r)) => return Step::Close(r),
+            Some(Signal::Drain) => {
+                drop(conns);
+                return self.drain_step(h, out);
+            }
+            None => {}
+        }
+        if let Some(reason) = c.linger {
+            // Our FIN is out: the peer's close ends it; anything else is dropped.
+            return if n == 0 {
+                Step::Close(reason)
+            } else {
+                Step::Discard
+            };
+        }
+        if n == 0 {
+            return Step::Close(CloseReason::Peer);
+        }
+        super::debug::maybe_panic("connection");
         let registry = self.shared.registry.load();
         let mut ids = self.ids.borrow_mut();
         let mut wheel = self.wheel.borrow_mut();
@@ -429,27 +696,6 @@ impl Worker {
             ids: &mut ids,
             config: self.shared.config.session,
         };
-        match c.signal.take() {
-            Some(Signal::Close(r)) => return Step::Close(r),
-            Some(Signal::Drain) => {
-                let o = c.session.handle(Input::Drain, &mut ctx, out);
-                self.metrics.output(&o);
-                apply_timer(&mut wheel, c, h, o.timer);
-                return if o.close == Close::AfterWrite {
-                    Step::Write {
-                        consumed: 0,
-                        close_after: Some(CloseReason::Drain),
-                        registered: false,
-                    }
-                } else {
-                    Step::Close(CloseReason::Drain)
-                };
-            }
-            None => {}
-        }
-        if n == 0 {
-            return Step::Close(CloseReason::Peer);
-        }
         self.metrics.bytes_in(n);
         let mut skip = 0;
         if c.awaiting_proxy {
@@ -554,21 +800,20 @@ impl Worker {
         pool.push(b);
     }
 
-    /// Frees the slot, disarms its timers and counts the close.
+    /// Frees the slot, disarms its timers, gives back its ProxyClientIds and counts the close.
     fn finish(&self, h: ConnHandle, reason: CloseReason) {
-        let Some(c) = self.conns.borrow_mut().remove(h) else {
+        let Some(mut c) = self.conns.borrow_mut().remove(h) else {
             return;
         };
+        let was_registered = c.session.proxy_client_id().is_some();
+        let logical = c.session.logical_clients();
+        c.session.release_ids(&mut self.ids.borrow_mut());
         let mut wheel = self.wheel.borrow_mut();
         for k in [c.timer, c.write_timer].into_iter().flatten() {
             wheel.cancel(k);
         }
         self.shared.active.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.closed(
-            reason,
-            c.session.proxy_client_id().is_some(),
-            c.session.logical_clients(),
-        );
+        self.metrics.closed(reason, was_registered, logical);
     }
 }
 
@@ -636,19 +881,30 @@ struct Buffers {
 async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffers) -> CloseReason {
     let max = w.shared.config.max_frame_len;
     loop {
-        if b.read.len() == b.read.capacity() {
-            // The decoder asked for more of a frame it knows is at most `max` bytes.
-            let (len, cap) = (b.read.len(), b.read.capacity());
-            let want = (cap * 2).clamp(len + 1, max.max(len + 1));
-            b.read.reserve_exact(want - len);
-        }
-        let len = b.read.len();
-        let (res, slice) = stream.read(std::mem::take(&mut b.read).slice(len..)).await;
-        b.read = slice.into_inner();
-        let n = res.unwrap_or(0);
-        // The bytes are part of the buffer now; `step` sees the whole unconsumed input.
-        let (consumed, close_after, registered) = match w.step(h, &b.read, n, &mut b.out) {
+        let step = match w.take_signal(h) {
+            Some(Signal::Close(r)) => return r,
+            Some(Signal::Drain) => w.drain_step(h, &mut b.out),
+            None => {
+                if b.read.len() == b.read.capacity() {
+                    // The decoder asked for more of a frame it knows is at most `max` bytes.
+                    let (len, cap) = (b.read.len(), b.read.capacity());
+                    let want = (cap * 2).clamp(len + 1, max.max(len + 1));
+                    b.read.reserve_exact(want - len);
+                }
+                let len = b.read.len();
+                let (res, slice) = stream.read(std::mem::take(&mut b.read).slice(len..)).await;
+                b.read = slice.into_inner();
+                let n = res.unwrap_or(0);
+                // The bytes are part of the buffer now; `step` sees the whole unconsumed input.
+                w.step(h, &b.read, n, &mut b.out)
+            }
+        };
+        let (consumed, close_after, registered) = match step {
             Step::Close(r) => return r,
+            Step::Discard => {
+                b.read.clear();
+                continue;
+            }
             Step::Write {
                 consumed,
                 close_after,
@@ -697,10 +953,20 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
             }
         }
         if let Some(r) = close_after {
-            return r;
+            // Close once written: no frame after the closing one is read or answered.
+            b.read.clear();
+            w.begin_linger(h, r);
+            continue;
         }
+        w.frame_clock(h, consumed > 0, !b.read.is_empty());
         if b.read.is_empty() && b.read.capacity() > READ_BUF {
             b.read = Vec::with_capacity(READ_BUF);
         }
     }
+}
+
+/// A hard close: the task's pending read completes (end of stream) and it closes.
+fn close_hard(c: &mut Conn, reason: CloseReason) {
+    c.signal = Some(Signal::Close(reason));
+    shutdown(c.fd, std::net::Shutdown::Both);
 }
