@@ -352,7 +352,7 @@ fn load_file(path: &Path) -> Result<Args, ConfigError> {
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
 /// Longest duration any setting accepts: 7 days. Bounding every duration keeps all deadline
 /// arithmetic (`Instant + Duration`, ticks of the timer wheel) far from overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_DURATION: Duration = crate::session::MAX_TIMEOUT;
 /// Longest TCP keepalive idle time the kernel accepts (`TCP_KEEPIDLE` ≤ 32,767 s).
 pub const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32_767);
 /// Longest timer tick.

@@ -21,6 +21,16 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 
+/// Longest timeout a deadline is ever armed with: the 7 days the settings allow
+/// (IXN1.md section 8). [`deadline`] clamps to it, so no `Instant + Duration` can overflow
+/// whatever configuration reaches the core.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `timeout` after `now`, with the timeout clamped to [`MAX_TIMEOUT`]: never overflows.
+pub fn deadline(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout.min(MAX_TIMEOUT)).unwrap_or(now)
+}
+
 /// Most EventErrors a rejected connection receives before it is closed.
 pub const MAX_ERRORS_WHEN_REJECTED: u8 = 16;
 
@@ -377,8 +387,8 @@ impl Session {
             logical: Vec::new(),
             closed_by: None,
         };
-        let deadline = now + config.registration_timeout;
-        (s, TimerAction::Arm(TimerKind::Registration, deadline))
+        let at = deadline(now, config.registration_timeout);
+        (s, TimerAction::Arm(TimerKind::Registration, at))
     }
 
     /// Current state.
@@ -524,7 +534,7 @@ impl Session {
             registration: None,
             timer: TimerAction::Arm(
                 TimerKind::ErrorDisconnect,
-                ctx.now + ctx.config.error_disconnect_timeout,
+                deadline(ctx.now, ctx.config.error_disconnect_timeout),
             ),
             close: Close::No,
         }

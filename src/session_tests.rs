@@ -728,3 +728,21 @@ fn unregistering_a_logical_client_releases_its_id() {
     let _ = h.send(&[unreg(3, Some(id))]);
     assert_eq!(h.ids.live(), 1, "the logical client's id is free again");
 }
+
+#[test]
+fn deadlines_never_overflow_whatever_the_config() {
+    let t0 = Instant::now();
+    let huge = SessionConfig {
+        registration_timeout: Duration::MAX,
+        error_disconnect_timeout: Duration::from_secs(u64::MAX / 2),
+    };
+    let (_, arm) = Session::accept(t0, huge);
+    assert_eq!(
+        arm,
+        TimerAction::Arm(TimerKind::Registration, t0 + MAX_TIMEOUT)
+    );
+    assert_eq!(
+        deadline(t0, Duration::from_millis(5)),
+        t0 + Duration::from_millis(5)
+    );
+}

@@ -54,8 +54,8 @@ use super::Shared;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_event_error, ErrorCode};
 use crate::session::{
-    Close, CloseReason, Ctx, IdAllocator, Input, Registration, Session, State, Timer, TimerAction,
-    TimerKind,
+    deadline, Close, CloseReason, Ctx, IdAllocator, Input, Registration, Session, State, Timer,
+    TimerAction, TimerKind,
 };
 use crate::timer_wheel::TimerWheel;
 
@@ -532,7 +532,10 @@ impl Worker {
         }
         shutdown(c.fd, std::net::Shutdown::Write);
         c.linger = Some(reason);
-        c.timer = Some(wheel.insert(now + self.shared.config.close_linger, (h, Deadline::Linger)));
+        c.timer = Some(wheel.insert(
+            deadline(now, self.shared.config.close_linger),
+            (h, Deadline::Linger),
+        ));
     }
 
     /// The task, once its closing answers are written: close once written.
@@ -560,7 +563,7 @@ impl Worker {
                 if let Some(k) = c.timer.take() {
                     wheel.cancel(k);
                 }
-                let at = Instant::now() + self.shared.config.frame_timeout;
+                let at = deadline(Instant::now(), self.shared.config.frame_timeout);
                 c.timer = Some(wheel.insert(at, (h, Deadline::Frame)));
             }
         } else if let Some(k) = c.timer.take() {
@@ -752,7 +755,7 @@ impl Worker {
     fn arm_write_timer(&self, h: ConnHandle) {
         let mut conns = self.conns.borrow_mut();
         if let Some(c) = conns.get_mut(h) {
-            let at = Instant::now() + self.shared.config.write_timeout;
+            let at = deadline(Instant::now(), self.shared.config.write_timeout);
             c.write_timer = Some(
                 self.wheel
                     .borrow_mut()
