@@ -474,8 +474,8 @@ fn server_send_queue(server_port: u16, client_port: u16) -> usize {
         .expect("the connection in ss")
 }
 
-// Item 4: a registered client that never reads pins at most --socket-send-buffer (the
-// kernel doubles it for its bookkeeping) in the server's send queue, not ~4.6 MiB.
+// Item 4: a registered client that never reads pins at most --socket-send-buffer in the
+// server's send queue, not ~4.6 MiB.
 #[test]
 fn item4_a_non_reader_pins_a_bounded_send_buffer() {
     let s = server(&["--write-timeout", "20s"]);
@@ -494,9 +494,10 @@ fn item4_a_non_reader_pins_a_bounded_send_buffer() {
     let queued = server_send_queue(s.addr.port(), c.local_addr().unwrap().port());
     assert!(sent > 1_000_000, "the client pushed {sent} bytes");
     assert!(
-        queued <= 2 * 65_536,
+        queued <= 65_536,
         "{queued} bytes queued by the server for a client that does not read"
     );
+    eprintln!("queued for a non-reader: {queued} bytes");
 }
 
 // Item 5: a registered connection holding a partial frame is closed --frame-timeout after

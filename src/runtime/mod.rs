@@ -135,8 +135,11 @@ fn listener(addr: SocketAddr, config: &Config) -> std::io::Result<std::net::TcpL
     // Accepted sockets inherit these from the listener: no per-connection syscalls.
     s.set_nodelay(true)?;
     // Bounds what a client that never reads pins in the kernel (autotuning would let a
-    // send buffer grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default).
-    s.set_send_buffer_size(config.socket_send_buffer)?;
+    // send buffer grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default). The kernel
+    // doubles the value set to leave room for its bookkeeping, so half is set: the socket
+    // then reports the flag's value (getsockopt SO_SNDBUF), and the memory it may pin,
+    // payload and overhead together, stays within it.
+    s.set_send_buffer_size(config.socket_send_buffer / 2)?;
     if let Some(idle) = config.tcp_keepalive {
         s.set_keepalive(true)?;
         s.set_tcp_keepalive(
