@@ -185,6 +185,19 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The registry file is not a valid registry (the message names file, line and key).
+    #[error(transparent)]
+    Registry(#[from] ixn_proto::registry::RegistryError),
+}
+
+/// Reads and parses a registry file: the core parses text, reading it is the server's job.
+pub fn load_registry(path: &Path) -> Result<ixn_proto::registry::Registry, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    Ok(ixn_proto::registry::Registry::parse(&text, &file)?)
 }
 
 /// Resolved settings.
@@ -514,6 +527,12 @@ mod tests {
         let e = e.to_string();
         assert!(e.contains("max_conections"), "{e}");
         assert!(e.contains("c.toml:3:"), "names file and line: {e}");
+    }
+
+    #[test]
+    fn a_missing_registry_file_is_an_error_naming_it() {
+        let e = load_registry(Path::new("/nonexistent/reg.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/reg.toml"), "{e}");
     }
 
     #[test]

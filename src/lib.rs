@@ -1,14 +1,12 @@
-//! `ixn`: the IXN/1 registration server's library: a sans-IO protocol core and its io_uring shell.
+//! `ixn`: the IXN/1 registration server: the io_uring shell around the `ixn-proto` core.
 //!
-//! The pure core (`protocol`, `session`, `registry`, `timer_wheel`) holds all protocol
-//! logic and never touches a socket or a clock; the runtime feeds it bytes and time.
+//! The pure core (codec, session, registry, timer wheel, PROXY parsing) lives in the
+//! `ixn-proto` crate and is re-exported here; this crate feeds it bytes and time from
+//! sockets and clocks, and adds configuration, metrics and the HTTP endpoint.
 
 pub mod config;
 pub mod http;
 pub mod metrics;
-pub mod protocol;
-pub mod proxy;
-pub mod registry;
 pub mod runtime;
-pub mod session;
-pub mod timer_wheel;
+
+pub use ixn_proto::{protocol, proxy, registry, session, timer_wheel};

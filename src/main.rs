@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     init_logs(config.log_format);
     let registry = match &config.registry {
         None => Registry::embedded(),
-        Some(path) => match Registry::load(path) {
+        Some(path) => match ixn::config::load_registry(path) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("ixn-server: registry: {e}");

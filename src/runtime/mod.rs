@@ -454,7 +454,7 @@ fn reload(shared: &Shared) {
         tracing::info!("SIGHUP: the embedded registry is in use; nothing to reload");
         return;
     };
-    match Registry::load(path) {
+    match crate::config::load_registry(path) {
         Ok(r) => {
             let n = r.len();
             shared.registry.store(Arc::new(r));

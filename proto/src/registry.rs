@@ -1,13 +1,12 @@
 //! The client registry (IXN1.md section 7): who may register, as what, with which secret, from where.
 //!
-//! Loaded from TOML once (and again on SIGHUP by the runtime, which swaps whole registries);
-//! lookups are a hash of the ClientName. Pure: parsing takes text, validation takes the
-//! peer address as an argument.
+//! Parsed from TOML text once (and again on SIGHUP by the server, which reads the file and
+//! swaps whole registries); lookups are a hash of the ClientName. Pure: parsing takes text,
+//! validation takes the peer address as an argument.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -17,7 +16,7 @@ use subtle::ConstantTimeEq;
 use crate::protocol::{ClientType, ErrorCode};
 
 /// The registry compiled into the binary, used when no `--registry` is given.
-pub const EMBEDDED_REGISTRY: &str = include_str!("../config/registry.toml");
+pub const EMBEDDED_REGISTRY: &str = include_str!("../../config/registry.toml");
 
 /// Default for `max_logical_clients` (IXN1.md section 7).
 pub const DEFAULT_MAX_LOGICAL_CLIENTS: u32 = 64;
@@ -25,14 +24,6 @@ pub const DEFAULT_MAX_LOGICAL_CLIENTS: u32 = 64;
 /// A registry file that could not be used; the message names file, line and field.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The file could not be read.
-    #[error("{file}: {source}")]
-    Io {
-        /// Path as given.
-        file: String,
-        /// Underlying error.
-        source: std::io::Error,
-    },
     /// The file is not a valid registry.
     #[error("{file}:{line}:{column}: {message}")]
     Invalid {
@@ -121,16 +112,6 @@ impl Registry {
     pub fn embedded() -> Self {
         // The embedded file is checked by a unit test, so this cannot fail in a release.
         Self::parse(EMBEDDED_REGISTRY, "<embedded>").expect("embedded registry is valid")
-    }
-
-    /// Reads and parses a registry file.
-    pub fn load(path: &Path) -> Result<Self, RegistryError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        Self::parse(&text, &file)
     }
 
     /// Parses registry text; `file` only names the source in errors.
@@ -404,11 +385,5 @@ allow = ["10.0.0.0/8"]
             assert_eq!(line, 1);
             assert!(msg.contains("[[client]]"), "{msg}");
         }
-    }
-
-    #[test]
-    fn missing_file_is_an_io_error_naming_it() {
-        let e = Registry::load(Path::new("/nonexistent/reg.toml")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/reg.toml"));
     }
 }
