@@ -445,7 +445,7 @@ impl Session {
                 }
             }
             Input::Drain => self.drain(out),
-            Input::Deadline(kind) => self.deadline(kind),
+            Input::Deadline(kind) => self.expire(kind),
             Input::Malformed(m) => {
                 let reference_id = m.reference_id.unwrap_or(0);
                 let mut o = match self.state {
@@ -479,7 +479,12 @@ impl Session {
         }
     }
 
-    fn deadline(&mut self, kind: TimerKind) -> Output {
+    /// A deadline armed earlier has passed: the same as `handle(Input::Deadline(kind))`,
+    /// without a context or an output buffer (a deadline never writes).
+    pub fn expire(&mut self, kind: TimerKind) -> Output {
+        if self.state == State::Closing {
+            return Output::NOTHING;
+        }
         let due = matches!(
             (self.state, kind),
             (State::Unregistered, TimerKind::Registration)

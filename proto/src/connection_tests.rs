@@ -1,0 +1,266 @@
+//! Unit tests of [`Connection`]: the PROXY preamble, the frame deadline, closing once
+//! written, deadlines and the drain, at the level an engine sees them.
+
+use super::*;
+use crate::protocol::{decode, encode, Message, RegisterClient};
+use std::net::Ipv4Addr;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+struct H {
+    c: Connection,
+    reg: Registry,
+    ids: IdAllocator,
+    config: ConnConfig,
+    now: Instant,
+    out: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl H {
+    fn new(proxy: bool) -> (Self, TimerChange) {
+        let now = Instant::now();
+        let config = ConnConfig::default();
+        let (c, t) = Connection::accept(now, LOOPBACK, proxy, &config);
+        (
+            Self {
+                c,
+                reg: Registry::embedded(),
+                ids: IdAllocator::default(),
+                config,
+                now,
+                out: Vec::new(),
+                pending: Vec::new(),
+            },
+            t,
+        )
+    }
+
+    /// Feeds `bytes` as one read, keeping what was not consumed, like an engine.
+    fn read(&mut self, bytes: &[u8]) -> Progress {
+        self.pending.extend_from_slice(bytes);
+        let mut env = Env {
+            registry: &self.reg,
+            ids: &mut self.ids,
+            config: &self.config,
+        };
+        let p = self
+            .c
+            .on_bytes(self.now, &self.pending, &mut env, &mut self.out, |_| {});
+        self.pending.drain(..p.consumed);
+        p
+    }
+
+    fn drain(&mut self) -> Progress {
+        let mut env = Env {
+            registry: &self.reg,
+            ids: &mut self.ids,
+            config: &self.config,
+        };
+        self.c.on_drain(self.now, &mut env, &mut self.out, |_| {})
+    }
+
+    /// The answers written so far, as (ReferenceId, error code or 0 for an EventAck).
+    fn answers(&mut self) -> Vec<(i32, i32)> {
+        let mut v = Vec::new();
+        let mut rest = &self.out[..];
+        while !rest.is_empty() {
+            let f = decode(rest, usize::MAX).unwrap().unwrap();
+            v.push(match f.message {
+                Message::EventAck(a) => (a.reference_id, 0),
+                Message::EventError(e) => (e.reference_id, e.error_code),
+                m => panic!("{m:?}"),
+            });
+            rest = &rest[f.frame_len..];
+        }
+        self.out.clear();
+        v
+    }
+
+    fn later(&mut self, d: Duration) {
+        self.now += d;
+    }
+}
+
+fn rrc(rid: i32, name: &str, ty: i32) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(
+        &Message::RegisterClient(RegisterClient {
+            reference_id: rid,
+            client_name: name,
+            client_type: ty,
+            proxy_client_id: None,
+            credential: None,
+            extension: None,
+        }),
+        &mut v,
+    )
+    .unwrap();
+    v
+}
+
+fn other(rid: i32) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(
+        &Message::Other {
+            msg_id: 0x10,
+            reference_id: Some(rid),
+        },
+        &mut v,
+    )
+    .unwrap();
+    v
+}
+
+fn unreg(rid: i32) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(
+        &Message::UnregisterClient(crate::protocol::UnregisterClient {
+            reference_id: rid,
+            proxy_client_id: None,
+        }),
+        &mut v,
+    )
+    .unwrap();
+    v
+}
+
+#[test]
+fn accept_arms_the_registration_deadline() {
+    let (h, t) = H::new(false);
+    assert_eq!(
+        t,
+        TimerChange::Arm(Timer::Registration, h.now + Duration::from_secs(5))
+    );
+    assert_eq!(h.c.armed(), Some(Timer::Registration));
+}
+
+#[test]
+fn registration_deadline_closes_now_and_a_stale_one_is_ignored() {
+    let (mut h, _) = H::new(false);
+    assert_eq!(
+        h.c.on_deadline(Timer::Frame),
+        Progress::NOTHING,
+        "not armed"
+    );
+    let p = h.c.on_deadline(Timer::Registration);
+    assert_eq!(p.action, Action::CloseNow(CloseReason::RegistrationTimeout));
+}
+
+#[test]
+fn proxy_header_split_anywhere_then_frames_use_its_address() {
+    let header = b"PROXY TCP4 10.1.2.3 127.0.0.1 51000 7400\r\n";
+    for cut in 0..header.len() {
+        let (mut h, _) = H::new(true);
+        let p = h.read(&header[..cut]);
+        assert_eq!(p.consumed, 0, "cut {cut}");
+        assert_eq!(p.action, Action::Continue);
+        let mut rest = header[cut..].to_vec();
+        rest.extend(rrc(1, "Reporting_dc", 5));
+        let p = h.read(&rest);
+        assert!(p.registered, "cut {cut}");
+        assert_eq!(h.c.peer(), IpAddr::from([10, 1, 2, 3]));
+        assert_eq!(h.answers()[0], (1, 0), "allowed from 10.0.0.0/8 only");
+    }
+    let (mut h, _) = H::new(true);
+    let p = h.read(&rrc(1, "MediaServer_email", 1));
+    assert_eq!(p.action, Action::CloseNow(CloseReason::ProxyProtocol));
+    assert!(h.answers().is_empty(), "no IXN/1 bytes without a header");
+}
+
+#[test]
+fn frame_deadline_runs_from_a_frames_first_byte() {
+    let (mut h, _) = H::new(false);
+    let p = h.read(&rrc(1, "MediaServer_email", 1));
+    assert!(p.registered);
+    assert_eq!(p.timer, TimerChange::Cancel, "registration deadline gone");
+    let f = other(2);
+    let p = h.read(&f[..3]);
+    assert_eq!(
+        p.timer,
+        TimerChange::Arm(Timer::Frame, h.now + Duration::from_secs(5))
+    );
+    h.later(Duration::from_secs(1));
+    let p = h.read(&f[3..5]);
+    assert_eq!(p.timer, TimerChange::Keep, "more bytes do not move it");
+    // The frame completes and the next begins in the same read: the clock restarts.
+    let mut rest = f[5..].to_vec();
+    rest.extend_from_slice(&f[..2]);
+    let p = h.read(&rest);
+    assert_eq!(
+        p.timer,
+        TimerChange::Arm(Timer::Frame, h.now + Duration::from_secs(5))
+    );
+    let p = h.read(&f[2..]);
+    assert_eq!(p.timer, TimerChange::Cancel, "nothing partial left");
+    assert_eq!(h.c.armed(), None);
+    h.read(&f[..1]);
+    let p = h.c.on_deadline(Timer::Frame);
+    assert_eq!(p.action, Action::CloseAfterWrite);
+    assert_eq!(h.c.on_eof(), CloseReason::FrameTimeout);
+}
+
+#[test]
+fn unregister_closes_once_written_then_lingers_and_discards() {
+    let (mut h, _) = H::new(false);
+    let mut bytes = rrc(1, "MediaServer_email", 1);
+    bytes.extend(unreg(2));
+    bytes.extend(other(3));
+    let p = h.read(&bytes);
+    assert_eq!(p.action, Action::CloseAfterWrite);
+    assert_eq!(h.answers().len(), 2, "nothing after the closing frame");
+    let t = h.c.on_flushed(h.now, &h.config);
+    assert_eq!(
+        t,
+        TimerChange::Arm(Timer::CloseLinger, h.now + Duration::from_secs(1))
+    );
+    // Input that still arrives is consumed and dropped.
+    let p = h.read(&other(4));
+    assert_eq!(p.action, Action::Continue);
+    assert!(h.pending.is_empty(), "consumed, not kept");
+    assert!(h.answers().is_empty());
+    assert_eq!(h.c.on_eof(), CloseReason::Unregister);
+    let p = h.c.on_deadline(Timer::CloseLinger);
+    assert_eq!(p.action, Action::CloseNow(CloseReason::Unregister));
+}
+
+#[test]
+fn error_deadline_closes_once_written_and_registration_deadline_now() {
+    let (mut h, _) = H::new(false);
+    let p = h.read(&other(1));
+    assert!(matches!(
+        p.timer,
+        TimerChange::Arm(Timer::ErrorDisconnect, _)
+    ));
+    assert_eq!(h.answers(), vec![(1, 1)]);
+    let p = h.c.on_deadline(Timer::ErrorDisconnect);
+    assert_eq!(
+        p.action,
+        Action::CloseAfterWrite,
+        "its EventError must arrive"
+    );
+    assert_eq!(h.c.on_eof(), CloseReason::ErrorTimeout);
+}
+
+#[test]
+fn drain_per_state() {
+    let (mut h, _) = H::new(false);
+    assert_eq!(h.drain().action, Action::CloseNow(CloseReason::Drain));
+    let (mut h, _) = H::new(false);
+    h.read(&other(1));
+    h.answers();
+    assert_eq!(h.drain().action, Action::CloseAfterWrite, "rejected");
+    assert!(h.answers().is_empty());
+    let (mut h, _) = H::new(false);
+    h.read(&rrc(1, "MediaServer_email", 1));
+    h.answers();
+    assert_eq!(h.drain().action, Action::CloseAfterWrite);
+    assert_eq!(h.answers(), vec![(0, 11)]);
+    assert_eq!(h.drain(), Progress::NOTHING, "already closing");
+}
+
+#[test]
+fn eof_while_open_is_the_peers_close() {
+    let (h, _) = H::new(false);
+    assert_eq!(h.c.on_eof(), CloseReason::Peer);
+}
