@@ -194,7 +194,7 @@ fn frame_deadline_runs_from_a_frames_first_byte() {
     let p = h.read(&f[2..]);
     assert_eq!(p.timer, TimerChange::Cancel, "nothing partial left");
     assert_eq!(h.c.armed(), None);
-    h.read(&f[..1]);
+    let _ = h.read(&f[..1]);
     let p = h.c.on_deadline(Timer::Frame);
     assert_eq!(p.action, Action::CloseAfterWrite);
     assert_eq!(h.c.on_eof(), CloseReason::FrameTimeout);
@@ -247,12 +247,12 @@ fn drain_per_state() {
     let (mut h, _) = H::new(false);
     assert_eq!(h.drain().action, Action::CloseNow(CloseReason::Drain));
     let (mut h, _) = H::new(false);
-    h.read(&other(1));
+    let _ = h.read(&other(1));
     h.answers();
     assert_eq!(h.drain().action, Action::CloseAfterWrite, "rejected");
     assert!(h.answers().is_empty());
     let (mut h, _) = H::new(false);
-    h.read(&rrc(1, "MediaServer_email", 1));
+    let _ = h.read(&rrc(1, "MediaServer_email", 1));
     h.answers();
     assert_eq!(h.drain().action, Action::CloseAfterWrite);
     assert_eq!(h.answers(), vec![(0, 11)]);
