@@ -378,6 +378,16 @@ fn fmt_dur(d: Duration) -> String {
 }
 
 impl Config {
+    /// What every connection shares, for the sans-IO core.
+    pub fn conn_config(&self) -> ixn_proto::connection::ConnConfig {
+        ixn_proto::connection::ConnConfig {
+            session: self.session,
+            max_frame_len: self.max_frame_len,
+            frame_timeout: self.frame_timeout,
+            close_linger: self.close_linger,
+        }
+    }
+
     /// The durations served by the timer wheel, by flag name: each must lie in
     /// [`MIN_DURATION`]`..=`[`MAX_DURATION`] and be at least one timer tick.
     fn wheel_timeouts(&self) -> [(&'static str, Duration); 5] {

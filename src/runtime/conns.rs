@@ -4,14 +4,13 @@
 //! handle was made. A timer entry or task that outlives its connection carries a stale
 //! generation, so it can never reach the next connection that reuses the slot.
 
-use std::net::IpAddr;
 use std::os::fd::RawFd;
-use std::time::Instant;
 
 use slab::Slab;
 
-use crate::session::{CloseReason, Session};
+use crate::session::CloseReason;
 use crate::timer_wheel::TimerKey;
+use ixn_proto::connection::Connection;
 
 /// A connection of one worker, stable for its lifetime and useless after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,31 +19,21 @@ pub struct ConnHandle {
     generation: u32,
 }
 
-/// One live connection's state.
+/// One live connection: its protocol state and what the runtime needs to drive it.
 #[derive(Debug)]
 pub struct Conn {
     generation: u32,
-    /// The registration state machine.
-    pub session: Session,
+    /// Everything protocol: preamble, session, deadlines, closing (sans-IO).
+    pub conn: Connection,
     /// The socket, owned by the connection's task (which frees this slot before it
     /// closes the socket), so a timer tick can shut it down without owning it.
     pub fd: RawFd,
-    /// The peer's address.
-    pub peer: IpAddr,
-    /// When it was accepted (for the registration-duration histogram).
-    pub accepted_at: Instant,
-    /// The session deadline armed in the wheel, if any.
+    /// The connection's one protocol timer (see [`Connection::armed`]) in the wheel.
     pub timer: Option<TimerKey>,
     /// The write-stall deadline armed while a write is in flight.
     pub write_timer: Option<TimerKey>,
     /// Set by the worker (deadline, drain, stall) for the task to act on.
     pub signal: Option<Signal>,
-    /// Closing once written (IXN1.md section 6): every answer is sent and our FIN is out;
-    /// what still arrives is discarded until the peer closes or `close_linger` passes.
-    /// The reason the close was decided for.
-    pub linger: Option<CloseReason>,
-    /// Accepted on a PROXY-protocol listener and its header has not arrived yet.
-    pub awaiting_proxy: bool,
 }
 
 /// What the worker asks of a connection's task.
@@ -75,26 +64,16 @@ impl Default for Conns {
 
 impl Conns {
     /// Adds a connection.
-    pub fn insert(
-        &mut self,
-        session: Session,
-        fd: RawFd,
-        peer: IpAddr,
-        accepted_at: Instant,
-    ) -> ConnHandle {
+    pub fn insert(&mut self, conn: Connection, fd: RawFd) -> ConnHandle {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let index = self.slab.insert(Conn {
             generation,
-            session,
+            conn,
             fd,
-            peer,
-            accepted_at,
             timer: None,
             write_timer: None,
             signal: None,
-            linger: None,
-            awaiting_proxy: false,
         }) as u32;
         ConnHandle { index, generation }
     }
@@ -139,26 +118,19 @@ impl Conns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionConfig;
+    use ixn_proto::connection::ConnConfig;
+    use std::net::IpAddr;
+    use std::time::Instant;
 
     #[test]
     fn stale_handle_never_reaches_the_reused_slot() {
         let mut c = Conns::default();
         let now = Instant::now();
         let peer = IpAddr::from([127, 0, 0, 1]);
-        let a = c.insert(
-            Session::accept(now, SessionConfig::default()).0,
-            -1,
-            peer,
-            now,
-        );
+        let conn = || Connection::accept(now, peer, false, &ConnConfig::default()).0;
+        let a = c.insert(conn(), -1);
         assert!(c.remove(a).is_some());
-        let b = c.insert(
-            Session::accept(now, SessionConfig::default()).0,
-            -1,
-            peer,
-            now,
-        );
+        let b = c.insert(conn(), -1);
         assert_eq!(a.index, b.index, "slot reused");
         assert!(c.get_mut(a).is_none(), "stale handle");
         assert!(

@@ -53,11 +53,9 @@ use super::conns::{Conn, ConnHandle, Conns, Signal};
 use super::Shared;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_event_error, ErrorCode};
-use crate::session::{
-    deadline, Close, CloseReason, Ctx, IdAllocator, Input, Registration, Session, State, Timer,
-    TimerAction, TimerKind,
-};
+use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::TimerWheel;
+use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Progress, TimerChange};
 
 /// Initial (and idle) read buffer per connection.
 pub const READ_BUF: usize = 128;
@@ -78,24 +76,15 @@ const IDLE_TASKS_MAX: usize = 1024;
 /// refusal discards the input already there and closes at once.
 pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
 
-/// What a wheel entry stands for. A connection has at most one [`Conn::timer`] (its
-/// session deadline while unregistered or rejected, its frame deadline while registered,
-/// its linger while closing) and one [`Conn::write_timer`].
-#[derive(Debug, Clone, Copy)]
-enum Deadline {
-    Session(TimerKind),
-    WriteStall,
-    Frame,
-    Linger,
-}
-
 struct Worker {
     shared: Arc<Shared>,
     conns: RefCell<Conns>,
-    wheel: RefCell<TimerWheel<(ConnHandle, Deadline)>>,
+    wheel: RefCell<TimerWheel<(ConnHandle, Timer)>>,
+    /// What every connection of this worker shares.
+    cfg: ConnConfig,
     ids: RefCell<IdAllocator>,
     metrics: WorkerMetrics,
-    expired: RefCell<Vec<(ConnHandle, Deadline)>>,
+    expired: RefCell<Vec<(ConnHandle, Timer)>>,
     overload_frame: Rc<[u8]>,
     pool: RefCell<Vec<Buffers>>,
     /// Accepted connections waiting for a task.
@@ -141,6 +130,7 @@ async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared
     let w = Rc::new(Worker {
         conns: RefCell::new(Conns::default()),
         wheel: RefCell::new(TimerWheel::new(origin, tick, WHEEL_SLOTS)),
+        cfg: shared.config.conn_config(),
         ids: RefCell::new(IdAllocator::with_last(
             index as u32 + 1,
             shared.config.workers as u32,
@@ -314,11 +304,10 @@ impl Worker {
         }
         w.metrics.accepted();
         let now = Instant::now();
-        let (session, arm) = Session::accept(now, w.shared.config.session);
+        let (conn, arm) = Connection::accept(now, peer.ip(), proxy, &w.cfg);
         let mut conns = w.conns.borrow_mut();
-        let h = conns.insert(session, stream.as_raw_fd(), peer.ip(), now);
+        let h = conns.insert(conn, stream.as_raw_fd());
         if let Some(c) = conns.get_mut(h) {
-            c.awaiting_proxy = proxy;
             apply_timer(&mut w.wheel.borrow_mut(), c, h, arm);
         }
         drop(conns);
@@ -405,24 +394,25 @@ fn send_fd(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     socket2::SockRef::from(&fd).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
+/// Carries out a connection's timer change on the wheel.
 fn apply_timer(
-    wheel: &mut TimerWheel<(ConnHandle, Deadline)>,
+    wheel: &mut TimerWheel<(ConnHandle, Timer)>,
     c: &mut Conn,
     h: ConnHandle,
-    action: TimerAction,
+    change: TimerChange,
 ) {
-    match action {
-        TimerAction::Keep => {}
-        TimerAction::Cancel => {
+    match change {
+        TimerChange::Keep => {}
+        TimerChange::Cancel => {
             if let Some(k) = c.timer.take() {
                 wheel.cancel(k);
             }
         }
-        TimerAction::Arm(kind, at) => {
+        TimerChange::Arm(timer, at) => {
             if let Some(k) = c.timer.take() {
                 wheel.cancel(k);
             }
-            c.timer = Some(wheel.insert(at, (h, Deadline::Session(kind))));
+            c.timer = Some(wheel.insert(at, (h, timer)));
         }
     }
 }
@@ -431,77 +421,51 @@ fn apply_timer(
 enum Step {
     /// Close now.
     Close(CloseReason),
-    /// Lingering: drop what arrived and read on.
-    Discard,
-    /// Write what the session answered; then, if `close_after`, close once written.
+    /// Drop `consumed` input bytes, write what the connection answered; then, if
+    /// `close_after`, close once written.
     Write {
         consumed: usize,
-        close_after: Option<CloseReason>,
+        close_after: bool,
         registered: bool,
     },
 }
 
+impl Step {
+    fn from_progress(p: &Progress) -> Step {
+        match p.action {
+            Action::CloseNow(r) => Step::Close(r),
+            Action::Continue | Action::CloseAfterWrite => Step::Write {
+                consumed: p.consumed,
+                close_after: p.action == Action::CloseAfterWrite,
+                registered: p.registered,
+            },
+        }
+    }
+}
+
 impl Worker {
-    /// Advances the wheel and closes every connection whose deadline passed, in one pass.
+    /// Advances the wheel and hands every expired deadline to its connection, in one pass.
     fn expire(&self, now: Instant) {
         let mut expired = self.expired.borrow_mut();
         self.wheel.borrow_mut().advance(now, |e| expired.push(e));
         if expired.is_empty() {
             return;
         }
-        let registry = self.shared.registry.load();
-        let mut ids = self.ids.borrow_mut();
         let mut conns = self.conns.borrow_mut();
         let mut wheel = self.wheel.borrow_mut();
         let mut counts = [0u64; Timer::ALL.len()];
-        for (h, d) in expired.drain(..) {
+        for (h, timer) in expired.drain(..) {
             let Some(c) = conns.get_mut(h) else { continue };
-            match d {
-                Deadline::Session(kind) => {
-                    c.timer = None;
-                    let mut ctx = Ctx {
-                        registry: &registry,
-                        peer: c.peer,
-                        now,
-                        ids: &mut ids,
-                        config: self.shared.config.session,
-                    };
-                    let mut none = Vec::new();
-                    let o = c.session.handle(Input::Deadline(kind), &mut ctx, &mut none);
-                    if o.close != Close::Now {
-                        continue;
-                    }
-                    counts[Timer::from(kind).index()] += 1;
-                    let reason = c
-                        .session
-                        .close_reason()
-                        .unwrap_or(CloseReason::RegistrationTimeout);
-                    match kind {
-                        // Never answered: nothing to lose.
-                        TimerKind::Registration => close_hard(c, reason),
-                        // Its EventErrors must reach it.
-                        TimerKind::ErrorDisconnect => {
-                            self.close_gracefully(&mut wheel, c, h, reason, now);
-                        }
-                    }
-                }
-                Deadline::WriteStall => {
-                    c.write_timer = None;
-                    counts[Timer::WriteStall.index()] += 1;
-                    close_hard(c, CloseReason::WriteStall);
-                }
-                Deadline::Frame => {
-                    c.timer = None;
-                    counts[Timer::Frame.index()] += 1;
-                    self.close_gracefully(&mut wheel, c, h, CloseReason::FrameTimeout, now);
-                }
-                Deadline::Linger => {
-                    c.timer = None;
-                    counts[Timer::CloseLinger.index()] += 1;
-                    let reason = c.linger.unwrap_or(CloseReason::Peer);
-                    close_hard(c, reason);
-                }
+            if timer == Timer::WriteStall {
+                c.write_timer = None;
+            } else {
+                c.timer = None;
             }
+            let p = c.conn.on_deadline(timer);
+            if p.action != Action::Continue {
+                counts[timer.index()] += 1;
+            }
+            self.carry_out(&mut wheel, c, h, &p, now);
         }
         for t in Timer::ALL {
             self.metrics.expired(t, counts[t.index()]);
@@ -511,68 +475,52 @@ impl Worker {
         self.metrics.bulk_drop(dropped as usize);
     }
 
-    /// Closes once written: our FIN goes out behind every answer already written, and the
-    /// connection lingers (its task discards input) until the peer closes or
-    /// `close_linger` passes. With a write still in flight the peer is not reading: it is
-    /// closed at once instead.
-    fn close_gracefully(
+    /// Carries out, from the worker (a tick or the drain), what a connection decided while
+    /// its task waits in a read: any answer is in the socket already.
+    fn carry_out(
         &self,
-        wheel: &mut TimerWheel<(ConnHandle, Deadline)>,
+        wheel: &mut TimerWheel<(ConnHandle, Timer)>,
         c: &mut Conn,
         h: ConnHandle,
-        reason: CloseReason,
+        p: &Progress,
         now: Instant,
     ) {
-        if c.write_timer.is_some() {
-            close_hard(c, reason);
-            return;
+        apply_timer(wheel, c, h, p.timer);
+        match p.action {
+            Action::Continue => {}
+            Action::CloseNow(r) => close_hard(c, r),
+            // With a write in flight the peer is not reading: close at once instead.
+            Action::CloseAfterWrite if c.write_timer.is_some() => close_hard(c, c.conn.on_eof()),
+            Action::CloseAfterWrite => self.half_close(wheel, c, h, now),
         }
-        if let Some(k) = c.timer.take() {
-            wheel.cancel(k);
-        }
+    }
+
+    /// Every answer is written: our FIN goes out behind them and the linger starts (the
+    /// task's pending read sees the peer's bytes, now dropped, or its end of stream).
+    fn half_close(
+        &self,
+        wheel: &mut TimerWheel<(ConnHandle, Timer)>,
+        c: &mut Conn,
+        h: ConnHandle,
+        now: Instant,
+    ) {
         shutdown(c.fd, std::net::Shutdown::Write);
-        c.linger = Some(reason);
-        c.timer = Some(wheel.insert(
-            deadline(now, self.shared.config.close_linger),
-            (h, Deadline::Linger),
-        ));
+        let t = c.conn.on_flushed(now, &self.cfg);
+        apply_timer(wheel, c, h, t);
     }
 
     /// The task, once its closing answers are written: close once written.
-    fn begin_linger(&self, h: ConnHandle, reason: CloseReason) {
+    fn begin_linger(&self, h: ConnHandle) {
         let mut conns = self.conns.borrow_mut();
         if let Some(c) = conns.get_mut(h) {
-            if c.linger.is_none() && c.signal.is_none() {
-                self.close_gracefully(&mut self.wheel.borrow_mut(), c, h, reason, Instant::now());
+            if c.signal.is_none() {
+                self.half_close(&mut self.wheel.borrow_mut(), c, h, Instant::now());
             }
         }
     }
 
-    /// Starts, moves or stops a registered connection's frame deadline after a read:
-    /// `partial` says input is left over (a frame begun), `restarted` that a frame boundary
-    /// was crossed in this read (so the leftover frame began in it).
-    fn frame_clock(&self, h: ConnHandle, restarted: bool, partial: bool) {
-        let mut conns = self.conns.borrow_mut();
-        let Some(c) = conns.get_mut(h) else { return };
-        if c.linger.is_some() || c.session.state() != State::Registered {
-            return;
-        }
-        let mut wheel = self.wheel.borrow_mut();
-        if partial {
-            if restarted || c.timer.is_none() {
-                if let Some(k) = c.timer.take() {
-                    wheel.cancel(k);
-                }
-                let at = deadline(Instant::now(), self.shared.config.frame_timeout);
-                c.timer = Some(wheel.insert(at, (h, Deadline::Frame)));
-            }
-        } else if let Some(k) = c.timer.take() {
-            wheel.cancel(k);
-        }
-    }
-
-    /// Drain (SIGTERM): unregistered connections close; rejected ones close once written;
-    /// registered ones are sent EventError 11 and close once written.
+    /// Drain (SIGTERM): every connection is told; a registered one's EventError 11 is sent
+    /// from here with one non-blocking send(2) while its task waits in a read.
     fn start_drain(&self) {
         let registry = self.shared.registry.load();
         let mut ids = self.ids.borrow_mut();
@@ -582,45 +530,32 @@ impl Worker {
         let mut answer = Vec::with_capacity(64);
         for h in conns.handles() {
             let Some(c) = conns.get_mut(h) else { continue };
-            if c.linger.is_some() || c.signal.is_some() {
+            if c.signal.is_some() || c.conn.is_closing() {
                 continue;
             }
-            let state = c.session.state();
-            if state == State::Closing {
-                // Its task is writing its last answers and will linger by itself.
-                continue;
-            }
-            if state == State::Registered && c.write_timer.is_some() {
+            if c.write_timer.is_some() {
                 // Its task answers once the write in flight completes.
                 c.signal = Some(Signal::Drain);
                 continue;
             }
-            let mut ctx = Ctx {
+            let mut env = Env {
                 registry: &registry,
-                peer: c.peer,
-                now,
                 ids: &mut ids,
-                config: self.shared.config.session,
+                config: &self.cfg,
             };
             answer.clear();
-            let o = c.session.handle(Input::Drain, &mut ctx, &mut answer);
-            self.metrics.output(&o);
-            match state {
-                State::Registered => {
-                    // The task waits in a read; the answer goes out from here.
-                    let sent = send_fd(c.fd, &answer);
-                    if matches!(sent, Ok(n) if n == answer.len()) {
-                        self.metrics.bytes_out(answer.len());
-                        self.close_gracefully(&mut wheel, c, h, CloseReason::Drain, now);
-                    } else {
-                        close_hard(c, CloseReason::Drain);
-                    }
+            let p = c
+                .conn
+                .on_drain(now, &mut env, &mut answer, |o| self.metrics.output(o));
+            if !answer.is_empty() {
+                if matches!(send_fd(c.fd, &answer), Ok(n) if n == answer.len()) {
+                    self.metrics.bytes_out(answer.len());
+                } else {
+                    close_hard(c, CloseReason::Drain);
+                    continue;
                 }
-                State::Rejected => {
-                    self.close_gracefully(&mut wheel, c, h, CloseReason::Drain, now);
-                }
-                _ => close_hard(c, CloseReason::Drain),
             }
+            self.carry_out(&mut wheel, c, h, &p, now);
         }
     }
 
@@ -633,36 +568,27 @@ impl Worker {
         }
     }
 
-    /// The drain, for a registered connection whose write was in flight when it began.
+    /// The drain, for a connection whose write was in flight when it began.
     fn drain_step(&self, h: ConnHandle, out: &mut Vec<u8>) -> Step {
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(h) else {
             return Step::Close(CloseReason::Peer);
         };
         let registry = self.shared.registry.load();
-        let mut ids = self.ids.borrow_mut();
-        let mut ctx = Ctx {
+        let mut env = Env {
             registry: &registry,
-            peer: c.peer,
-            now: Instant::now(),
-            ids: &mut ids,
-            config: self.shared.config.session,
+            ids: &mut self.ids.borrow_mut(),
+            config: &self.cfg,
         };
-        let o = c.session.handle(Input::Drain, &mut ctx, out);
-        self.metrics.output(&o);
-        apply_timer(&mut self.wheel.borrow_mut(), c, h, o.timer);
-        if o.close == Close::AfterWrite {
-            Step::Write {
-                consumed: 0,
-                close_after: Some(CloseReason::Drain),
-                registered: false,
-            }
-        } else {
-            Step::Close(CloseReason::Drain)
-        }
+        let p = c
+            .conn
+            .on_drain(Instant::now(), &mut env, out, |o| self.metrics.output(o));
+        apply_timer(&mut self.wheel.borrow_mut(), c, h, p.timer);
+        Step::from_progress(&p)
     }
 
-    /// Handles what one read brought: a signal from the worker, end of stream, or bytes.
+    /// Glue between a read and the connection: a signal from the worker, end of stream, or
+    /// bytes for [`Connection::on_bytes`].
     fn step(&self, h: ConnHandle, buf: &[u8], n: usize, out: &mut Vec<u8>) -> Step {
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(h) else {
@@ -676,91 +602,38 @@ impl Worker {
             }
             None => {}
         }
-        if let Some(reason) = c.linger {
-            // Our FIN is out: the peer's close ends it; anything else is dropped.
-            return if n == 0 {
-                Step::Close(reason)
-            } else {
-                Step::Discard
-            };
-        }
         if n == 0 {
-            return Step::Close(CloseReason::Peer);
+            return Step::Close(c.conn.on_eof());
         }
         super::debug::maybe_panic("connection");
-        let registry = self.shared.registry.load();
-        let mut ids = self.ids.borrow_mut();
-        let mut wheel = self.wheel.borrow_mut();
-        let now = Instant::now();
-        let mut ctx = Ctx {
-            registry: &registry,
-            peer: c.peer,
-            now,
-            ids: &mut ids,
-            config: self.shared.config.session,
-        };
         self.metrics.bytes_in(n);
-        let mut skip = 0;
-        if c.awaiting_proxy {
-            match crate::proxy::parse(buf) {
-                Ok(None) => {
-                    return Step::Write {
-                        consumed: 0,
-                        close_after: None,
-                        registered: false,
-                    }
-                }
-                Ok(Some(header)) => {
-                    c.awaiting_proxy = false;
-                    if let Some(src) = header.source {
-                        c.peer = src.ip();
-                        ctx.peer = src.ip();
-                    }
-                    skip = header.len;
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %c.peer, "refused: {e}");
-                    return Step::Close(CloseReason::ProxyProtocol);
-                }
-            }
-        }
-        let buf = &buf[skip..];
-        let logical_before = c.session.logical_clients();
-        let mut registered = false;
+        let registry = self.shared.registry.load();
+        let mut env = Env {
+            registry: &registry,
+            ids: &mut self.ids.borrow_mut(),
+            config: &self.cfg,
+        };
         let metrics = &self.metrics;
-        let peer = c.peer;
-        let fed = c
-            .session
-            .feed(buf, self.shared.config.max_frame_len, &mut ctx, out, |o| {
-                metrics.output(o);
-                match o.registration {
-                    Some(Ok(Registration { logical: false, .. })) => registered = true,
-                    Some(Err(code)) => {
-                        tracing::debug!(%peer, code = code.code(), error = code.name(), "registration rejected");
-                    }
-                    _ => {}
-                }
-            });
-        self.metrics
-            .logical_delta(c.session.logical_clients() as i64 - logical_before as i64);
-        apply_timer(&mut wheel, c, h, fed.timer);
-        Step::Write {
-            consumed: skip + fed.consumed,
-            close_after: (fed.close != Close::No)
-                .then(|| c.session.close_reason().unwrap_or(CloseReason::Peer)),
-            registered,
+        let peer = c.conn.peer();
+        let p = c.conn.on_bytes(Instant::now(), buf, &mut env, out, |o| {
+            metrics.output(o);
+            if let Some(Err(code)) = o.registration {
+                tracing::debug!(%peer, code = code.code(), error = code.name(), "registration rejected");
+            }
+        });
+        if p.action == Action::CloseNow(CloseReason::ProxyProtocol) {
+            tracing::debug!(%peer, "refused: missing or invalid PROXY protocol header");
         }
+        self.metrics.logical_delta(p.logical_delta);
+        apply_timer(&mut self.wheel.borrow_mut(), c, h, p.timer);
+        Step::from_progress(&p)
     }
 
     fn arm_write_timer(&self, h: ConnHandle) {
         let mut conns = self.conns.borrow_mut();
         if let Some(c) = conns.get_mut(h) {
             let at = deadline(Instant::now(), self.shared.config.write_timeout);
-            c.write_timer = Some(
-                self.wheel
-                    .borrow_mut()
-                    .insert(at, (h, Deadline::WriteStall)),
-            );
+            c.write_timer = Some(self.wheel.borrow_mut().insert(at, (h, Timer::WriteStall)));
         }
     }
 
@@ -775,7 +648,10 @@ impl Worker {
     }
 
     fn accepted_at(&self, h: ConnHandle) -> Option<Instant> {
-        self.conns.borrow_mut().get_mut(h).map(|c| c.accepted_at)
+        self.conns
+            .borrow_mut()
+            .get_mut(h)
+            .map(|c| c.conn.accepted_at())
     }
 
     /// A connection's buffers: from the pool when one is free (no allocation), else new.
@@ -808,9 +684,9 @@ impl Worker {
         let Some(mut c) = self.conns.borrow_mut().remove(h) else {
             return;
         };
-        let was_registered = c.session.proxy_client_id().is_some();
-        let logical = c.session.logical_clients();
-        c.session.release_ids(&mut self.ids.borrow_mut());
+        let was_registered = c.conn.session().proxy_client_id().is_some();
+        let logical = c.conn.session().logical_clients();
+        c.conn.release_ids(&mut self.ids.borrow_mut());
         let mut wheel = self.wheel.borrow_mut();
         for k in [c.timer, c.write_timer].into_iter().flatten() {
             wheel.cancel(k);
@@ -904,10 +780,6 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
         };
         let (consumed, close_after, registered) = match step {
             Step::Close(r) => return r,
-            Step::Discard => {
-                b.read.clear();
-                continue;
-            }
             Step::Write {
                 consumed,
                 close_after,
@@ -955,13 +827,12 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
                 b.out = Vec::with_capacity(OUT_BUF);
             }
         }
-        if let Some(r) = close_after {
+        if close_after {
             // Close once written: no frame after the closing one is read or answered.
             b.read.clear();
-            w.begin_linger(h, r);
+            w.begin_linger(h);
             continue;
         }
-        w.frame_clock(h, consumed > 0, !b.read.is_empty());
         if b.read.is_empty() && b.read.capacity() > READ_BUF {
             b.read = Vec::with_capacity(READ_BUF);
         }
