@@ -15,13 +15,37 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::runtime::Shared;
+/// What the endpoint needs to know of the server, shared with the runtime (which sets it).
+#[derive(Debug)]
+pub struct Health {
+    /// Worker threads the server runs.
+    pub workers: usize,
+    /// Workers whose listeners accept.
+    pub listening: std::sync::atomic::AtomicUsize,
+    /// Set when the drain begins.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Metrics connections served at once (`--metrics-max-connections`, or less when the
+    /// descriptor limit leaves less beside the clients).
+    pub max_connections: std::sync::atomic::AtomicUsize,
+}
+
+impl Health {
+    /// A server of `workers` workers, none listening yet.
+    pub fn new(workers: usize, max_connections: usize) -> Self {
+        Self {
+            workers,
+            listening: 0.into(),
+            draining: false.into(),
+            max_connections: max_connections.into(),
+        }
+    }
+}
 
 fn respond(
     method: &Method,
     path: &str,
     handle: Option<&PrometheusHandle>,
-    shared: &Shared,
+    health: &Health,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
         Response::builder()
@@ -50,15 +74,15 @@ fn respond(
         }
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
-            let listening = shared.listening_workers.load(Ordering::Acquire);
-            if shared.draining.load(Ordering::Acquire) {
+            let listening = health.listening.load(Ordering::Acquire);
+            if health.draining.load(Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
-            } else if listening < shared.config.workers {
+            } else if listening < health.workers {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "starting: {listening}/{} workers listening\n",
-                        shared.config.workers
+                        health.workers
                     ),
                 )
             } else {
@@ -102,13 +126,13 @@ impl RateLimitedWarn {
 
 /// Binds the listener now (so a bad address fails start-up) and serves it on a thread.
 ///
-/// Bounds (docs/SECURITY.md): at most `Shared::max_metrics` connections at once (the next
+/// Bounds (docs/SECURITY.md): at most `Health::max_connections` connections at once (the next
 /// is closed as soon as it is accepted), request heads of at most [`MAX_HEAD_BYTES`] arriving
 /// within [`HEADER_READ_TIMEOUT`], and [`CONNECTION_LIFETIME`] per connection.
 pub fn spawn(
     addr: SocketAddr,
     handle: Option<PrometheusHandle>,
-    shared: Arc<Shared>,
+    health: Arc<Health>,
 ) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
@@ -148,7 +172,7 @@ pub fn spawn(
                             continue;
                         }
                     };
-                    let max = shared.max_metrics.load(Ordering::Relaxed);
+                    let max = health.max_connections.load(Ordering::Relaxed);
                     if open.load(Ordering::Relaxed) >= max {
                         // Closed at once: the descriptor is back before the next accept.
                         drop(stream);
@@ -160,12 +184,12 @@ pub fn spawn(
                     open.fetch_add(1, Ordering::Relaxed);
                     let guard = OpenGuard(open.clone());
                     let handle = handle.clone();
-                    let shared = shared.clone();
+                    let health = health.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let r =
-                                respond(req.method(), req.uri().path(), handle.as_ref(), &shared);
+                                respond(req.method(), req.uri().path(), handle.as_ref(), &health);
                             async move { Ok::<_, Infallible>(r) }
                         });
                         let io = hyper_util::rt::TokioIo::new(stream);
@@ -194,46 +218,32 @@ impl Drop for OpenGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Args;
-    use crate::registry::Registry;
-    use arc_swap::ArcSwap;
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     #[test]
     fn ready_follows_workers_and_drain() {
-        let mut config = Args::default().resolve().unwrap();
-        config.workers = 2;
-        let shared = Shared {
-            config,
-            registry: ArcSwap::from_pointee(Registry::embedded()),
-            active: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
-            listening_workers: AtomicUsize::new(0),
-            max_clients: AtomicUsize::new(1),
-            max_metrics: AtomicUsize::new(1),
-        };
-        let status = |path: &str| respond(&Method::GET, path, None, &shared).status();
+        let health = Health::new(2, 1);
+        let status = |path: &str| respond(&Method::GET, path, None, &health).status();
         assert_eq!(status("/live"), StatusCode::OK);
         assert_eq!(
             status("/ready"),
             StatusCode::SERVICE_UNAVAILABLE,
             "no worker listens"
         );
-        shared.listening_workers.store(1, Ordering::Release);
+        health.listening.store(1, Ordering::Release);
         assert_eq!(
             status("/ready"),
             StatusCode::SERVICE_UNAVAILABLE,
             "one of two"
         );
-        shared.listening_workers.store(2, Ordering::Release);
+        health.listening.store(2, Ordering::Release);
         assert_eq!(status("/ready"), StatusCode::OK);
-        shared.draining.store(true, Ordering::Release);
+        health.draining.store(true, Ordering::Release);
         assert_eq!(status("/ready"), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status("/live"), StatusCode::OK);
         assert_eq!(status("/metrics"), StatusCode::NOT_FOUND, "metrics off");
         assert_eq!(status("/nope"), StatusCode::NOT_FOUND);
         assert_eq!(
-            respond(&Method::POST, "/live", None, &shared).status(),
+            respond(&Method::POST, "/live", None, &health).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
     }

@@ -13,7 +13,7 @@ mod worker;
 pub use conns::{Conn, ConnHandle, Conns, Signal};
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
 use crate::config::{Config, RingSetup};
+use crate::http::Health;
 use crate::registry::Registry;
 
 /// State every worker and the control thread share.
@@ -32,16 +33,11 @@ pub struct Shared {
     pub registry: ArcSwap<Registry>,
     /// Open client connections, all workers together.
     pub active: AtomicUsize,
-    /// Set on SIGTERM/SIGINT.
-    pub draining: AtomicBool,
-    /// Workers whose listeners accept.
-    pub listening_workers: AtomicUsize,
     /// Client connections admitted at once: `max_connections`, or less when the
     /// descriptor limit leaves less room (see [`FdBudget`]).
     pub max_clients: AtomicUsize,
-    /// Metrics connections served at once: `metrics_max_connections`, or less when the
-    /// descriptor limit leaves less room beside the clients (see [`FdBudget`]).
-    pub max_metrics: AtomicUsize,
+    /// Listening workers and the drain flag, which the HTTP endpoint reports.
+    pub health: Arc<Health>,
 }
 
 /// Why the server could not start.
@@ -219,74 +215,92 @@ fn kernel_release() -> String {
 pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let (ring_setup, features) = probe_io_uring(config.ring_setup)?;
     config.ring_setup = ring_setup;
-    let handle = if config.metrics {
-        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(
-                    crate::metrics::REGISTRATION_DURATION.into(),
-                ),
-                crate::metrics::DURATION_BUCKETS,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(crate::metrics::BULK_DROP.into()),
-                    crate::metrics::BULK_BUCKETS,
-                )
-            })
-            .map_err(|e| StartError::Metrics(e.to_string()))?
-            .install_recorder()
-            .map_err(|e| StartError::Metrics(e.to_string()))?;
-        crate::metrics::describe();
-        metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
-        Some(handle)
-    } else {
-        // No recorder: every metric call lands in the `metrics` crate's no-op recorder.
-        None
-    };
-
+    let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
-    let workers = config.workers;
-    let max_connections = config.max_connections;
-    let metrics_max_connections = config.metrics_max_connections;
     let shared = Arc::new(Shared {
+        health: Arc::new(Health::new(config.workers, config.metrics_max_connections)),
+        max_clients: AtomicUsize::new(config.max_connections),
         config,
         registry: ArcSwap::from_pointee(registry),
         active: AtomicUsize::new(0),
-        draining: AtomicBool::new(false),
-        listening_workers: AtomicUsize::new(0),
-        max_clients: AtomicUsize::new(max_connections),
-        max_metrics: AtomicUsize::new(metrics_max_connections),
     });
-    let metrics_addr = crate::http::spawn(shared.config.metrics_listen, handle, shared.clone())
-        .map_err(|source| StartError::Bind {
-            addr: shared.config.metrics_listen,
-            source,
-        })?;
-
+    let metrics_addr =
+        crate::http::spawn(shared.config.metrics_listen, handle, shared.health.clone()).map_err(
+            |source| StartError::Bind {
+                addr: shared.config.metrics_listen,
+                source,
+            },
+        )?;
     // Signals are blocked from here on and read by this thread only.
-    let mut signals = signal_hook::iterator::Signals::new([
+    let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
+    let threads = start_workers(&shared, listeners)?;
+    // Every descriptor the server needs for itself is open now: the limit is shared out.
+    if let Some(limit) = nofile {
+        share_descriptors(&shared, limit);
+    }
+    log_started(&shared, &features, &bound, metrics_addr);
+    // systemd Type=notify: ready once every worker listens (a no-op outside systemd).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::debug!("sd_notify READY: {e}");
+    }
+    supervise(&shared, signals, threads)
+}
 
+/// Installs the Prometheus recorder (unless `--metrics false`) and returns its handle.
+fn install_metrics(
+    config: &Config,
+    registry: &Registry,
+) -> Result<Option<metrics_exporter_prometheus::PrometheusHandle>, StartError> {
+    use metrics_exporter_prometheus::Matcher;
+    if !config.metrics {
+        // No recorder: every metric call lands in the `metrics` crate's no-op recorder.
+        return Ok(None);
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(crate::metrics::REGISTRATION_DURATION.into()),
+            crate::metrics::DURATION_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(crate::metrics::BULK_DROP.into()),
+                crate::metrics::BULK_BUCKETS,
+            )
+        })
+        .map_err(|e| StartError::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
+    crate::metrics::describe();
+    metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
+    Ok(Some(handle))
+}
+
+/// Starts one pinned thread per worker and waits until every one listens.
+fn start_workers(
+    shared: &Arc<Shared>,
+    listeners: Vec<Vec<Listener>>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut threads = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(listeners.len());
     for (index, l) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
-        let core = if shared.config.pin_workers {
-            cores.get(index % cores.len().max(1)).copied()
-        } else {
-            None
-        };
+        let core = shared
+            .config
+            .pin_workers
+            .then(|| cores.get(index % cores.len().max(1)).copied())
+            .flatten();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ixn-worker-{index}"))
                 .spawn(move || worker::thread_main(index, l, shared, core))?,
         );
     }
-    while shared.listening_workers.load(Ordering::Acquire) < workers {
+    while shared.health.listening.load(Ordering::Acquire) < shared.config.workers {
         if threads.iter().any(std::thread::JoinHandle::is_finished) {
             return Err(StartError::IoUring(
                 "a worker failed to start its ring".into(),
@@ -294,52 +308,70 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    // Every descriptor the server needs for itself is open now: the limit is shared out.
-    if let Some(limit) = nofile {
-        let b = FdBudget::new(
-            limit,
-            open_descriptors() + FD_HEADROOM + worker::REFUSALS_LINGERING_MAX * workers,
-            max_connections,
-            shared.config.metrics_max_connections,
+    Ok(threads)
+}
+
+/// Shares the descriptor limit out between clients and the metrics listener, and says so
+/// when it is too low for both.
+fn share_descriptors(shared: &Shared, limit: usize) {
+    let config = &shared.config;
+    let reserve =
+        open_descriptors() + FD_HEADROOM + worker::REFUSALS_LINGERING_MAX * config.workers;
+    let b = FdBudget::new(
+        limit,
+        reserve,
+        config.max_connections,
+        config.metrics_max_connections,
+    );
+    if b.clients < config.max_connections {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            nofile = limit,
+            "the descriptor limit leaves room for {} client connections (the rest get ServerOverloaded); raise it to at least {} (LimitNOFILE=)",
+            b.clients,
+            b.wanted
         );
-        if b.clients < max_connections {
-            tracing::warn!(
-                max_connections,
-                nofile = limit,
-                "the descriptor limit leaves room for {} client connections (the rest get ServerOverloaded); raise it to at least {} (LimitNOFILE=)",
-                b.clients,
-                b.wanted
-            );
-        }
-        if b.metrics < shared.config.metrics_max_connections {
-            tracing::warn!(
-                metrics_max_connections = shared.config.metrics_max_connections,
-                nofile = limit,
-                "the descriptor limit leaves room for {} metrics connections beside {} clients; raise it to at least {} (LimitNOFILE=)",
-                b.metrics,
-                b.clients,
-                b.wanted
-            );
-        }
-        shared.max_clients.store(b.clients, Ordering::Relaxed);
-        shared.max_metrics.store(b.metrics, Ordering::Relaxed);
     }
-    let registry_len = shared.registry.load().len();
+    if b.metrics < config.metrics_max_connections {
+        tracing::warn!(
+            metrics_max_connections = config.metrics_max_connections,
+            nofile = limit,
+            "the descriptor limit leaves room for {} metrics connections beside {} clients; raise it to at least {} (LimitNOFILE=)",
+            b.metrics,
+            b.clients,
+            b.wanted
+        );
+    }
+    shared.max_clients.store(b.clients, Ordering::Relaxed);
+    shared
+        .health
+        .max_connections
+        .store(b.metrics, Ordering::Relaxed);
+}
+
+/// The start-up lines operators and tests read (`listening on`, `metrics on`).
+fn log_started(
+    shared: &Shared,
+    features: &str,
+    bound: &[(SocketAddr, bool)],
+    metrics_addr: SocketAddr,
+) {
+    let config = &shared.config;
     tracing::info!(
-        workers,
+        workers = config.workers,
         kernel = %kernel_release(),
-        ring = ?shared.config.ring_setup,
+        ring = ?config.ring_setup,
         io_uring_features = %features,
         listeners = bound.len(),
-        registry_clients = registry_len,
-        registry = %shared.config.registry.as_ref().map_or("<embedded>".into(), |p| p.display().to_string()),
+        registry_clients = shared.registry.load().len(),
+        registry = %config.registry.as_ref().map_or("<embedded>".into(), |p| p.display().to_string()),
         "ixn-server {} started",
         env!("CARGO_PKG_VERSION")
     );
-    for (a, proxy) in &bound {
+    for (a, proxy) in bound {
         if *proxy {
             tracing::info!(
-                trusted = ?shared.config.proxy_protocol_trusted,
+                trusted = ?config.proxy_protocol_trusted,
                 "listening with PROXY protocol on {a}"
             );
         } else {
@@ -347,27 +379,28 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         }
     }
     tracing::info!("metrics on {metrics_addr}");
-    // systemd Type=notify: ready once every worker listens (a no-op outside systemd).
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        tracing::debug!("sd_notify READY: {e}");
-    }
+}
 
+/// The control thread: reloads on SIGHUP, starts the drain on SIGTERM/SIGINT, and waits
+/// for the workers to finish it. A worker that stops on its own is an error.
+fn supervise(
+    shared: &Shared,
+    mut signals: signal_hook::iterator::Signals,
+    threads: Vec<std::thread::JoinHandle<()>>,
+) -> Result<(), StartError> {
     loop {
         for sig in signals.pending() {
-            match sig {
-                signal_hook::consts::SIGHUP => reload(&shared),
-                _ => {
-                    if !shared.draining.swap(true, Ordering::AcqRel) {
-                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                        tracing::info!(
-                            active = shared.active.load(Ordering::Relaxed),
-                            "draining: no new connections; registered clients get ServerShuttingDown"
-                        );
-                    }
-                }
+            if sig == signal_hook::consts::SIGHUP {
+                reload(shared);
+            } else if !shared.health.draining.swap(true, Ordering::AcqRel) {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                tracing::info!(
+                    active = shared.active.load(Ordering::Relaxed),
+                    "draining: no new connections; registered clients get ServerShuttingDown"
+                );
             }
         }
-        if shared.draining.load(Ordering::Acquire) {
+        if shared.health.draining.load(Ordering::Acquire) {
             break;
         }
         if threads.iter().any(std::thread::JoinHandle::is_finished) {

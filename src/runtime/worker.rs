@@ -155,7 +155,7 @@ async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared
         }
         tokio_uring::spawn(accept_loop(w.clone(), l, proxy));
     }
-    w.shared.listening_workers.fetch_add(1, Ordering::AcqRel);
+    w.shared.health.listening.fetch_add(1, Ordering::AcqRel);
 
     let mut every = tokio::time::interval_at(tokio::time::Instant::from_std(origin + tick), tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -164,11 +164,11 @@ async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared
         every.tick().await;
         let now = Instant::now();
         w.expire(now);
-        if drain_started.is_none() && w.shared.draining.load(Ordering::Acquire) {
+        if drain_started.is_none() && w.shared.health.draining.load(Ordering::Acquire) {
             for s in stoppers.drain(..) {
                 let _ = SockRef::from(&s).shutdown(std::net::Shutdown::Both);
             }
-            w.shared.listening_workers.fetch_sub(1, Ordering::AcqRel);
+            w.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
             w.start_drain();
             drain_started = Some(now);
         }
@@ -216,7 +216,7 @@ async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener, proxy: bool
         let Ok(mut ready) = listener.readable().await else {
             return;
         };
-        if w.shared.draining.load(Ordering::Acquire) {
+        if w.shared.health.draining.load(Ordering::Acquire) {
             return;
         }
         let mut exhausted = None;
@@ -287,19 +287,7 @@ impl Worker {
         let limit = w.shared.max_clients.load(Ordering::Relaxed);
         if w.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
             w.shared.active.fetch_sub(1, Ordering::AcqRel);
-            w.metrics.overloaded();
-            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                tracing::warn!(
-                    limit,
-                    "connection limit reached; refusing with ServerOverloaded"
-                );
-                *last_warn = Some(Instant::now());
-            }
-            let linger = w.refusing.get() < REFUSALS_LINGERING_MAX;
-            if linger {
-                w.refusing.set(w.refusing.get() + 1);
-            }
-            tokio_uring::spawn(refuse(w.clone(), stream, linger));
+            w.refuse_over_limit(stream, limit, last_warn);
             return;
         }
         w.metrics.accepted();
@@ -326,6 +314,31 @@ impl Worker {
 
 /// Refuses a connection over the limit: EventError{0, 10}, closed once written. The
 /// connection is not in the slab (it is over the limit), so its linger is its own timer.
+impl Worker {
+    /// A connection over the limit: counted, warned about (at most every 5 s), and
+    /// answered ServerOverloaded by its own small task.
+    fn refuse_over_limit(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        limit: usize,
+        last_warn: &mut Option<Instant>,
+    ) {
+        self.metrics.overloaded();
+        if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            tracing::warn!(
+                limit,
+                "connection limit reached; refusing with ServerOverloaded"
+            );
+            *last_warn = Some(Instant::now());
+        }
+        let linger = self.refusing.get() < REFUSALS_LINGERING_MAX;
+        if linger {
+            self.refusing.set(self.refusing.get() + 1);
+        }
+        tokio_uring::spawn(refuse(self.clone(), stream, linger));
+    }
+}
+
 async fn refuse(w: Rc<Worker>, stream: TcpStream, linger: bool) {
     let frame = &w.overload_frame;
     // Into an empty send buffer: one send(2) always takes 60 bytes.
@@ -788,43 +801,8 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
         };
         b.read.drain(..consumed);
         if !b.out.is_empty() {
-            let bytes = b.out.len();
-            // Fast path: answers are small and the socket's send buffer nearly always has
-            // room, so try one non-blocking send(2) first; it saves an SQE, a completion and
-            // a task wake-up per answer. Only what it could not take goes through the ring,
-            // under the write-stall deadline.
-            let sent = match send_now(stream, &b.out) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                Err(_) => {
-                    return match w.write_done(h) {
-                        Some(Signal::Close(r)) => r,
-                        _ => CloseReason::Peer,
-                    }
-                }
-            };
-            if sent < bytes {
-                b.out.drain(..sent);
-                w.arm_write_timer(h);
-                let (res, out) = write_all(stream, std::mem::take(&mut b.out)).await;
-                b.out = out;
-                let signal = w.write_done(h);
-                if res.is_err() {
-                    return match signal {
-                        Some(Signal::Close(r)) => r,
-                        _ => CloseReason::Peer,
-                    };
-                }
-            }
-            b.out.clear();
-            w.metrics.bytes_out(bytes);
-            if registered {
-                if let Some(t) = w.accepted_at(h) {
-                    w.metrics.registration_duration(t.elapsed());
-                }
-            }
-            if b.out.capacity() > OUT_KEEP {
-                b.out = Vec::with_capacity(OUT_BUF);
+            if let Err(r) = flush(w, h, stream, &mut b.out, registered).await {
+                return r;
             }
         }
         if close_after {
@@ -837,6 +815,51 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
             b.read = Vec::with_capacity(READ_BUF);
         }
     }
+}
+
+/// Writes every answer in `out`; on a socket error, the reason to close.
+async fn flush(
+    w: &Worker,
+    h: ConnHandle,
+    stream: &TcpStream,
+    out: &mut Vec<u8>,
+    registered: bool,
+) -> Result<(), CloseReason> {
+    let failed = |signal: Option<Signal>| match signal {
+        Some(Signal::Close(r)) => r,
+        _ => CloseReason::Peer,
+    };
+    let bytes = out.len();
+    // Fast path: answers are small and the socket's send buffer nearly always has room, so
+    // try one non-blocking send(2) first; it saves an SQE, a completion and a task wake-up
+    // per answer. Only what it could not take goes through the ring, under the write-stall
+    // deadline.
+    let sent = match send_now(stream, out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(failed(w.write_done(h))),
+    };
+    if sent < bytes {
+        out.drain(..sent);
+        w.arm_write_timer(h);
+        let (res, buf) = write_all(stream, std::mem::take(out)).await;
+        *out = buf;
+        let signal = w.write_done(h);
+        if res.is_err() {
+            return Err(failed(signal));
+        }
+    }
+    out.clear();
+    w.metrics.bytes_out(bytes);
+    if registered {
+        if let Some(t) = w.accepted_at(h) {
+            w.metrics.registration_duration(t.elapsed());
+        }
+    }
+    if out.capacity() > OUT_KEEP {
+        *out = Vec::with_capacity(OUT_BUF);
+    }
+    Ok(())
 }
 
 /// A hard close: the task's pending read completes (end of stream) and it closes.
