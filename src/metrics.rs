@@ -99,14 +99,10 @@ pub fn describe() {
     let _ = counter!(REGISTRY_RELOADS, "result" => "error");
 }
 
-fn reason_index(why: CloseReason) -> usize {
-    CloseReason::ALL.iter().position(|r| *r == why).unwrap_or(0)
-}
-
 fn result_index(r: Result<(), ErrorCode>) -> usize {
     match r {
         Ok(()) => 0,
-        Err(c) => c.code() as usize,
+        Err(c) => 1 + c.index(),
     }
 }
 
@@ -240,7 +236,7 @@ impl WorkerMetrics {
             self.registered.add(-1);
         }
         self.logical.add(-(logical as i64));
-        self.closed[reason_index(why)].add(1);
+        self.closed[why.index()].add(1);
     }
 
     /// A connection refused at accept (counted as accepted and closed, never active).
@@ -248,20 +244,20 @@ impl WorkerMetrics {
     /// `active`).
     pub fn refused_untrusted(&self) {
         self.accepted.add(1);
-        self.closed[reason_index(CloseReason::ProxyProtocol)].add(1);
+        self.closed[CloseReason::ProxyProtocol.index()].add(1);
     }
 
     pub fn overloaded(&self) {
         self.accepted.add(1);
-        self.closed[reason_index(CloseReason::Overload)].add(1);
-        self.errors_sent[ErrorCode::ServerOverloaded.code() as usize - 1].add(1);
+        self.closed[CloseReason::Overload.index()].add(1);
+        self.errors_sent[ErrorCode::ServerOverloaded.index()].add(1);
     }
 
     /// One session output.
     #[inline]
     pub fn output(&self, o: &Output) {
         if let Some(Answer::Error(c)) = o.answer {
-            self.errors_sent[c.code() as usize - 1].add(1);
+            self.errors_sent[c.index()].add(1);
         }
         if let Some(r) = o.registration {
             self.registrations[result_index(r.map(|_| ()))].add(1);

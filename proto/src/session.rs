@@ -74,56 +74,54 @@ pub enum TimerKind {
     ErrorDisconnect,
 }
 
-impl TimerKind {
-    /// Metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Registration => "registration",
-            Self::ErrorDisconnect => "error_disconnect",
+/// Declares a label enumeration once: the enum, `ALL`, and for each value its label
+/// (`name`) and dense `index`, so metrics, docs tests and logs all derive from one list.
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $label:literal, )+
         }
-    }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, for pre-registering metric series.
+            pub const ALL: [$name; [$($label),+].len()] = [$(Self::$variant),+];
+
+            /// The label value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $label, )+
+                }
+            }
+
+            /// Position in [`Self::ALL`].
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
 }
 
-/// Every per-connection deadline the runtime serves from its timer wheel; the label of
-/// `ixn_timer_expired_total{timer}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Timer {
-    /// The session's registration deadline.
-    Registration,
-    /// The session's error deadline.
-    ErrorDisconnect,
-    /// Answers that did not drain within `write_timeout`.
-    WriteStall,
-    /// A registered connection's begun frame not complete within `frame_timeout`.
-    Frame,
-    /// A closing connection whose peer did not close within `close_linger`.
-    CloseLinger,
-}
-
-impl Timer {
-    /// Every timer, for pre-registering metric series.
-    pub const ALL: [Timer; 5] = [
-        Self::Registration,
-        Self::ErrorDisconnect,
-        Self::WriteStall,
-        Self::Frame,
-        Self::CloseLinger,
-    ];
-
-    /// Metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Registration => TimerKind::Registration.name(),
-            Self::ErrorDisconnect => TimerKind::ErrorDisconnect.name(),
-            Self::WriteStall => "write_stall",
-            Self::Frame => "frame",
-            Self::CloseLinger => "close_linger",
-        }
-    }
-
-    /// Position in [`Timer::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
+label_enum! {
+    /// Every per-connection deadline the runtime serves from its timer wheel; the label of
+    /// `ixn_timer_expired_total{timer}`.
+    pub enum Timer {
+        /// The session's registration deadline.
+        Registration => "registration",
+        /// The session's error deadline.
+        ErrorDisconnect => "error_disconnect",
+        /// Answers that did not drain within `write_timeout`.
+        WriteStall => "write_stall",
+        /// A registered connection's begun frame not complete within `frame_timeout`.
+        Frame => "frame",
+        /// A closing connection whose peer did not close within `close_linger`.
+        CloseLinger => "close_linger",
     }
 }
 
@@ -173,64 +171,31 @@ pub enum Close {
     Now,
 }
 
-/// Why a connection closed; the label of `ixn_connections_closed_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// The peer closed or reset the connection.
-    Peer,
-    /// Not registered by its registration deadline.
-    RegistrationTimeout,
-    /// Rejected, and its error deadline passed.
-    ErrorTimeout,
-    /// Rejected, and its 16th EventError was written.
-    ErrorLimit,
-    /// A framing error.
-    FramingError,
-    /// Refused at accept: the connection limit was reached.
-    Overload,
-    /// RequestUnregisterClient for the connection itself.
-    Unregister,
-    /// The server drained.
-    Drain,
-    /// Its answers did not drain within the write timeout.
-    WriteStall,
-    /// On a PROXY-protocol listener: no valid header, or a peer not trusted to send one.
-    ProxyProtocol,
-    /// Registered, and a begun frame did not complete within `frame_timeout`.
-    FrameTimeout,
-}
-
-impl CloseReason {
-    /// Every reason, for pre-registering metric series.
-    pub const ALL: [CloseReason; 11] = [
-        Self::Peer,
-        Self::RegistrationTimeout,
-        Self::ErrorTimeout,
-        Self::ErrorLimit,
-        Self::FramingError,
-        Self::Overload,
-        Self::Unregister,
-        Self::Drain,
-        Self::WriteStall,
-        Self::ProxyProtocol,
-        Self::FrameTimeout,
-    ];
-
-    /// Metric label value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Peer => "peer",
-            Self::RegistrationTimeout => "registration_timeout",
-            Self::ErrorTimeout => "error_timeout",
-            Self::ErrorLimit => "error_limit",
-            Self::FramingError => "framing_error",
-            Self::Overload => "overload",
-            Self::Unregister => "unregister",
-            Self::Drain => "drain",
-            Self::WriteStall => "write_stall",
-            Self::ProxyProtocol => "proxy_protocol",
-            Self::FrameTimeout => "frame_timeout",
-        }
+label_enum! {
+    /// Why a connection closed; the label of `ixn_connections_closed_total{reason}`.
+    pub enum CloseReason {
+        /// The peer closed or reset the connection.
+        Peer => "peer",
+        /// Not registered by its registration deadline.
+        RegistrationTimeout => "registration_timeout",
+        /// Rejected, and its error deadline passed.
+        ErrorTimeout => "error_timeout",
+        /// Rejected, and its 16th EventError was written.
+        ErrorLimit => "error_limit",
+        /// A framing error.
+        FramingError => "framing_error",
+        /// Refused at accept: the connection limit was reached.
+        Overload => "overload",
+        /// RequestUnregisterClient for the connection itself.
+        Unregister => "unregister",
+        /// The server drained.
+        Drain => "drain",
+        /// Its answers did not drain within the write timeout.
+        WriteStall => "write_stall",
+        /// On a PROXY-protocol listener: no valid header, or a peer not trusted to send one.
+        ProxyProtocol => "proxy_protocol",
+        /// Registered, and a begun frame did not complete within `frame_timeout`.
+        FrameTimeout => "frame_timeout",
     }
 }
 

@@ -76,143 +76,129 @@ impl AttrType {
     }
 }
 
-/// ClientType values (IXN1.md section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[repr(i32)]
-pub enum ClientType {
-    /// 1
-    MediaServer = 1,
-    /// 2
-    AgentApplication = 2,
-    /// 3: may register further logical clients on its connection.
-    Proxy = 3,
-    /// 4
-    RoutingEngine = 4,
-    /// 5
-    ReportingEngine = 5,
+/// Declares a wire enumeration once: the enum with its wire values, and from that one
+/// declaration `ALL`, `COUNT`, the int conversions (`from_i32`, `code`), the spec's name
+/// and a dense `index` for per-value tables (metrics). Modelled on rustls's
+/// `enum_builder!`: adding a value is one line here, and everything else follows.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(i32)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant = $value, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration (wire) order.
+            pub const ALL: [$name; [$($value),+].len()] = [$(Self::$variant),+];
+            /// How many values there are.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The value for a wire integer, if it is one.
+            pub fn from_i32(v: i32) -> Option<Self> {
+                match v {
+                    $( $value => Some(Self::$variant), )+
+                    _ => None,
+                }
+            }
+
+            /// The wire integer.
+            pub fn code(self) -> i32 {
+                self as i32
+            }
+
+            /// The spec's name (also the registry's spelling and a metric label).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Self::$variant => stringify!($variant), )+
+                }
+            }
+
+            /// Position in [`Self::ALL`], for tables indexed by value.
+            pub fn index(self) -> usize {
+                #[allow(non_camel_case_types, dead_code)]
+                enum Ordinal { $( $variant, )+ }
+                match self {
+                    $( Self::$variant => Ordinal::$variant as usize, )+
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// ClientType values (IXN1.md section 4).
+    #[derive(serde::Deserialize, serde::Serialize)]
+    pub enum ClientType {
+        /// 1
+        MediaServer = 1,
+        /// 2
+        AgentApplication = 2,
+        /// 3: may register further logical clients on its connection.
+        Proxy = 3,
+        /// 4
+        RoutingEngine = 4,
+        /// 5
+        ReportingEngine = 5,
+    }
 }
 
 impl ClientType {
-    /// All defined client types, in wire order.
-    pub const ALL: [ClientType; 5] = [
-        Self::MediaServer,
-        Self::AgentApplication,
-        Self::Proxy,
-        Self::RoutingEngine,
-        Self::ReportingEngine,
-    ];
-
-    /// The client type for a wire value; any other value is not allowed (error 3).
-    pub fn from_i32(v: i32) -> Option<Self> {
-        match v {
-            1 => Some(Self::MediaServer),
-            2 => Some(Self::AgentApplication),
-            3 => Some(Self::Proxy),
-            4 => Some(Self::RoutingEngine),
-            5 => Some(Self::ReportingEngine),
-            _ => None,
-        }
-    }
-
-    /// The name used in the registry file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::MediaServer => "MediaServer",
-            Self::AgentApplication => "AgentApplication",
-            Self::Proxy => "Proxy",
-            Self::RoutingEngine => "RoutingEngine",
-            Self::ReportingEngine => "ReportingEngine",
-        }
-    }
-
     /// Bit of this type in a [`crate::registry`] allow-set.
     pub fn bit(self) -> u8 {
-        1 << (self as i32 as u8)
+        1 << self.index()
     }
 }
 
-/// ErrorCode values (IXN1.md section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum ErrorCode {
-    /// A message other than RequestRegisterClient before registration, or any after a rejection.
-    ClientNotRegistered = 1,
-    /// ClientName is not in the registry.
-    UnknownClient = 2,
-    /// ClientType unknown, or not allowed for that ClientName.
-    ClientTypeNotAllowed = 3,
-    /// Credential missing or wrong.
-    AuthenticationFailed = 4,
-    /// Peer address outside the entry's allowed networks.
-    AddressNotAllowed = 5,
-    /// RequestRegisterClient on a registered connection that is not a Proxy.
-    AlreadyRegistered = 6,
-    /// Well framed, but breaks section 2 or lacks a mandatory attribute.
-    MalformedMessage = 7,
-    /// Framing error.
-    FrameTooLarge = 8,
-    /// A registered client sent a message the server does not serve.
-    UnsupportedRequest = 9,
-    /// A connection or registration limit is reached.
-    ServerOverloaded = 10,
-    /// The server is draining.
-    ServerShuttingDown = 11,
-    /// RequestUnregisterClient names an id this connection does not own.
-    UnknownProxyClientId = 12,
-    /// A Proxy connection reached its limit of logical clients.
-    TooManyClients = 13,
+wire_enum! {
+    /// ErrorCode values (IXN1.md section 5).
+    pub enum ErrorCode {
+        /// A message other than RequestRegisterClient before registration, or any after a rejection.
+        ClientNotRegistered = 1,
+        /// ClientName is not in the registry.
+        UnknownClient = 2,
+        /// ClientType unknown, or not allowed for that ClientName.
+        ClientTypeNotAllowed = 3,
+        /// Credential missing or wrong.
+        AuthenticationFailed = 4,
+        /// Peer address outside the entry's allowed networks.
+        AddressNotAllowed = 5,
+        /// RequestRegisterClient on a registered connection that is not a Proxy.
+        AlreadyRegistered = 6,
+        /// Well framed, but breaks section 2 or lacks a mandatory attribute.
+        MalformedMessage = 7,
+        /// Framing error.
+        FrameTooLarge = 8,
+        /// A registered client sent a message the server does not serve.
+        UnsupportedRequest = 9,
+        /// A connection or registration limit is reached.
+        ServerOverloaded = 10,
+        /// The server is draining.
+        ServerShuttingDown = 11,
+        /// RequestUnregisterClient names an id this connection does not own.
+        UnknownProxyClientId = 12,
+        /// A Proxy connection reached its limit of logical clients.
+        TooManyClients = 13,
+        /// The ClientName is registered elsewhere and its entry says `on_duplicate = "reject"`.
+        DuplicateClient = 14,
+        /// Closed by an operator, or replaced by a newer registration of its ClientName.
+        ClientDisconnected = 15,
+        /// The peer address made too many failed registrations and is refused for a while.
+        AddressTemporarilyRefused = 16,
+        /// The registry entry requires TLS and the connection is not TLS.
+        TlsRequired = 17,
+    }
 }
 
 impl ErrorCode {
-    /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 13] = [
-        Self::ClientNotRegistered,
-        Self::UnknownClient,
-        Self::ClientTypeNotAllowed,
-        Self::AuthenticationFailed,
-        Self::AddressNotAllowed,
-        Self::AlreadyRegistered,
-        Self::MalformedMessage,
-        Self::FrameTooLarge,
-        Self::UnsupportedRequest,
-        Self::ServerOverloaded,
-        Self::ServerShuttingDown,
-        Self::UnknownProxyClientId,
-        Self::TooManyClients,
-    ];
-
-    /// The code for a wire value.
-    pub fn from_i32(v: i32) -> Option<Self> {
-        Self::ALL
-            .get(usize::try_from(v).ok()?.checked_sub(1)?)
-            .copied()
-    }
-
-    /// The wire value.
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    /// The spec's name, also used as a low-cardinality metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ClientNotRegistered => "ClientNotRegistered",
-            Self::UnknownClient => "UnknownClient",
-            Self::ClientTypeNotAllowed => "ClientTypeNotAllowed",
-            Self::AuthenticationFailed => "AuthenticationFailed",
-            Self::AddressNotAllowed => "AddressNotAllowed",
-            Self::AlreadyRegistered => "AlreadyRegistered",
-            Self::MalformedMessage => "MalformedMessage",
-            Self::FrameTooLarge => "FrameTooLarge",
-            Self::UnsupportedRequest => "UnsupportedRequest",
-            Self::ServerOverloaded => "ServerOverloaded",
-            Self::ServerShuttingDown => "ServerShuttingDown",
-            Self::UnknownProxyClientId => "UnknownProxyClientId",
-            Self::TooManyClients => "TooManyClients",
-        }
-    }
-
-    /// The ErrorDescription the server sends (its text is not part of the contract).
+    /// The ErrorDescription the server sends (its text is not part of the contract): the
+    /// name in words.
     pub fn description(self) -> &'static str {
         match self {
             Self::ClientNotRegistered => "client not registered",
@@ -228,7 +214,37 @@ impl ErrorCode {
             Self::ServerShuttingDown => "server shutting down",
             Self::UnknownProxyClientId => "unknown proxy client id",
             Self::TooManyClients => "too many clients",
+            Self::DuplicateClient => "duplicate client",
+            Self::ClientDisconnected => "client disconnected",
+            Self::AddressTemporarilyRefused => "address temporarily refused",
+            Self::TlsRequired => "tls required",
         }
+    }
+}
+
+#[cfg(test)]
+mod enum_tests {
+    use super::*;
+
+    #[test]
+    fn one_declaration_gives_all_count_conversions_names_and_indexes() {
+        assert_eq!(ErrorCode::COUNT, 17);
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert_eq!(c.code(), i as i32 + 1);
+            assert_eq!(ErrorCode::from_i32(c.code()), Some(*c));
+            assert!(!c.description().is_empty());
+        }
+        assert_eq!(ErrorCode::from_i32(0), None);
+        assert_eq!(ErrorCode::from_i32(18), None);
+        assert_eq!(ErrorCode::TlsRequired.name(), "TlsRequired");
+        assert_eq!(ClientType::COUNT, 5);
+        for (i, t) in ClientType::ALL.iter().enumerate() {
+            assert_eq!(t.index(), i);
+            assert_eq!(ClientType::from_i32(t.code()), Some(*t));
+        }
+        assert_eq!(ClientType::from_i32(6), None);
+        assert_eq!(ClientType::Proxy.name(), "Proxy");
     }
 }
 
