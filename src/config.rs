@@ -11,8 +11,44 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_LIMIT, MIN_FRAME_LEN};
+use crate::protocol::{MAX_FRAME_LEN_LIMIT, MIN_FRAME_LEN};
 use crate::session::SessionConfig;
+
+/// Every setting's default (IXN1.md section 8), one typed constant each: the resolver
+/// below uses them, the core's own defaults come from `ixn_proto::defaults`, and
+/// `tests/docs.rs` checks them against `--help` and the README's flag table.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+
+    pub use ixn_proto::defaults::*;
+
+    /// `--proxy-protocol-trusted`: loopback only.
+    pub const PROXY_PROTOCOL_TRUSTED: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+    /// `--timer-tick`.
+    pub const TIMER_TICK: Duration = Duration::from_millis(100);
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: usize = 100_000;
+    /// `--metrics-listen`.
+    pub const METRICS_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9464));
+    /// `--backlog`.
+    pub const BACKLOG: u32 = 4096;
+    /// `--tcp-keepalive`.
+    pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+    /// `--write-timeout`.
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `--drain-timeout`.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `--pin-workers`.
+    pub const PIN_WORKERS: bool = true;
+    /// `--metrics`.
+    pub const METRICS: bool = true;
+    /// `--socket-send-buffer`.
+    pub const SOCKET_SEND_BUFFER: usize = 65_536;
+    /// `--metrics-max-connections`.
+    pub const METRICS_MAX_CONNECTIONS: usize = 64;
+}
 
 /// A duration written as `250ms`, `5s`, `1m` (humantime syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,21 +286,14 @@ pub struct Config {
 }
 
 impl Args {
-    /// Fills what the command line and environment left unset from `file`.
-    fn merge(mut self, file: Args) -> Args {
-        if self.listen.is_empty() {
-            self.listen = file.listen;
-        }
-        if self.proxy_listen.is_empty() {
-            self.proxy_listen = file.proxy_listen;
-        }
-        if self.proxy_protocol_trusted.is_empty() {
-            self.proxy_protocol_trusted = file.proxy_protocol_trusted;
-        }
-        macro_rules! fill {
-            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
-        }
-        fill!(
+    /// Fills what the command line and environment left unset from `file`. The
+    /// destructuring is exhaustive: a new setting that is not merged here does not compile.
+    fn merge(self, file: Args) -> Args {
+        let Args {
+            config: _,
+            listen,
+            proxy_listen,
+            proxy_protocol_trusted,
             workers,
             registry,
             registration_timeout,
@@ -284,9 +313,43 @@ impl Args {
             frame_timeout,
             close_linger,
             socket_send_buffer,
-            metrics_max_connections
-        );
-        self
+            metrics_max_connections,
+            check_config: _,
+        } = file;
+        fn list<T>(mine: Vec<T>, theirs: Vec<T>) -> Vec<T> {
+            if mine.is_empty() {
+                theirs
+            } else {
+                mine
+            }
+        }
+        Args {
+            listen: list(self.listen, listen),
+            proxy_listen: list(self.proxy_listen, proxy_listen),
+            proxy_protocol_trusted: list(self.proxy_protocol_trusted, proxy_protocol_trusted),
+            workers: self.workers.or(workers),
+            registry: self.registry.or(registry),
+            registration_timeout: self.registration_timeout.or(registration_timeout),
+            error_disconnect_timeout: self.error_disconnect_timeout.or(error_disconnect_timeout),
+            timer_tick: self.timer_tick.or(timer_tick),
+            max_connections: self.max_connections.or(max_connections),
+            max_frame_len: self.max_frame_len.or(max_frame_len),
+            metrics_listen: self.metrics_listen.or(metrics_listen),
+            backlog: self.backlog.or(backlog),
+            tcp_keepalive: self.tcp_keepalive.or(tcp_keepalive),
+            write_timeout: self.write_timeout.or(write_timeout),
+            drain_timeout: self.drain_timeout.or(drain_timeout),
+            ring_setup: self.ring_setup.or(ring_setup),
+            pin_workers: self.pin_workers.or(pin_workers),
+            metrics: self.metrics.or(metrics),
+            log_format: self.log_format.or(log_format),
+            frame_timeout: self.frame_timeout.or(frame_timeout),
+            close_linger: self.close_linger.or(close_linger),
+            socket_send_buffer: self.socket_send_buffer.or(socket_send_buffer),
+            metrics_max_connections: self.metrics_max_connections.or(metrics_max_connections),
+            config: self.config,
+            check_config: self.check_config,
+        }
     }
 
     /// Reads the `--config` file if any, merges and validates.
@@ -298,19 +361,20 @@ impl Args {
             }
             None => self,
         };
-        let d = |v: Option<Dur>, default: u64| v.map_or(Duration::from_millis(default), |d| d.0);
+        use defaults as def;
+        let d = |v: Option<Dur>, default: Duration| v.map_or(default, |d| d.0);
         let cfg = Config {
             listen: if args.listen.is_empty() && args.proxy_listen.is_empty() {
-                vec![SocketAddr::from(([127, 0, 0, 1], 7400))]
+                vec![def::LISTEN]
             } else {
                 args.listen
             },
             proxy_listen: args.proxy_listen,
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
-                vec![
-                    "127.0.0.0/8".parse().unwrap_or_default(),
-                    "::1/128".parse().unwrap_or_default(),
-                ]
+                def::PROXY_PROTOCOL_TRUSTED
+                    .iter()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
             } else {
                 args.proxy_protocol_trusted
             },
@@ -319,27 +383,30 @@ impl Args {
             }),
             registry: args.registry,
             session: SessionConfig {
-                registration_timeout: d(args.registration_timeout, 5000),
-                error_disconnect_timeout: d(args.error_disconnect_timeout, 1000),
+                registration_timeout: d(args.registration_timeout, def::REGISTRATION_TIMEOUT),
+                error_disconnect_timeout: d(
+                    args.error_disconnect_timeout,
+                    def::ERROR_DISCONNECT_TIMEOUT,
+                ),
             },
-            timer_tick: d(args.timer_tick, 100),
-            max_connections: args.max_connections.unwrap_or(100_000),
-            max_frame_len: args.max_frame_len.unwrap_or(DEFAULT_MAX_FRAME_LEN),
-            metrics_listen: args
-                .metrics_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
-            backlog: args.backlog.unwrap_or(4096),
-            tcp_keepalive: Some(d(args.tcp_keepalive, 60_000)).filter(|d| !d.is_zero()),
-            write_timeout: d(args.write_timeout, 10_000),
-            drain_timeout: d(args.drain_timeout, 5000),
+            timer_tick: d(args.timer_tick, def::TIMER_TICK),
+            max_connections: args.max_connections.unwrap_or(def::MAX_CONNECTIONS),
+            max_frame_len: args.max_frame_len.unwrap_or(def::MAX_FRAME_LEN),
+            metrics_listen: args.metrics_listen.unwrap_or(def::METRICS_LISTEN),
+            backlog: args.backlog.unwrap_or(def::BACKLOG),
+            tcp_keepalive: Some(d(args.tcp_keepalive, def::TCP_KEEPALIVE)).filter(|d| !d.is_zero()),
+            write_timeout: d(args.write_timeout, def::WRITE_TIMEOUT),
+            drain_timeout: d(args.drain_timeout, def::DRAIN_TIMEOUT),
             ring_setup: args.ring_setup.unwrap_or_default(),
-            pin_workers: args.pin_workers.unwrap_or(true),
-            metrics: args.metrics.unwrap_or(true),
+            pin_workers: args.pin_workers.unwrap_or(def::PIN_WORKERS),
+            metrics: args.metrics.unwrap_or(def::METRICS),
             log_format: args.log_format.unwrap_or_default(),
-            frame_timeout: d(args.frame_timeout, 5000),
-            close_linger: d(args.close_linger, 1000),
-            socket_send_buffer: args.socket_send_buffer.unwrap_or(65_536),
-            metrics_max_connections: args.metrics_max_connections.unwrap_or(64),
+            frame_timeout: d(args.frame_timeout, def::FRAME_TIMEOUT),
+            close_linger: d(args.close_linger, def::CLOSE_LINGER),
+            socket_send_buffer: args.socket_send_buffer.unwrap_or(def::SOCKET_SEND_BUFFER),
+            metrics_max_connections: args
+                .metrics_max_connections
+                .unwrap_or(def::METRICS_MAX_CONNECTIONS),
         };
         cfg.validate()?;
         Ok(cfg)

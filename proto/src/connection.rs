@@ -46,9 +46,9 @@ impl Default for ConnConfig {
     fn default() -> Self {
         Self {
             session: SessionConfig::default(),
-            max_frame_len: crate::protocol::DEFAULT_MAX_FRAME_LEN,
-            frame_timeout: Duration::from_secs(5),
-            close_linger: Duration::from_secs(1),
+            max_frame_len: crate::defaults::MAX_FRAME_LEN,
+            frame_timeout: crate::defaults::FRAME_TIMEOUT,
+            close_linger: crate::defaults::CLOSE_LINGER,
         }
     }
 }

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod connection;
+pub mod defaults;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;

@@ -46,8 +46,8 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            registration_timeout: Duration::from_secs(5),
-            error_disconnect_timeout: Duration::from_secs(1),
+            registration_timeout: crate::defaults::REGISTRATION_TIMEOUT,
+            error_disconnect_timeout: crate::defaults::ERROR_DISCONNECT_TIMEOUT,
         }
     }
 }
