@@ -53,11 +53,6 @@ impl ClientEntry {
         self.types & t.bit() != 0
     }
 
-    /// Whether a Credential is required.
-    pub fn needs_credential(&self) -> bool {
-        self.credential_sha256.is_some()
-    }
-
     /// Logical clients a Proxy with this name may register besides itself.
     pub fn max_logical_clients(&self) -> u32 {
         self.max_logical_clients

@@ -56,7 +56,6 @@ struct Entry<T> {
 #[derive(Debug)]
 pub struct TimerWheel<T> {
     origin: Instant,
-    tick: Duration,
     tick_nanos: u64,
     /// ⌊2^64 / tick_nanos⌋: turns the division by the tick on every insert into a
     /// multiplication (plus one correction step), the one costly instruction of an insert.
@@ -76,7 +75,6 @@ impl<T> TimerWheel<T> {
         let tick = tick.max(Duration::from_millis(1));
         Self {
             origin,
-            tick,
             // Ticks of more than 584 years do not occur; u64 keeps the hot path off u128 division.
             tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
             tick_recip: u64::try_from((1u128 << 64) / tick.as_nanos().max(2)).unwrap_or(u64::MAX),
@@ -88,11 +86,6 @@ impl<T> TimerWheel<T> {
         }
     }
 
-    /// The tick length.
-    pub fn tick(&self) -> Duration {
-        self.tick
-    }
-
     /// Number of armed timers.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -101,16 +94,6 @@ impl<T> TimerWheel<T> {
     /// Whether no timer is armed.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// The instant of tick boundary `tick`.
-    pub fn tick_instant(&self, tick: u64) -> Instant {
-        self.origin + Duration::from_nanos(tick.saturating_mul(self.tick_nanos))
-    }
-
-    /// The next tick boundary `advance` has not processed yet.
-    pub fn next_tick_instant(&self) -> Instant {
-        self.tick_instant(self.next_tick)
     }
 
     fn elapsed_nanos(&self, t: Instant) -> u64 {

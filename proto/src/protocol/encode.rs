@@ -3,7 +3,7 @@
 use bytes::BufMut;
 
 use super::types::{attr, msg, AttrType, ErrorCode, KvList, Message, Value};
-use super::{ATTR_HEADER_LEN, HEADER_LEN};
+use super::ATTR_HEADER_LEN;
 
 /// Why a message could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -15,12 +15,6 @@ pub enum EncodeError {
     #[error("kvlist key must be 1..=255 bytes")]
     BadKey,
 }
-
-/// Longest EventAck the server writes (ReferenceId + ProxyClientId).
-pub const EVENT_ACK_MAX_LEN: usize = HEADER_LEN + 2 * (ATTR_HEADER_LEN + 4);
-/// Longest EventError the server writes with its own descriptions.
-pub const EVENT_ERROR_MAX_LEN: usize =
-    HEADER_LEN + 2 * (ATTR_HEADER_LEN + 4) + ATTR_HEADER_LEN + 32;
 
 /// One attribute to write; the order of a message's list is the order on the wire.
 enum Attr<'a> {

@@ -11,10 +11,7 @@ mod encode;
 mod types;
 
 pub use decode::{decode, DecodeError, Frame, FramingError, Malformed, MalformedReason};
-pub use encode::{
-    encode, encode_event_ack, encode_event_error, write_kv_entry, EncodeError, EVENT_ACK_MAX_LEN,
-    EVENT_ERROR_MAX_LEN,
-};
+pub use encode::{encode, encode_event_ack, encode_event_error, write_kv_entry, EncodeError};
 pub use types::{
     attr, msg, AttrType, ClientType, ErrorCode, EventAck, EventError, KvIter, KvList, Message,
     RegisterClient, UnregisterClient, Value,

@@ -32,9 +32,6 @@ pub mod attr {
     pub const ERROR_CODE: u16 = 7;
     /// string, human readable.
     pub const ERROR_DESCRIPTION: u16 = 8;
-
-    /// Highest known attribute id; ids above it (and 0) are skipped.
-    pub const MAX_KNOWN: u16 = 8;
 }
 
 /// Attribute value types on the wire.
