@@ -9,4 +9,4 @@ pub mod http;
 pub mod metrics;
 pub mod runtime;
 
-pub use ixn_proto::{protocol, proxy, registry, session, timer_wheel};
+pub use ixn_proto::{connection, protocol, proxy, registry, session, timer_wheel};

@@ -1,64 +1,92 @@
-//! Fuzz target: the registration state machine fed arbitrary byte streams, cut into reads
-//! and interleaved with deadlines and drain, never panics, answers only with frames that
-//! decode, never answers after deciding to close, and never writes more than 16
-//! EventErrors to a rejected connection.
+//! Fuzz target: a whole `Connection` (optional PROXY header first, then the registration
+//! session, frame deadline and closing once written) fed arbitrary byte streams cut into
+//! reads, interleaved with its deadlines, the drain and the engine's flush. It must never
+//! panic, answer only with frames that decode, never answer once a close is decided, keep
+//! `armed()` equal to the last timer change, and never write more than 16 EventErrors to
+//! a rejected connection.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ixn::protocol::{decode, Message, DEFAULT_MAX_FRAME_LEN};
+use ixn::connection::{Action, ConnConfig, Connection, Env, TimerChange};
+use ixn::protocol::{decode, Message};
 use ixn::registry::Registry;
-use ixn::session::{Close, Ctx, IdAllocator, Input, Session, SessionConfig, State, TimerKind};
+use ixn::session::{IdAllocator, State};
 use libfuzzer_sys::fuzz_target;
 
 /// Parsed once: parsing per input took most of each run.
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
+/// Control bytes at the start of a chunk (otherwise the chunk is stream bytes).
+const DEADLINE: u8 = 0xfd;
+const DRAIN: u8 = 0xfe;
+const LATER: u8 = 0xff;
+
 fuzz_target!(|data: &[u8]| {
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
     let registry = REGISTRY.get_or_init(Registry::embedded);
     let mut ids = IdAllocator::default();
-    let t0 = Instant::now();
-    let config = SessionConfig::default();
-    let (mut s, _) = Session::accept(t0, config);
+    let config = ConnConfig::default();
+    let mut now = Instant::now();
+    // Mode bit 0: a PROXY header is expected (the input must bring it, split anywhere);
+    // bits 1..: the read size.
+    let proxy = mode & 1 == 1;
+    let read_size = usize::from(mode >> 1).max(1);
+    let (mut c, _) = Connection::accept(now, IpAddr::V4(Ipv4Addr::LOCALHOST), proxy, &config);
     let mut pending = Vec::new();
+    let mut decided = false;
     let mut errors_when_rejected = 0usize;
-    let mut closed = false;
-    for (i, chunk) in data.chunks(7).enumerate() {
+    for chunk in data.chunks(read_size) {
         let mut out = Vec::new();
-        let mut ctx = Ctx {
-            registry,
-            peer: IpAddr::V4(Ipv4Addr::new(127, 0, 0, (i % 3) as u8 + 1)),
-            now: t0 + Duration::from_millis(i as u64),
-            ids: &mut ids,
-            config,
-        };
-        let was_rejected = s.state() == State::Rejected;
-        let close = match chunk.first() {
-            Some(0xfd) => s.handle(Input::Deadline(TimerKind::Registration), &mut ctx, &mut out).close,
-            Some(0xfe) => s.handle(Input::Deadline(TimerKind::ErrorDisconnect), &mut ctx, &mut out).close,
-            Some(0xff) => s.handle(Input::Drain, &mut ctx, &mut out).close,
+        let mut env = Env { registry, ids: &mut ids, config: &config };
+        let was_rejected = c.session().state() == State::Rejected;
+        let p = match chunk.first() {
+            Some(&DEADLINE) => match c.armed() {
+                Some(t) => c.on_deadline(t),
+                None => continue,
+            },
+            Some(&DRAIN) => c.on_drain(now, &mut env, &mut out, |_| {}),
+            Some(&LATER) => {
+                now += Duration::from_millis(u64::from(chunk.len() as u8) * 40);
+                continue;
+            }
             _ => {
                 pending.extend_from_slice(chunk);
-                let fed = s.feed(&pending, DEFAULT_MAX_FRAME_LEN, &mut ctx, &mut out, |_| {});
-                pending.drain(..fed.consumed);
-                fed.close
+                let p = c.on_bytes(now, &pending, &mut env, &mut out, |_| {});
+                assert!(p.consumed <= pending.len());
+                pending.drain(..p.consumed);
+                p
             }
         };
-        if closed {
-            assert!(out.is_empty(), "answered after closing");
+        match p.timer {
+            TimerChange::Arm(t, _) => assert_eq!(c.armed(), Some(t)),
+            TimerChange::Cancel => assert_eq!(c.armed(), None),
+            TimerChange::Keep => {}
+        }
+        if decided {
+            assert!(out.is_empty(), "answered after the close was decided");
         }
         let mut rest = &out[..];
         while !rest.is_empty() {
             let f = decode(rest, usize::MAX).expect("answers decode").expect("complete answers");
-            if matches!(f.message, Message::EventError(_)) && (was_rejected || s.state() != State::Registered) {
+            if matches!(f.message, Message::EventError(_))
+                && (was_rejected || c.session().state() == State::Rejected)
+            {
                 errors_when_rejected += 1;
             }
             rest = &rest[f.frame_len..];
         }
-        if close != Close::No {
-            closed = true;
+        match p.action {
+            Action::Continue => {}
+            Action::CloseNow(_) => break,
+            Action::CloseAfterWrite => {
+                decided = true;
+                let _ = c.on_flushed(now, &config);
+            }
         }
     }
     assert!(errors_when_rejected <= 16, "{errors_when_rejected} errors to a rejected connection");
