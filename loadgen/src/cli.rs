@@ -27,6 +27,24 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// A duration that clap can show as a default (`5s`), so that defaults taken from the
+/// server's typed constants (`ixn::defaults`) need not be written again as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        duration(s).map(Dur)
+    }
+}
+
 /// A load generator for IXN/1 registration traffic.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ixn-loadgen", version)]
@@ -35,7 +53,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "churn")]
     pub scenario: Scenario,
     /// Server address.
-    #[arg(long, default_value = "127.0.0.1:7400")]
+    #[arg(long, default_value_t = ixn::defaults::LISTEN)]
     pub target: SocketAddr,
     /// Closed loop: connections in flight at once (ignored with --rate).
     #[arg(long, default_value_t = 64)]
@@ -90,11 +108,11 @@ pub struct Args {
     #[arg(long, default_value = "churn=90,invalid=5,silent=5")]
     pub mix: String,
     /// The server's registration timeout (silent: the deadline to check against).
-    #[arg(long, value_parser = duration, default_value = "5s")]
-    pub registration_timeout: Duration,
+    #[arg(long, default_value_t = Dur(ixn::defaults::REGISTRATION_TIMEOUT))]
+    pub registration_timeout: Dur,
     /// The server's error disconnect timeout (invalid: the deadline to check against).
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub error_disconnect_timeout: Duration,
+    #[arg(long, default_value_t = Dur(ixn::defaults::ERROR_DISCONNECT_TIMEOUT))]
+    pub error_disconnect_timeout: Dur,
     /// The server's timer tick: a drop is "within" its window if it comes between the
     /// deadline and deadline + tick + --slack.
     #[arg(long, value_parser = duration, default_value = "100ms")]

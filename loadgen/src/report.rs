@@ -105,13 +105,13 @@ impl Summary {
                 register: Percentiles::of(&t.register),
             },
             silent: has(Scenario::Silent).then(|| Deadline {
-                deadline_ms: args.registration_timeout.as_millis() as u64,
+                deadline_ms: args.registration_timeout.0.as_millis() as u64,
                 window_ms,
                 drop_us: Percentiles::of(&t.dropped),
                 classes: t.drops,
             }),
             invalid: has(Scenario::Invalid).then(|| Deadline {
-                deadline_ms: args.error_disconnect_timeout.as_millis() as u64,
+                deadline_ms: args.error_disconnect_timeout.0.as_millis() as u64,
                 window_ms,
                 drop_us: Percentiles::of(&t.error_close),
                 classes: t.error_drops,

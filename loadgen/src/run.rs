@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ixn::protocol::{decode, encode, Message, RegisterClient, DEFAULT_MAX_FRAME_LEN};
+use ixn::protocol::{decode, encode, ErrorCode, Message, RegisterClient, DEFAULT_MAX_FRAME_LEN};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -39,17 +39,78 @@ enum Kind {
     Churn,
     Hold,
     Silent,
-    Invalid(u8),
+    Invalid(InvalidCase),
 }
 
-/// Names of the invalid cases, in the order they rotate.
-pub const INVALID_CASES: [&str; 5] = [
-    "unknown_client",
-    "undefined_client_type",
-    "wrong_credential",
-    "other_message_first",
-    "first_one_then_the_other",
-];
+/// The invalid clients the `invalid` scenario rotates through, each declared once with
+/// its frames and the ErrorCode each frame must be answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidCase {
+    /// A ClientName not in the registry: 2.
+    UnknownClient,
+    /// A ClientType outside 1..=5: 3.
+    UndefinedClientType,
+    /// The credential client with a wrong Credential: 4.
+    WrongCredential,
+    /// Another message before registering: 1.
+    OtherMessageFirst,
+    /// A rejected registration, then another message: 2, then 1.
+    FirstOneThenTheOther,
+}
+
+impl InvalidCase {
+    /// Every case, in the order they rotate.
+    pub const ALL: [InvalidCase; 5] = [
+        Self::UnknownClient,
+        Self::UndefinedClientType,
+        Self::WrongCredential,
+        Self::OtherMessageFirst,
+        Self::FirstOneThenTheOther,
+    ];
+
+    /// Its name in the summary and the JSON report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UnknownClient => "unknown_client",
+            Self::UndefinedClientType => "undefined_client_type",
+            Self::WrongCredential => "wrong_credential",
+            Self::OtherMessageFirst => "other_message_first",
+            Self::FirstOneThenTheOther => "first_one_then_the_other",
+        }
+    }
+
+    /// The case after this one.
+    fn next(self) -> Self {
+        let i = Self::ALL.iter().position(|c| *c == self).unwrap_or(0);
+        Self::ALL[(i + 1) % Self::ALL.len()]
+    }
+
+    /// The frames to send, each with the ErrorCode that must answer it.
+    fn frames(self, rid: i32, a: &Args) -> Vec<(Vec<u8>, ErrorCode)> {
+        const UNKNOWN: &str = "ixn-loadgen-unknown-client";
+        match self {
+            Self::UnknownClient => vec![(rrc(rid, UNKNOWN, 1, None), ErrorCode::UnknownClient)],
+            Self::UndefinedClientType => vec![(
+                rrc(rid, &a.client_name, 99, None),
+                ErrorCode::ClientTypeNotAllowed,
+            )],
+            Self::WrongCredential => vec![(
+                rrc(
+                    rid,
+                    &a.credential_client,
+                    a.credential_client_type,
+                    Some("ixn-loadgen-wrong"),
+                ),
+                ErrorCode::AuthenticationFailed,
+            )],
+            Self::OtherMessageFirst => vec![(other(rid), ErrorCode::ClientNotRegistered)],
+            Self::FirstOneThenTheOther => vec![
+                (rrc(rid, UNKNOWN, 1, None), ErrorCode::UnknownClient),
+                (other(rid), ErrorCode::ClientNotRegistered),
+            ],
+        }
+    }
+}
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -68,7 +129,7 @@ struct Thread {
     totals: RefCell<Totals>,
     rng: Cell<u64>,
     next_source: Cell<usize>,
-    invalid_case: Cell<u8>,
+    invalid_case: Cell<InvalidCase>,
     held: RefCell<Vec<Rc<TcpStream>>>,
     /// Tasks spawned and not yet finished. They are counted instead of kept as join
     /// handles: the open loop used to scan its handles for finished ones, a cost that grew
@@ -123,7 +184,7 @@ pub fn thread_main(plan: Plan, shared: Arc<Shared>) -> Totals {
         totals: RefCell::new(Totals::default()),
         rng: Cell::new(seed),
         next_source: Cell::new(0),
-        invalid_case: Cell::new(0),
+        invalid_case: Cell::new(InvalidCase::UnknownClient),
         held: RefCell::new(Vec::new()),
         in_flight: Cell::new(0),
         drained: tokio::sync::Notify::new(),
@@ -241,7 +302,7 @@ impl Thread {
     fn pick(&self) -> Kind {
         let invalid = || {
             let c = self.invalid_case.get();
-            self.invalid_case.set((c + 1) % 5);
+            self.invalid_case.set(c.next());
             Kind::Invalid(c)
         };
         match self.plan.args.scenario {
@@ -301,9 +362,7 @@ impl Thread {
             }
             *t.ok_by_kind.entry(kind.name()).or_default() += 1;
             if let Kind::Invalid(case) = kind {
-                *t.invalid_cases
-                    .entry(INVALID_CASES[usize::from(case)])
-                    .or_default() += 1;
+                *t.invalid_cases.entry(case.name()).or_default() += 1;
             }
         }
     }
@@ -568,43 +627,27 @@ async fn scenario(
             if measured {
                 let mut tot = t.totals.borrow_mut();
                 record(&mut tot.dropped, elapsed);
-                classify(elapsed, a.registration_timeout, window, &mut tot.drops);
+                classify(elapsed, a.registration_timeout.0, window, &mut tot.drops);
             }
-            if elapsed < a.registration_timeout {
+            if elapsed < a.registration_timeout.0 {
                 return Err(err::DROPPED_EARLY);
             }
-            if elapsed > a.registration_timeout + window {
+            if elapsed > a.registration_timeout.0 + window {
                 return Err(err::DROPPED_LATE);
             }
             Ok(Instant::now().saturating_duration_since(at))
         }
         Kind::Invalid(case) => {
-            // (frames, expected codes): unknown name, undefined type, wrong credential,
-            // any other message first, first one then the other.
-            let (frames, codes): (Vec<Vec<u8>>, &[i32]) = match case {
-                0 => (vec![rrc(rid, "ixn-loadgen-unknown-client", 1, None)], &[2]),
-                1 => (vec![rrc(rid, &a.client_name, 99, None)], &[3]),
-                2 => (
-                    vec![rrc(
-                        rid,
-                        &a.credential_client,
-                        a.credential_client_type,
-                        Some("ixn-loadgen-wrong"),
-                    )],
-                    &[4],
-                ),
-                3 => (vec![other(rid)], &[1]),
-                _ => (
-                    vec![rrc(rid, "ixn-loadgen-unknown-client", 1, None), other(rid)],
-                    &[2, 1],
-                ),
-            };
             let mut first_error = None;
-            for (f, want) in frames.into_iter().zip(codes) {
+            for (f, want) in case.frames(rid, a) {
                 c.send(f).await.map_err(io)?;
                 match c.answer().await.map_err(io)? {
-                    Some(Answer::Error { code, rid: r }) if code == *want && r == rid => {}
-                    Some(Answer::Error { code: 10, .. }) => return Err(err::OVERLOADED),
+                    Some(Answer::Error { code, rid: r }) if code == want.code() && r == rid => {}
+                    Some(Answer::Error { code, .. })
+                        if code == ErrorCode::ServerOverloaded.code() =>
+                    {
+                        return Err(err::OVERLOADED)
+                    }
                     Some(Answer::Error { .. }) => return Err(err::WRONG_CODE),
                     Some(_) => return Err(err::BAD_ANSWER),
                     None => return Err(err::CLOSED),
@@ -627,15 +670,15 @@ async fn scenario(
                 record(&mut tot.error_close, elapsed);
                 classify(
                     elapsed,
-                    a.error_disconnect_timeout,
+                    a.error_disconnect_timeout.0,
                     window,
                     &mut tot.error_drops,
                 );
             }
-            if elapsed + Duration::from_millis(2) < a.error_disconnect_timeout {
+            if elapsed + Duration::from_millis(2) < a.error_disconnect_timeout.0 {
                 return Err(err::DROPPED_EARLY);
             }
-            if elapsed > a.error_disconnect_timeout + window {
+            if elapsed > a.error_disconnect_timeout.0 + window {
                 return Err(err::DROPPED_LATE);
             }
             Ok(answered.saturating_duration_since(at))
