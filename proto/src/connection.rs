@@ -110,14 +110,6 @@ impl Progress {
         registered: false,
         logical_delta: 0,
     };
-
-    fn close_now(reason: CloseReason) -> Progress {
-        Progress {
-            timer: TimerChange::Cancel,
-            action: Action::CloseNow(reason),
-            ..Progress::NOTHING
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +201,16 @@ impl Connection {
         TimerChange::Arm(timer, at)
     }
 
+    /// Decides a close now for `reason`: its timer goes with it.
+    fn close_now(&mut self, reason: CloseReason) -> Progress {
+        self.armed = None;
+        Progress {
+            timer: TimerChange::Cancel,
+            action: Action::CloseNow(reason),
+            ..Progress::NOTHING
+        }
+    }
+
     /// Decides a close once written for `reason`.
     fn flush_then_close(&mut self, reason: CloseReason) -> Progress {
         self.phase = Phase::Flushing(reason);
@@ -248,7 +250,7 @@ impl Connection {
                     }
                     skip = header.len;
                 }
-                Err(_) => return Progress::close_now(CloseReason::ProxyProtocol),
+                Err(_) => return self.close_now(CloseReason::ProxyProtocol),
             }
         }
         let frames = &input[skip..];
@@ -337,15 +339,18 @@ impl Connection {
                 let reason = self.session.close_reason().unwrap_or(CloseReason::Peer);
                 if kind == TimerKind::Registration {
                     // Never answered: nothing to lose.
-                    Progress::close_now(reason)
+                    self.close_now(reason)
                 } else {
                     // Its EventErrors must reach it.
                     self.flush_then_close(reason)
                 }
             }
             Timer::Frame => self.flush_then_close(CloseReason::FrameTimeout),
-            Timer::CloseLinger => Progress::close_now(self.on_eof()),
-            Timer::WriteStall => Progress::close_now(CloseReason::WriteStall),
+            Timer::CloseLinger => {
+                let reason = self.on_eof();
+                self.close_now(reason)
+            }
+            Timer::WriteStall => self.close_now(CloseReason::WriteStall),
         }
     }
 
@@ -373,10 +378,7 @@ impl Connection {
         each(&o);
         match was {
             State::Registered | State::Rejected => self.flush_then_close(CloseReason::Drain),
-            _ => {
-                self.armed = None;
-                Progress::close_now(CloseReason::Drain)
-            }
+            _ => self.close_now(CloseReason::Drain),
         }
     }
 

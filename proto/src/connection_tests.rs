@@ -165,6 +165,12 @@ fn proxy_header_split_anywhere_then_frames_use_its_address() {
     let (mut h, _) = H::new(true);
     let p = h.read(&rrc(1, "MediaServer_email", 1));
     assert_eq!(p.action, Action::CloseNow(CloseReason::ProxyProtocol));
+    assert_eq!(p.timer, TimerChange::Cancel);
+    assert_eq!(
+        h.c.armed(),
+        None,
+        "the timer goes with the close (found by fuzzing)"
+    );
     assert!(h.answers().is_empty(), "no IXN/1 bytes without a header");
 }
 
