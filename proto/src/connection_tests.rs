@@ -270,3 +270,232 @@ fn eof_while_open_is_the_peers_close() {
     let (h, _) = H::new(false);
     assert_eq!(h.c.on_eof(), CloseReason::Peer);
 }
+
+/// RequestRegisterClient whose ClientName is not UTF-8 (ReferenceId 1 readable).
+fn malformed() -> Vec<u8> {
+    hex_bytes("0000001d000100030001010004000000010002020002fffe000301000400000001")
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn unreg_id(rid: i32, id: i32) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(
+        &Message::UnregisterClient(crate::protocol::UnregisterClient {
+            reference_id: rid,
+            proxy_client_id: Some(id),
+        }),
+        &mut v,
+    )
+    .unwrap();
+    v
+}
+
+fn rrc_cred(rid: i32, name: &str, ty: i32, cred: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode(
+        &Message::RegisterClient(RegisterClient {
+            reference_id: rid,
+            client_name: name,
+            client_type: ty,
+            proxy_client_id: None,
+            credential: Some(cred),
+            extension: None,
+        }),
+        &mut v,
+    )
+    .unwrap();
+    v
+}
+
+/// One row of IXN1.md section 6: the frames that bring the connection to its state
+/// (`setup`), the input, the answers it must write (ReferenceId, code; 0 for an EventAck),
+/// and what the engine must do.
+struct Row {
+    name: &'static str,
+    setup: Vec<Vec<u8>>,
+    input: Vec<u8>,
+    answers: Vec<(i32, i32)>,
+    action: Action,
+    state: State,
+}
+
+#[test]
+fn every_frame_row_of_section_6() {
+    let reg = |rid| rrc(rid, "MediaServer_email", 1);
+    let proxy = |rid| rrc(rid, "Proxy_small", 3);
+    let rows = vec![
+        Row {
+            name: "Unregistered | valid RequestRegisterClient | EventAck",
+            setup: vec![],
+            input: reg(7),
+            answers: vec![(7, 0)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+        Row {
+            name: "Unregistered | unknown ClientName | 2",
+            setup: vec![],
+            input: rrc(7, "nobody", 1),
+            answers: vec![(7, 2)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Unregistered | ClientType not allowed | 3",
+            setup: vec![],
+            input: rrc(7, "MediaServer_email", 3),
+            answers: vec![(7, 3)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Unregistered | wrong credential | 4",
+            setup: vec![],
+            input: rrc_cred(7, "AgentDesktop", 2, "wrong"),
+            answers: vec![(7, 4)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Unregistered | address not allowed | 5",
+            setup: vec![],
+            input: rrc(7, "Reporting_dc", 5),
+            answers: vec![(7, 5)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Unregistered | malformed | 7",
+            setup: vec![],
+            input: malformed(),
+            answers: vec![(1, 7)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Unregistered | any other message | 1",
+            setup: vec![],
+            input: other(7),
+            answers: vec![(7, 1)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Rejected | any well-framed message | 1",
+            setup: vec![other(1)],
+            input: reg(7),
+            answers: vec![(7, 1)],
+            action: Action::Continue,
+            state: State::Rejected,
+        },
+        Row {
+            name: "Rejected | its 16th EventError | close once written",
+            setup: (1..=14).map(other).collect(),
+            input: [other(15), other(16), other(17)].concat(),
+            answers: vec![(15, 1), (16, 1)],
+            action: Action::CloseAfterWrite,
+            state: State::Closing,
+        },
+        Row {
+            name: "any | framing error | 8, close once written",
+            setup: vec![reg(1)],
+            input: hex_bytes("00000003"),
+            answers: vec![(0, 8)],
+            action: Action::CloseAfterWrite,
+            state: State::Closing,
+        },
+        Row {
+            name: "Registered | RequestRegisterClient, not a Proxy | 6",
+            setup: vec![reg(1)],
+            input: reg(7),
+            answers: vec![(7, 6)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+        Row {
+            name: "Registered Proxy | valid RequestRegisterClient | EventAck",
+            setup: vec![proxy(1)],
+            input: reg(7),
+            answers: vec![(7, 0)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+        Row {
+            name: "Registered Proxy | over its client limit | 13",
+            setup: vec![proxy(1), reg(2), reg(3)],
+            input: reg(7),
+            answers: vec![(7, 13)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+        Row {
+            name: "Registered | RequestUnregisterClient, no id | EventAck, close once written",
+            setup: vec![reg(1)],
+            input: [unreg(7), other(8)].concat(),
+            answers: vec![(7, 0)],
+            action: Action::CloseAfterWrite,
+            state: State::Closing,
+        },
+        Row {
+            name: "Registered | RequestUnregisterClient, an id it does not own | 12",
+            setup: vec![reg(1)],
+            input: unreg_id(7, 999),
+            answers: vec![(7, 12)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+        Row {
+            name: "Registered | malformed | 7",
+            setup: vec![reg(1)],
+            input: malformed(),
+            answers: vec![(1, 7)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+        Row {
+            name: "Registered | any other message | 9",
+            setup: vec![reg(1)],
+            input: other(7),
+            answers: vec![(7, 9)],
+            action: Action::Continue,
+            state: State::Registered,
+        },
+    ];
+    for row in rows {
+        let (mut h, _) = H::new(false);
+        for f in &row.setup {
+            let _ = h.read(f);
+        }
+        h.answers();
+        let p = h.read(&row.input);
+        assert_eq!(h.answers(), row.answers, "{}", row.name);
+        assert_eq!(p.action, row.action, "{}", row.name);
+        assert_eq!(h.c.session().state(), row.state, "{}", row.name);
+    }
+}
+
+#[test]
+fn a_proxy_unregisters_one_of_its_logical_clients() {
+    // The logical client's id is the second EventAck's ProxyClientId.
+    let (mut g, _) = H::new(false);
+    let _ = g.read(&rrc(1, "Proxy_small", 3));
+    g.out.clear();
+    let p = g.read(&rrc(2, "MediaServer_email", 1));
+    assert_eq!(p.logical_delta, 1);
+    let out = std::mem::take(&mut g.out);
+    let f = decode(&out, usize::MAX).unwrap().unwrap();
+    let Message::EventAck(a) = f.message else {
+        panic!()
+    };
+    let p = g.read(&unreg_id(3, a.proxy_client_id.unwrap()));
+    assert_eq!(p.logical_delta, -1);
+    assert_eq!(p.action, Action::Continue);
+    assert_eq!(g.answers(), vec![(3, 0)]);
+    assert_eq!(g.c.session().state(), State::Registered);
+}
