@@ -336,7 +336,11 @@ pub struct Session {
     is_proxy: bool,
     own_id: i32,
     max_logical: u32,
-    logical: Vec<i32>,
+    /// A Proxy's logical clients' ids. Boxed: only Proxies have any, and every idle
+    /// connection carries this field (8 bytes instead of a `Vec`'s 24: the extra
+    /// allocation is paid by Proxies only, and kept idle memory at its 2026-11-24 figure).
+    #[allow(clippy::box_collection)]
+    logical: Option<Box<Vec<i32>>>,
     closed_by: Option<CloseReason>,
 }
 
@@ -349,7 +353,7 @@ impl Session {
             is_proxy: false,
             own_id: 0,
             max_logical: 0,
-            logical: Vec::new(),
+            logical: None,
             closed_by: None,
         };
         let at = deadline(now, config.registration_timeout);
@@ -378,7 +382,7 @@ impl Session {
 
     /// Logical clients a registered Proxy holds besides itself.
     pub fn logical_clients(&self) -> usize {
-        self.logical.len()
+        self.logical.as_ref().map_or(0, |l| l.len())
     }
 
     /// Gives back every ProxyClientId the connection holds (its own and its logical
@@ -388,7 +392,7 @@ impl Session {
             ids.release(self.own_id);
             self.own_id = 0;
         }
-        for id in self.logical.drain(..) {
+        for id in self.logical.take().into_iter().flat_map(|l| *l) {
             ids.release(id);
         }
     }
@@ -579,7 +583,7 @@ impl Session {
                 .validate(req.client_name, req.client_type, req.credential, ctx.peer)
                 .map(|_| ())
                 .and_then(|()| {
-                    if self.logical.len() as u64 >= u64::from(self.max_logical) {
+                    if self.logical_clients() as u64 >= u64::from(self.max_logical) {
                         Err(ErrorCode::TooManyClients)
                     } else {
                         Ok(())
@@ -589,7 +593,7 @@ impl Session {
         let result = result.and_then(|()| ctx.ids.next_id().ok_or(ErrorCode::ServerOverloaded));
         match result {
             Ok(id) => {
-                self.logical.push(id);
+                self.logical.get_or_insert_with(Box::default).push(id);
                 encode_event_ack(out, req.reference_id, Some(id));
                 Output {
                     answer: Some(Answer::Ack),
@@ -617,9 +621,10 @@ impl Session {
             None => {}
             Some(id) if id == self.own_id => {}
             Some(id) => {
-                return match self.logical.iter().position(|&l| l == id) {
-                    Some(i) => {
-                        self.logical.swap_remove(i);
+                let logical = self.logical.as_deref_mut();
+                return match logical.and_then(|l| l.iter().position(|&x| x == id).map(|i| (l, i))) {
+                    Some((l, i)) => {
+                        l.swap_remove(i);
                         ctx.ids.release(id);
                         encode_event_ack(out, req.reference_id, None);
                         Output {

@@ -801,9 +801,24 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
         };
         b.read.drain(..consumed);
         if !b.out.is_empty() {
-            if let Err(r) = flush(w, h, stream, &mut b.out, registered).await {
-                return r;
+            let bytes = b.out.len();
+            match send_fast(w, h, stream, &mut b.out) {
+                Err(r) => return r,
+                Ok(true) => {}
+                Ok(false) => {
+                    // The rest goes through the ring, under the write-stall deadline.
+                    // Awaited here rather than in a helper: this state is part of every
+                    // connection's task, idle or not.
+                    w.arm_write_timer(h);
+                    let (res, out) = write_all(stream, std::mem::take(&mut b.out)).await;
+                    b.out = out;
+                    let signal = w.write_done(h);
+                    if res.is_err() {
+                        return close_reason_of(signal);
+                    }
+                }
             }
+            w.written(h, bytes, registered, &mut b.out);
         }
         if close_after {
             // Close once written: no frame after the closing one is read or answered.
@@ -817,49 +832,51 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
     }
 }
 
-/// Writes every answer in `out`; on a socket error, the reason to close.
-async fn flush(
+/// Why a connection whose write failed closes: the worker's reason if it shut the socket
+/// down, else the peer's.
+fn close_reason_of(signal: Option<Signal>) -> CloseReason {
+    match signal {
+        Some(Signal::Close(r)) => r,
+        _ => CloseReason::Peer,
+    }
+}
+
+/// Fast path: answers are small and the socket's send buffer nearly always has room, so
+/// one non-blocking send(2) is tried first; it saves an SQE, a completion and a task
+/// wake-up per answer. `Ok(true)`: all sent; `Ok(false)`: the rest is left in `out` for the
+/// ring; `Err`: the socket failed.
+fn send_fast(
     w: &Worker,
     h: ConnHandle,
     stream: &TcpStream,
     out: &mut Vec<u8>,
-    registered: bool,
-) -> Result<(), CloseReason> {
-    let failed = |signal: Option<Signal>| match signal {
-        Some(Signal::Close(r)) => r,
-        _ => CloseReason::Peer,
-    };
-    let bytes = out.len();
-    // Fast path: answers are small and the socket's send buffer nearly always has room, so
-    // try one non-blocking send(2) first; it saves an SQE, a completion and a task wake-up
-    // per answer. Only what it could not take goes through the ring, under the write-stall
-    // deadline.
+) -> Result<bool, CloseReason> {
     let sent = match send_now(stream, out) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return Err(failed(w.write_done(h))),
+        Err(_) => return Err(close_reason_of(w.write_done(h))),
     };
-    if sent < bytes {
-        out.drain(..sent);
-        w.arm_write_timer(h);
-        let (res, buf) = write_all(stream, std::mem::take(out)).await;
-        *out = buf;
-        let signal = w.write_done(h);
-        if res.is_err() {
-            return Err(failed(signal));
+    if sent == out.len() {
+        return Ok(true);
+    }
+    out.drain(..sent);
+    Ok(false)
+}
+
+impl Worker {
+    /// Answers written: counted, the registration timed, the buffer kept small.
+    fn written(&self, h: ConnHandle, bytes: usize, registered: bool, out: &mut Vec<u8>) {
+        out.clear();
+        self.metrics.bytes_out(bytes);
+        if registered {
+            if let Some(t) = self.accepted_at(h) {
+                self.metrics.registration_duration(t.elapsed());
+            }
+        }
+        if out.capacity() > OUT_KEEP {
+            *out = Vec::with_capacity(OUT_BUF);
         }
     }
-    out.clear();
-    w.metrics.bytes_out(bytes);
-    if registered {
-        if let Some(t) = w.accepted_at(h) {
-            w.metrics.registration_duration(t.elapsed());
-        }
-    }
-    if out.capacity() > OUT_KEEP {
-        *out = Vec::with_capacity(OUT_BUF);
-    }
-    Ok(())
 }
 
 /// A hard close: the task's pending read completes (end of stream) and it closes.
