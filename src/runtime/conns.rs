@@ -123,6 +123,17 @@ mod tests {
     use std::time::Instant;
 
     #[test]
+    fn a_slab_entry_stays_small() {
+        // Every idle connection pays for one (docs/BENCHMARKS.md, idle memory).
+        assert!(
+            std::mem::size_of::<Conn>() <= 104,
+            "Conn is {} bytes",
+            std::mem::size_of::<Conn>()
+        );
+        assert!(std::mem::size_of::<Connection>() <= 64);
+    }
+
+    #[test]
     fn stale_handle_never_reaches_the_reused_slot() {
         let mut c = Conns::default();
         let now = Instant::now();
