@@ -77,7 +77,8 @@ pub struct Args {
     /// hold: connections opened per second while ramping up.
     #[arg(long, default_value_t = 5000.0)]
     pub connect_rate: f64,
-    /// Source addresses: ranges `127.0.0.2-127.0.0.40` and/or comma-separated addresses.
+    /// Source addresses: ranges `127.0.0.2-127.0.0.40` and/or comma-separated addresses
+    /// [default: 127.0.0.2-127.0.0.17 for a loopback IPv4 target, else the kernel's choice].
     #[arg(long, value_delimiter = ',')]
     pub source: Vec<String>,
     /// Threads, one io_uring event loop each [default: CPUs].
@@ -180,6 +181,82 @@ impl Mix {
     }
 }
 
+/// Source addresses used when `--source` is not given and the target is on IPv4
+/// loopback: 127.0.0.2 and the next ones. With a single source, every connection to the
+/// one target draws from the same ~28k ports, and once a few churn runs have filled the
+/// TIME_WAIT table connect(2)'s port search doubles its CPU cost; sixteen sources give it
+/// sixteen times the room.
+pub const LOOPBACK_SOURCES: usize = 16;
+
+/// The sources to use: `--source` as given, else [`LOOPBACK_SOURCES`] loopback addresses
+/// for a loopback IPv4 target, else none (the kernel chooses).
+pub fn default_sources(target: std::net::SocketAddr) -> Vec<IpAddr> {
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => (0..LOOPBACK_SOURCES as u32)
+            .map(|i| IpAddr::V4((u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)) + i).into()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// What the kernel says about ports and TIME_WAIT, for a warning before a churn run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortPressure {
+    /// Sockets in TIME_WAIT now (`/proc/net/sockstat`, `tw`).
+    pub time_wait: u64,
+    /// Most TIME_WAIT sockets the kernel keeps (`net.ipv4.tcp_max_tw_buckets`).
+    pub max_time_wait: u64,
+    /// Ephemeral ports per source address (`net.ipv4.ip_local_port_range`).
+    pub ports: u64,
+}
+
+impl PortPressure {
+    /// Reads it from /proc; `None` where a file is missing (not Linux, a restricted /proc).
+    pub fn read() -> Option<Self> {
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+        let max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets").ok()?;
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        Self::parse(&sockstat, &max, &range)
+    }
+
+    /// Parses the three files' contents.
+    pub fn parse(sockstat: &str, max_tw: &str, port_range: &str) -> Option<Self> {
+        let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+        let mut words = tcp.split_whitespace();
+        let time_wait = loop {
+            if words.next()? == "tw" {
+                break words.next()?.parse().ok()?;
+            }
+        };
+        let mut r = port_range.split_whitespace().map(|v| v.parse::<u64>());
+        let (lo, hi) = (r.next()?.ok()?, r.next()?.ok()?);
+        Some(Self {
+            time_wait,
+            max_time_wait: max_tw.trim().parse().ok()?,
+            ports: hi.saturating_sub(lo) + 1,
+        })
+    }
+
+    /// A warning when connects from `sources` addresses (0: the kernel's one) are about to
+    /// search hard for a free port: TIME_WAIT nearly full, or holding half the ports.
+    pub fn warning(&self, sources: usize) -> Option<String> {
+        let room = self.ports * sources.max(1) as u64;
+        if self.time_wait * 10 >= self.max_time_wait * 8 {
+            Some(format!(
+                "the TIME_WAIT table is nearly full ({} of net.ipv4.tcp_max_tw_buckets {}): connect(2) searches long for free ports and costs more CPU; give more --source addresses or let it drain",
+                self.time_wait, self.max_time_wait
+            ))
+        } else if self.time_wait * 2 >= room {
+            Some(format!(
+                "{} sockets in TIME_WAIT against {} ports ({} source address(es) × {}): connect(2) searches long for free ports; give more --source addresses",
+                self.time_wait, room, sources.max(1), self.ports
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// Expands `--source` into addresses.
 pub fn sources(specs: &[String]) -> anyhow::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
@@ -202,6 +279,39 @@ pub fn sources(specs: &[String]) -> anyhow::Result<Vec<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_targets_get_sixteen_sources() {
+        let s = default_sources("127.0.0.1:7400".parse().unwrap());
+        assert_eq!(s.len(), LOOPBACK_SOURCES);
+        assert_eq!(s[0], IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(s[15], IpAddr::from([127, 0, 0, 17]));
+        assert!(default_sources("10.0.0.1:7400".parse().unwrap()).is_empty());
+        assert!(default_sources("[::1]:7400".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn port_pressure_warns_before_the_trap() {
+        let sockstat = "sockets: used 300\nTCP: inuse 20 orphan 0 tw 120000 alloc 25 mem 3\nUDP: inuse 1 mem 0\n";
+        let p = PortPressure::parse(sockstat, "131072\n", "32768\t60999\n").unwrap();
+        assert_eq!(p.time_wait, 120_000);
+        assert_eq!(p.ports, 28_232);
+        assert!(p
+            .warning(16)
+            .unwrap()
+            .contains("TIME_WAIT table is nearly full"));
+        let calm = PortPressure {
+            time_wait: 1000,
+            ..p
+        };
+        assert_eq!(calm.warning(1), None);
+        let busy = PortPressure {
+            time_wait: 20_000,
+            ..p
+        };
+        assert!(busy.warning(1).unwrap().contains("source address"));
+        assert_eq!(busy.warning(16), None, "sixteen sources leave room");
+    }
 
     #[test]
     fn parses_sources_and_mix() {

@@ -28,7 +28,14 @@ fn main() -> ExitCode {
 }
 
 fn run_all(args: Args) -> anyhow::Result<ExitCode> {
-    let sources = cli::sources(&args.source)?;
+    let sources = if args.source.is_empty() {
+        cli::default_sources(args.target)
+    } else {
+        cli::sources(&args.source)?
+    };
+    if let Some(w) = cli::PortPressure::read().and_then(|p| p.warning(sources.len())) {
+        eprintln!("ixn-loadgen: warning: {w}");
+    }
     let mix = if args.scenario == Scenario::Mix {
         Mix::parse(&args.mix)?
     } else {
