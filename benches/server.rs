@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/uring_baseline.rs"]
+mod uring_baseline;
 use common::{cpu_ns, listen_addr, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
 
 /// The baseline: the same accept/read/answer/close loop a user would write with mio (epoll),
@@ -92,8 +94,17 @@ fn epoll_baseline_main() {
 }
 
 fn start_baseline() -> Proc {
+    start_child_baseline("IXN_BENCH_EPOLL_BASELINE")
+}
+
+/// The raw io_uring yardstick (benches/common/uring_baseline.rs), pinned like the others.
+fn start_uring_baseline() -> Proc {
+    start_child_baseline("IXN_BENCH_URING_BASELINE")
+}
+
+fn start_child_baseline(var: &str) -> Proc {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("IXN_BENCH_EPOLL_BASELINE", "1")
+        .env(var, "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -510,6 +521,10 @@ fn main() {
         epoll_baseline_main();
         return;
     }
+    if std::env::var_os("IXN_BENCH_URING_BASELINE").is_some() {
+        uring_baseline::uring_baseline_main();
+        return;
+    }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
         return;
@@ -517,7 +532,7 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         // Run by `cargo test --all-targets` (no `--bench` flag): a smoke run that keeps the
         // harness honest without timing anything.
-        for p in [start_baseline(), start_ixn(&[])] {
+        for p in [start_baseline(), start_uring_baseline(), start_ixn(&[])] {
             let n = churn(p.addr, 2, Duration::from_millis(200));
             assert!(n > 0, "no registration completed");
         }
@@ -544,6 +559,9 @@ fn main() {
         let base = start_baseline();
         let (br, bus) = measure_churn("epoll baseline (mio, 1 thread)", &base, threads, dur);
         drop(base);
+        let uring = start_uring_baseline();
+        let (ur, uus) = measure_churn("raw io_uring yardstick", &uring, threads, dur);
+        drop(uring);
         let coop = start_ixn(&["--ring-setup", "coop-taskrun"]);
         let (cr, cus) = measure_churn("ixn-server, ring COOP_TASKRUN", &coop, threads, dur);
         drop(coop);
@@ -551,11 +569,18 @@ fn main() {
         let (pr, pus) = measure_churn("ixn-server, ring without flags", &plain, threads, dur);
         drop(plain);
         println!(
-            "  ratios to baseline: COOP_TASKRUN rate {:.2}x cpu {:.2}x; plain ring rate {:.2}x cpu {:.2}x",
+            "  ratios to baseline: COOP_TASKRUN rate {:.2}x cpu {:.2}x; plain ring rate {:.2}x cpu {:.2}x; io_uring yardstick rate {:.2}x cpu {:.2}x",
             cr / br,
             cus / bus,
             pr / br,
-            pus / bus
+            pus / bus,
+            ur / br,
+            uus / bus
+        );
+        println!(
+            "  ixn-server (COOP_TASKRUN) against the io_uring yardstick: rate {:.2}x cpu {:.2}x",
+            cr / ur,
+            cus / uus
         );
     }
     if run("metrics") {
