@@ -482,8 +482,59 @@ fn idle_memory(n: usize) {
     );
 }
 
-fn bulk_drop(n: usize) {
-    let p = start_ixn(&["--registration-timeout", "4s"]);
+/// The bulk-drop baseline: a plain epoll loop (mio) that accepts, watches every
+/// connection, and closes each silent one `IXN_BENCH_DEADLINE_MS` after its accept, with
+/// the same 100 ms tick as the server. Equal timeouts make a FIFO the ideal timer: this is
+/// the least a hand-written loop must do to drop silent connections at a deadline.
+fn epoll_bulk_baseline_main() {
+    use mio::net::TcpListener;
+    use mio::{Events, Interest, Poll, Token};
+    let deadline = Duration::from_millis(
+        std::env::var("IXN_BENCH_DEADLINE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4000),
+    );
+    let mut poll = Poll::new().unwrap();
+    let mut listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    eprintln!("listening on {}", listener.local_addr().unwrap());
+    poll.registry()
+        .register(&mut listener, Token(usize::MAX), Interest::READABLE)
+        .unwrap();
+    let mut conns: slab::Slab<mio::net::TcpStream> = slab::Slab::new();
+    let mut fifo: std::collections::VecDeque<(Instant, usize)> = Default::default();
+    let mut events = Events::with_capacity(1024);
+    loop {
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        for ev in &events {
+            if ev.token() == Token(usize::MAX) {
+                while let Ok((mut s, _)) = listener.accept() {
+                    let e = conns.vacant_entry();
+                    poll.registry()
+                        .register(&mut s, Token(e.key()), Interest::READABLE)
+                        .unwrap();
+                    fifo.push_back((Instant::now() + deadline, e.key()));
+                    e.insert(s);
+                }
+            }
+        }
+        let now = Instant::now();
+        while let Some(&(at, k)) = fifo.front() {
+            if at > now {
+                break;
+            }
+            fifo.pop_front();
+            // close(2) alone: the kernel removes a closed descriptor from the epoll set.
+            drop(conns.try_remove(k));
+        }
+    }
+}
+
+/// Opens `n` silent connections to `p`, waits for the server to drop them at its 4 s
+/// deadline, and returns (server CPU µs per dropped connection, last close after the
+/// first connect, time to open them).
+fn measure_bulk(p: &Proc, n: usize) -> (f64, Duration, Duration) {
     let pid = p.child.id();
     let t0 = Instant::now();
     let mut held: Vec<TcpStream> = (0..n)
@@ -492,12 +543,11 @@ fn bulk_drop(n: usize) {
     let opened = t0.elapsed();
     assert!(
         opened < Duration::from_millis(3500),
-        "connects too slow for the measurement"
+        "connects too slow for the measurement: {opened:?}"
     );
     // Idle until just before the deadline, then measure the drop.
     std::thread::sleep(Duration::from_millis(3800).saturating_sub(t0.elapsed()));
     let cpu0 = cpu_ns(pid);
-    let idle0 = Instant::now();
     let mut b = [0u8; 1];
     let mut latest = Duration::ZERO;
     for s in &mut held {
@@ -506,19 +556,31 @@ fn bulk_drop(n: usize) {
         latest = t0.elapsed();
     }
     let cpu = cpu_ns(pid) - cpu0;
+    (cpu as f64 / 1000.0 / n as f64, latest, opened)
+}
+
+fn bulk_drop(n: usize) {
+    let base = start_child_baseline("IXN_BENCH_EPOLL_BULK");
+    let (bus, blatest, _) = measure_bulk(&base, n);
+    drop(base);
+    let p = start_ixn(&["--registration-timeout", "4s"]);
+    let (us, latest, opened) = measure_bulk(&p, n);
     println!(
-        "bulk drop: {n} silent connections dropped by {:.0} ms after the first connect (deadline 4000 ms + opening {:.0} ms); server CPU {:.2} µs per dropped connection ({:.1} ms in {:.0} ms)",
+        "bulk drop: {n} silent connections, deadline 4000 ms: ixn-server {us:.2} µs of server CPU per dropped connection (last close {:.0} ms after the first connect; opening took {:.0} ms); epoll FIFO baseline {bus:.2} µs (last close {:.0} ms); ratio {:.2}x",
         latest.as_secs_f64() * 1000.0,
         opened.as_secs_f64() * 1000.0,
-        cpu as f64 / 1000.0 / n as f64,
-        cpu as f64 / 1e6,
-        idle0.elapsed().as_secs_f64() * 1000.0
+        blatest.as_secs_f64() * 1000.0,
+        us / bus
     );
 }
 
 fn main() {
     if std::env::var_os("IXN_BENCH_EPOLL_BASELINE").is_some() {
         epoll_baseline_main();
+        return;
+    }
+    if std::env::var_os("IXN_BENCH_EPOLL_BULK").is_some() {
+        epoll_bulk_baseline_main();
         return;
     }
     if std::env::var_os("IXN_BENCH_URING_BASELINE").is_some() {
