@@ -455,8 +455,8 @@ fn check_split() {
     assert!((s.unrelated_pct - 100.0 / 8.0).abs() < 1e-9);
 }
 
-fn idle_memory(n: usize) {
-    let p = start_ixn(&["--registration-timeout", "120s"]);
+fn idle_memory(n: usize, engine: &str) {
+    let p = start_ixn(&["--registration-timeout", "120s", "--io-engine", engine]);
     let pid = p.child.id();
     let rrc = hex::decode(RRC).unwrap();
     // Warm the allocator with one round first, so the figure is the steady state.
@@ -477,7 +477,7 @@ fn idle_memory(n: usize) {
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid);
     println!(
-        "idle registered connections: {n}, server RSS {before} KiB -> {after} KiB: {:.0} bytes per connection",
+        "idle registered connections ({engine}): {n}, server RSS {before} KiB -> {after} KiB: {:.0} bytes per connection",
         (after.saturating_sub(before)) as f64 * 1024.0 / n as f64
     );
 }
@@ -630,6 +630,9 @@ fn main() {
         let plain = start_ixn(&["--ring-setup", "plain"]);
         let (pr, pus) = measure_churn("ixn-server, ring without flags", &plain, threads, dur);
         drop(plain);
+        let v2 = start_ixn(&["--io-engine", "v2"]);
+        let (vr, vus) = measure_churn("ixn-server, engine v2", &v2, threads, dur);
+        drop(v2);
         println!(
             "  ratios to baseline: COOP_TASKRUN rate {:.2}x cpu {:.2}x; plain ring rate {:.2}x cpu {:.2}x; io_uring yardstick rate {:.2}x cpu {:.2}x",
             cr / br,
@@ -644,6 +647,13 @@ fn main() {
             cr / ur,
             cus / uus
         );
+        println!(
+            "  engine v2: against epoll rate {:.2}x cpu {:.2}x; against the io_uring yardstick rate {:.2}x cpu {:.2}x",
+            vr / br,
+            vus / bus,
+            vr / ur,
+            vus / uus
+        );
     }
     if run("metrics") {
         metrics_cost(dur);
@@ -652,7 +662,9 @@ fn main() {
         loadgen_capacity(dur);
     }
     if run("memory") {
-        idle_memory(if quick { 2000 } else { 10_000 });
+        for engine in ["v1", "v2"] {
+            idle_memory(if quick { 2000 } else { 10_000 }, engine);
+        }
     }
     if run("bulk") {
         bulk_drop(if quick { 2000 } else { 10_000 });

@@ -92,6 +92,19 @@ pub enum RingSetup {
     Plain,
 }
 
+/// Which engine drives the client sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// tokio-uring: one task per connection, single-completion operations.
+    #[default]
+    V1,
+    /// Experimental: the worker's own ring on the io-uring crate (SINGLE_ISSUER |
+    /// DEFER_TASKRUN), multishot accept and receive into provided buffers, no task per
+    /// connection (docs/ENGINE.md).
+    V2,
+}
+
 /// Command line; every flag also reads `IXN_<FLAG>` and the `--config` file.
 #[derive(Debug, Clone, Default, Parser, Deserialize)]
 #[command(name = "ixn-server", version, about = "IXN/1 registration server")]
@@ -193,6 +206,9 @@ pub struct Args {
     /// [default: 64].
     #[arg(long, env = "IXN_METRICS_MAX_CONNECTIONS", value_name = "N")]
     pub metrics_max_connections: Option<usize>,
+    /// Engine for the client sockets (v2 is experimental) [default: v1].
+    #[arg(long, env = "IXN_IO_ENGINE", value_enum)]
+    pub io_engine: Option<IoEngine>,
     /// Validate the configuration and the registry, then exit.
     #[arg(long)]
     #[serde(skip)]
@@ -283,6 +299,8 @@ pub struct Config {
     pub socket_send_buffer: usize,
     /// Concurrent metrics-listener connections.
     pub metrics_max_connections: usize,
+    /// Engine for the client sockets.
+    pub io_engine: IoEngine,
 }
 
 impl Args {
@@ -314,6 +332,7 @@ impl Args {
             close_linger,
             socket_send_buffer,
             metrics_max_connections,
+            io_engine,
             check_config: _,
         } = file;
         fn list<T>(mine: Vec<T>, theirs: Vec<T>) -> Vec<T> {
@@ -347,6 +366,7 @@ impl Args {
             close_linger: self.close_linger.or(close_linger),
             socket_send_buffer: self.socket_send_buffer.or(socket_send_buffer),
             metrics_max_connections: self.metrics_max_connections.or(metrics_max_connections),
+            io_engine: self.io_engine.or(io_engine),
             config: self.config,
             check_config: self.check_config,
         }
@@ -407,6 +427,7 @@ impl Args {
             metrics_max_connections: args
                 .metrics_max_connections
                 .unwrap_or(def::METRICS_MAX_CONNECTIONS),
+            io_engine: args.io_engine.unwrap_or_default(),
         };
         cfg.validate()?;
         Ok(cfg)

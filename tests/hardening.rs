@@ -393,6 +393,8 @@ fn item3_metrics_connections_never_take_client_descriptors() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("prlimit (util-linux)");
+    // Killed even if an assertion fails: a leaked server would hold the test's pipes.
+    let _reaper = common::Reaper(child.id());
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -156,6 +156,20 @@ impl Connection {
         (c, timer)
     }
 
+    /// A connection refused at accept because the server is full: its EventError{0, 10}
+    /// goes to `out`, and it closes once that is written (IXN1.md section 6).
+    pub fn refuse(
+        now: Instant,
+        peer: IpAddr,
+        config: &ConnConfig,
+        out: &mut impl BufMut,
+    ) -> (Self, Progress) {
+        let (mut c, _) = Self::accept(now, peer, false, config);
+        crate::protocol::encode_event_error(out, 0, crate::protocol::ErrorCode::ServerOverloaded);
+        let p = c.flush_then_close(CloseReason::Overload);
+        (c, p)
+    }
+
     /// The registration state machine.
     pub fn session(&self) -> &Session {
         &self.session

@@ -499,3 +499,22 @@ fn a_proxy_unregisters_one_of_its_logical_clients() {
     assert_eq!(g.answers(), vec![(3, 0)]);
     assert_eq!(g.c.session().state(), State::Registered);
 }
+
+#[test]
+fn a_refusal_answers_10_and_closes_once_written() {
+    let config = ConnConfig::default();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let (mut c, p) = Connection::refuse(now, LOOPBACK, &config, &mut out);
+    assert_eq!(p.action, Action::CloseAfterWrite);
+    assert_eq!(c.armed(), None);
+    let f = decode(&out, usize::MAX).unwrap().unwrap();
+    assert!(
+        matches!(f.message, Message::EventError(e) if e.error_code == 10 && e.reference_id == 0)
+    );
+    assert!(matches!(
+        c.on_flushed(now, &config),
+        TimerChange::Arm(Timer::CloseLinger, _)
+    ));
+    assert_eq!(c.on_eof(), CloseReason::Overload);
+}

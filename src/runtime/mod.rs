@@ -8,6 +8,7 @@
 
 mod conns;
 mod debug;
+mod uring_v2;
 mod worker;
 
 pub use conns::{Conn, ConnHandle, Conns, Signal};
@@ -215,6 +216,10 @@ fn kernel_release() -> String {
 pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let (ring_setup, features) = probe_io_uring(config.ring_setup)?;
     config.ring_setup = ring_setup;
+    if config.io_engine == crate::config::IoEngine::V2 {
+        uring_v2::probe()
+            .map_err(|why| StartError::IoUring(format!("--io-engine v2 needs {why}")))?;
+    }
     let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
@@ -294,10 +299,17 @@ fn start_workers(
             .pin_workers
             .then(|| cores.get(index % cores.len().max(1)).copied())
             .flatten();
+        let v2 = shared.config.io_engine == crate::config::IoEngine::V2;
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ixn-worker-{index}"))
-                .spawn(move || worker::thread_main(index, l, shared, core))?,
+                .spawn(move || {
+                    if v2 {
+                        uring_v2::thread_main(index, l, shared, core);
+                    } else {
+                        worker::thread_main(index, l, shared, core);
+                    }
+                })?,
         );
     }
     while shared.health.listening.load(Ordering::Acquire) < shared.config.workers {
@@ -360,6 +372,7 @@ fn log_started(
     tracing::info!(
         workers = config.workers,
         kernel = %kernel_release(),
+        engine = ?config.io_engine,
         ring = ?config.ring_setup,
         io_uring_features = %features,
         listeners = bound.len(),

@@ -307,3 +307,15 @@ pub fn other(rid: i32) -> Vec<u8> {
 pub fn hex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
 }
+
+/// Kills a process by pid when dropped (for children not wrapped in a [`Server`]).
+pub struct Reaper(pub u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}

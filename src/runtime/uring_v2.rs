@@ -1,0 +1,792 @@
+//! Engine v2 (`--io-engine v2`, experimental): each worker thread drives its own io_uring
+//! on the `io-uring` crate and sleeps in `io_uring_enter`, with no async runtime at all.
+//!
+//! # Ring and buffers
+//!
+//! One ring per worker, set up with `SINGLE_ISSUER | DEFER_TASKRUN` (completions run only
+//! when this thread enters the kernel to wait for them, in one batch). Each listener has a
+//! multishot accept. Each connection has one multishot receive into a provided-buffer ring
+//! shared by the worker ([`BUFS`] buffers of [`BUF_LEN`] bytes): an idle connection owns
+//! no read buffer and no task, only its slab entry. A received buffer is handed to
+//! [`Connection::on_bytes`] in place and given back at once; only the tail of a frame split
+//! across receives is copied, into the connection's `pending` bytes. `ENOBUFS` (every
+//! buffer in use) ends a multishot receive; it is armed again.
+//!
+//! Answers go out with one non-blocking `send(2)`; what it cannot take is sent through the
+//! ring (`IORING_OP_SEND` from the connection's `out`, which stays untouched until the
+//! completion), under the write-stall deadline, and the connection's receive is cancelled
+//! meanwhile, so a peer that does not read stops being read from.
+//!
+//! # Time
+//!
+//! The wait in `io_uring_enter` is bounded by the timer wheel's next tick, so deadlines,
+//! metrics flushes and the drain flag are served from the same loop.
+//!
+//! # Closing
+//!
+//! A descriptor is closed only once no operation on it is in flight: a hard close shuts
+//! the socket down (which completes the multishot receive) and closes when that final
+//! completion arrives; a close once written shuts down our sending side and keeps
+//! receiving (and discarding) until the peer's end of stream or the linger deadline.
+
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use super::Shared;
+use crate::metrics::WorkerMetrics;
+use crate::session::{deadline, CloseReason, IdAllocator, Timer};
+use crate::timer_wheel::{TimerKey, TimerWheel};
+use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Progress, TimerChange};
+
+/// Provided buffers per worker.
+const BUFS: u16 = 4096;
+/// Bytes per provided buffer: a registration request is about 60 bytes.
+const BUF_LEN: usize = 1024;
+const BGID: u16 = 0;
+/// Completion kinds, in the top two bits of `user_data`.
+const RECV: u64 = 0;
+const SEND: u64 = 1;
+const ACCEPT: u64 = 2;
+const IGNORE: u64 = 3;
+const WHEEL_SLOTS: usize = 4096;
+
+fn ud(kind: u64, index: usize, generation: u32) -> u64 {
+    kind << 62 | u64::from(generation & 0x3fff_ffff) << 32 | index as u64
+}
+
+fn ud_parts(ud: u64) -> (u64, usize, u32) {
+    (
+        ud >> 62,
+        (ud & 0xffff_ffff) as usize,
+        ((ud >> 32) & 0x3fff_ffff) as u32,
+    )
+}
+
+/// The provided-buffer ring.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    layout: std::alloc::Layout,
+    bufs: Box<[u8]>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring) -> std::io::Result<BufRing> {
+        let layout = std::alloc::Layout::from_size_align(
+            usize::from(BUFS) * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(std::io::Error::other)?;
+        // SAFETY: the layout has a non-zero size; zeroed memory is a valid array of
+        // `BufRingEntry`; it is freed in `Drop` with the same layout.
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        if entries.is_null() {
+            return Err(std::io::ErrorKind::OutOfMemory.into());
+        }
+        let mut r = BufRing {
+            entries,
+            layout,
+            bufs: vec![0; usize::from(BUFS) * BUF_LEN].into_boxed_slice(),
+            tail: 0,
+        };
+        // SAFETY: `entries` holds `BUFS` entries and lives as long as the worker's ring
+        // (`Worker` drops the ring before this `BufRing`, see the field order there).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring(entries as u64, BUFS, BGID)?;
+        }
+        for bid in 0..BUFS {
+            r.give_back(bid);
+        }
+        Ok(r)
+    }
+
+    /// Hands buffer `bid` back to the kernel.
+    fn give_back(&mut self, bid: u16) {
+        let i = usize::from(self.tail & (BUFS - 1));
+        // SAFETY: `i < BUFS`, inside the allocation; only this thread writes entries.
+        let e = unsafe { &mut *self.entries.add(i) };
+        e.set_addr(self.bufs[usize::from(bid) * BUF_LEN..].as_ptr() as u64);
+        e.set_len(BUF_LEN as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the ring's tail overlays the first entry's reserved field, inside the
+        // allocation; the release store publishes the entry written above to the kernel.
+        unsafe {
+            let tail =
+                types::BufRingEntry::tail(self.entries).cast::<std::sync::atomic::AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) }
+    }
+}
+
+/// One connection: the sans-IO core and what this engine needs to drive it.
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    conn: Connection,
+    fd: RawFd,
+    timer: Option<TimerKey>,
+    write_timer: Option<TimerKey>,
+    /// Input not yet consumed (a frame split across receives).
+    pending: Vec<u8>,
+    /// Answers being sent through the ring (untouched until the send completes).
+    out: Vec<u8>,
+    /// How much of `out` is sent.
+    sent: usize,
+    /// Answers produced while `out` is in flight.
+    later: Vec<u8>,
+    /// The multishot receive is armed.
+    receiving: bool,
+    /// A send is in flight.
+    sending: bool,
+    /// Close once `out` and `later` are written.
+    close_after_write: bool,
+    /// Our FIN is out (the linger runs).
+    half_closed: bool,
+    /// Closing hard: close the descriptor once nothing is in flight.
+    hard: Option<CloseReason>,
+    /// Counted in `Shared::active` (refusals are not).
+    counted: bool,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    cfg: ConnConfig,
+    ids: IdAllocator,
+    wheel: TimerWheel<(usize, u32, Timer)>,
+    conns: Slab<Conn>,
+    generation: u32,
+    metrics: WorkerMetrics,
+    listeners: Vec<(TcpListener, bool)>,
+    refusing: usize,
+    /// Listeners whose accept stopped for lack of descriptors, re-armed at the next tick.
+    accept_paused: Vec<usize>,
+    last_warn: Option<Instant>,
+    ring: IoUring,
+    bufs: BufRing,
+}
+
+/// Runs `f` on the socket `fd` names: the descriptor of a live slab entry (closed only in
+/// `Worker::maybe_close`, which removes the entry first) or one accepted just now.
+fn with_sock<T>(fd: RawFd, f: impl FnOnce(socket2::SockRef<'_>) -> T) -> T {
+    // SAFETY: as documented above, `fd` is open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    f(socket2::SockRef::from(&fd))
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    with_sock(fd, |s| {
+        s.send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    })
+}
+
+fn shutdown(fd: RawFd, how: std::net::Shutdown) {
+    let _ = with_sock(fd, |s| s.shutdown(how));
+}
+
+fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and nothing is in flight on it.
+    unsafe { libc::close(fd) };
+}
+
+/// Whether this kernel gives the ring what engine v2 needs; the reason if not.
+pub fn probe() -> Result<(), String> {
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(8)
+        .map_err(|e| format!("an io_uring with SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): {e}"))?;
+    BufRing::new(&ring)
+        .map(drop)
+        .map_err(|e| format!("a provided-buffer ring (Linux 5.19): {e}"))
+}
+
+/// Entry point of a worker thread on engine v2.
+pub(super) fn thread_main(
+    index: usize,
+    listeners: Vec<(TcpListener, bool)>,
+    shared: Arc<Shared>,
+    core: Option<core_affinity::CoreId>,
+) {
+    if let Some(core) = core {
+        let _ = core_affinity::set_for_current(core);
+    }
+    let ring = match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(4096)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(worker = index, "cannot create the io_uring: {e}");
+            return;
+        }
+    };
+    let bufs = match BufRing::new(&ring) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(worker = index, "cannot register the buffer ring: {e}");
+            return;
+        }
+    };
+    let origin = Instant::now();
+    let mut w = Worker {
+        cfg: shared.config.conn_config(),
+        ids: IdAllocator::with_last(
+            index as u32 + 1,
+            shared.config.workers as u32,
+            super::debug::id_space_last(),
+        ),
+        wheel: TimerWheel::new(origin, shared.config.timer_tick, WHEEL_SLOTS),
+        conns: Slab::new(),
+        generation: 0,
+        metrics: WorkerMetrics::new(),
+        listeners,
+        refusing: 0,
+        accept_paused: Vec::new(),
+        last_warn: None,
+        ring,
+        bufs,
+        shared,
+    };
+    for i in 0..w.listeners.len() {
+        w.arm_accept(i);
+    }
+    w.shared.health.listening.fetch_add(1, Ordering::AcqRel);
+    w.run(origin);
+}
+
+impl Worker {
+    fn push(&mut self, e: squeue::Entry) {
+        // SAFETY: every entry refers to memory that outlives its operation: listener and
+        // connection descriptors closed only when nothing is in flight on them, `out`
+        // buffers left untouched while their send is in flight, the registered buffer ring.
+        while unsafe { self.ring.submission().push(&e) }.is_err() {
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let fd = self.listeners[i].0.as_raw_fd();
+        self.push(
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(ACCEPT, i, 0)),
+        );
+    }
+
+    fn arm_recv(&mut self, i: usize) {
+        let Some(c) = self.conns.get_mut(i) else {
+            return;
+        };
+        if c.receiving || c.sending || c.hard.is_some() {
+            return;
+        }
+        c.receiving = true;
+        let e = opcode::RecvMulti::new(types::Fd(c.fd), BGID)
+            .build()
+            .user_data(ud(RECV, i, c.generation));
+        self.push(e);
+    }
+
+    fn run(&mut self, origin: Instant) {
+        let tick = self.shared.config.timer_tick;
+        let mut next_tick = origin + tick;
+        let mut drain_started: Option<Instant> = None;
+        let mut done = Vec::with_capacity(1024);
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let ts = types::Timespec::from(wait);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    tracing::error!("io_uring_enter: {e}");
+                    return;
+                }
+            }
+            done.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for (u, res, flags) in done.drain(..) {
+                self.complete(u, res, flags);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + tick;
+                self.expire(now);
+                if !self.shared.health.draining.load(Ordering::Acquire) {
+                    for l in std::mem::take(&mut self.accept_paused) {
+                        self.arm_accept(l);
+                    }
+                }
+                if drain_started.is_none() && self.shared.health.draining.load(Ordering::Acquire) {
+                    self.start_drain(now);
+                    drain_started = Some(now);
+                }
+                self.metrics.flush();
+                if let Some(t) = drain_started {
+                    if self.conns.is_empty()
+                        || now.duration_since(t) >= self.shared.config.drain_timeout
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        self.metrics.flush();
+    }
+
+    fn complete(&mut self, u: u64, res: i32, flags: u32) {
+        let (kind, i, generation) = ud_parts(u);
+        match kind {
+            ACCEPT => {
+                let exhausted = matches!(
+                    -res,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                );
+                if res >= 0 {
+                    self.accepted(res, self.listeners[i].1);
+                } else if res != -libc::ECANCELED {
+                    self.metrics.accept_error();
+                }
+                if exhausted {
+                    // Out of descriptors: accept again at the next tick, not at once.
+                    if self
+                        .last_warn
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                    {
+                        tracing::warn!(
+                            "accept failed ({}); backing off until descriptors free up",
+                            std::io::Error::from_raw_os_error(-res)
+                        );
+                        self.last_warn = Some(Instant::now());
+                    }
+                    self.accept_paused.push(i);
+                } else if !cqueue::more(flags)
+                    && !self.shared.health.draining.load(Ordering::Acquire)
+                {
+                    self.arm_accept(i);
+                }
+            }
+            RECV => {
+                let bid = cqueue::buffer_select(flags);
+                let live = self
+                    .conns
+                    .get(i)
+                    .is_some_and(|c| c.generation == generation);
+                if live {
+                    self.received(i, res, bid, cqueue::more(flags));
+                }
+                if let Some(bid) = bid {
+                    self.bufs.give_back(bid);
+                }
+            }
+            SEND if self
+                .conns
+                .get(i)
+                .is_some_and(|c| c.generation == generation) =>
+            {
+                self.sent(i, res);
+            }
+            _ => {}
+        }
+    }
+
+    fn accepted(&mut self, fd: RawFd, proxy: bool) {
+        super::debug::maybe_panic("accept");
+        let peer = with_sock(fd, |s| s.peer_addr())
+            .ok()
+            .and_then(|a| a.as_socket());
+        let Some(peer) = peer else {
+            close(fd);
+            return;
+        };
+        if proxy {
+            let ip = peer.ip().to_canonical();
+            if !self
+                .shared
+                .config
+                .proxy_protocol_trusted
+                .iter()
+                .any(|n| n.contains(&ip))
+            {
+                self.metrics.refused_untrusted();
+                close(fd);
+                return;
+            }
+        }
+        let now = Instant::now();
+        let limit = self.shared.max_clients.load(Ordering::Relaxed);
+        if self.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overloaded();
+            let mut out = Vec::with_capacity(64);
+            let (conn, p) = Connection::refuse(now, peer.ip(), &self.cfg, &mut out);
+            if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
+                let _ = send(fd, &out);
+                shutdown(fd, std::net::Shutdown::Write);
+                close(fd);
+                return;
+            }
+            self.refusing += 1;
+            let i = self.insert(conn, fd, false);
+            self.conns[i].later = out;
+            self.carry_out(i, p);
+            return;
+        }
+        self.metrics.accepted();
+        let (conn, t) = Connection::accept(now, peer.ip(), proxy, &self.cfg);
+        let i = self.insert(conn, fd, true);
+        self.apply_timer(i, t);
+        self.arm_recv(i);
+    }
+
+    fn insert(&mut self, conn: Connection, fd: RawFd, counted: bool) -> usize {
+        self.generation = self.generation.wrapping_add(1) & 0x3fff_ffff;
+        self.conns.insert(Conn {
+            generation: self.generation,
+            conn,
+            fd,
+            timer: None,
+            write_timer: None,
+            pending: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            later: Vec::new(),
+            receiving: false,
+            sending: false,
+            close_after_write: false,
+            half_closed: false,
+            hard: None,
+            counted,
+        })
+    }
+
+    fn apply_timer(&mut self, i: usize, change: TimerChange) {
+        let c = &mut self.conns[i];
+        match change {
+            TimerChange::Keep => {}
+            TimerChange::Cancel => {
+                if let Some(k) = c.timer.take() {
+                    self.wheel.cancel(k);
+                }
+            }
+            TimerChange::Arm(t, at) => {
+                if let Some(k) = c.timer.take() {
+                    self.wheel.cancel(k);
+                }
+                c.timer = Some(self.wheel.insert(at, (i, c.generation, t)));
+            }
+        }
+    }
+
+    fn received(&mut self, i: usize, res: i32, bid: Option<u16>, more: bool) {
+        if !more {
+            self.conns[i].receiving = false;
+        }
+        if res > 0 {
+            let n = res as usize;
+            self.metrics.bytes_in(n);
+            let off = usize::from(bid.unwrap_or(0)) * BUF_LEN;
+            if let Some(p) = self.feed(i, off, n) {
+                self.carry_out(i, p);
+            }
+            if !more && self.conns.contains(i) {
+                self.arm_recv(i);
+            }
+            return;
+        }
+        if res == -libc::ENOBUFS {
+            self.arm_recv(i);
+            return;
+        }
+        if res == -libc::ECANCELED {
+            self.maybe_close(i);
+            return;
+        }
+        if !more {
+            // End of stream or an error: the receive is over.
+            let c = &mut self.conns[i];
+            let reason = c.hard.unwrap_or_else(|| c.conn.on_eof());
+            c.hard = Some(reason);
+            self.maybe_close(i);
+        }
+    }
+
+    /// Hands received bytes (in the provided buffer at `off`) to the connection, in place:
+    /// only the tail of a frame split across receives is copied, into `pending`.
+    fn feed(&mut self, i: usize, off: usize, n: usize) -> Option<Progress> {
+        let data = &self.bufs.bufs[off..off + n];
+        let registry = self.shared.registry.load();
+        let c = &mut self.conns[i];
+        if c.hard.is_some() {
+            return None;
+        }
+        super::debug::maybe_panic("connection");
+        let mut answers = std::mem::take(&mut c.later);
+        let mut env = Env {
+            registry: &registry,
+            ids: &mut self.ids,
+            config: &self.cfg,
+        };
+        let metrics = &self.metrics;
+        let p = if c.pending.is_empty() {
+            let p = c
+                .conn
+                .on_bytes(Instant::now(), data, &mut env, &mut answers, |o| {
+                    metrics.output(o)
+                });
+            c.pending.extend_from_slice(&data[p.consumed..]);
+            p
+        } else {
+            c.pending.extend_from_slice(data);
+            let p = c
+                .conn
+                .on_bytes(Instant::now(), &c.pending, &mut env, &mut answers, |o| {
+                    metrics.output(o)
+                });
+            c.pending.drain(..p.consumed);
+            p
+        };
+        if c.pending.is_empty() && c.pending.capacity() > 0 {
+            c.pending = Vec::new();
+        }
+        c.later = answers;
+        self.metrics.logical_delta(p.logical_delta);
+        if p.registered {
+            self.metrics
+                .registration_duration(c.conn.accepted_at().elapsed());
+        }
+        Some(p)
+    }
+
+    /// Carries out a connection's progress: its timer, its answers (in `later`), a close.
+    fn carry_out(&mut self, i: usize, p: Progress) {
+        self.apply_timer(i, p.timer);
+        match p.action {
+            Action::Continue => self.write(i),
+            Action::CloseAfterWrite => {
+                self.conns[i].close_after_write = true;
+                self.conns[i].pending = Vec::new();
+                self.write(i);
+            }
+            Action::CloseNow(r) => self.close_hard(i, r),
+        }
+    }
+
+    /// Writes what is in `later`: inline first, the rest through the ring.
+    fn write(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if c.sending || c.hard.is_some() {
+            return;
+        }
+        if !c.later.is_empty() {
+            let n = send(c.fd, &c.later).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            });
+            match n {
+                Ok(n) if n == c.later.len() => {
+                    self.metrics.bytes_out(n);
+                    c.later.clear();
+                    if c.later.capacity() > 4096 {
+                        c.later = Vec::new();
+                    }
+                }
+                Ok(n) => {
+                    self.metrics.bytes_out(n);
+                    c.out = std::mem::take(&mut c.later);
+                    c.sent = n;
+                    c.sending = true;
+                    let at = deadline(Instant::now(), self.shared.config.write_timeout);
+                    c.write_timer =
+                        Some(self.wheel.insert(at, (i, c.generation, Timer::WriteStall)));
+                    let (fd, g) = (c.fd, c.generation);
+                    let rest = &c.out[n..];
+                    let e = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(ud(SEND, i, g));
+                    let receiving = c.receiving;
+                    self.push(e);
+                    if receiving {
+                        // A peer that does not read stops being read from.
+                        self.push(
+                            opcode::AsyncCancel::new(ud(RECV, i, g))
+                                .build()
+                                .user_data(ud(IGNORE, 0, 0)),
+                        );
+                    }
+                    return;
+                }
+                Err(_) => {
+                    self.close_hard(i, CloseReason::Peer);
+                    return;
+                }
+            }
+        }
+        let c = &mut self.conns[i];
+        if c.close_after_write && !c.half_closed {
+            c.half_closed = true;
+            shutdown(c.fd, std::net::Shutdown::Write);
+            let t = c.conn.on_flushed(Instant::now(), &self.cfg);
+            self.apply_timer(i, t);
+        }
+        self.arm_recv(i);
+    }
+
+    fn sent(&mut self, i: usize, res: i32) {
+        let c = &mut self.conns[i];
+        c.sending = false;
+        if res < 0 || c.hard.is_some() {
+            let r = c.hard.unwrap_or(CloseReason::Peer);
+            self.close_hard(i, r);
+            return;
+        }
+        let n = res as usize;
+        self.metrics.bytes_out(n);
+        c.sent += n;
+        if c.sent < c.out.len() {
+            c.sending = true;
+            let rest = &c.out[c.sent..];
+            let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(SEND, i, c.generation));
+            self.push(e);
+            return;
+        }
+        if let Some(k) = c.write_timer.take() {
+            self.wheel.cancel(k);
+        }
+        c.out = Vec::new();
+        c.sent = 0;
+        self.write(i);
+    }
+
+    /// Closes now: shuts the socket down (completing any operation in flight) and closes
+    /// the descriptor once nothing is in flight.
+    fn close_hard(&mut self, i: usize, reason: CloseReason) {
+        let c = &mut self.conns[i];
+        if c.hard.is_none() {
+            c.hard = Some(reason);
+            shutdown(c.fd, std::net::Shutdown::Both);
+        }
+        self.maybe_close(i);
+    }
+
+    fn maybe_close(&mut self, i: usize) {
+        let c = &self.conns[i];
+        if c.receiving || c.sending {
+            return;
+        }
+        let Some(reason) = c.hard else {
+            // The receive ended without closing (cancelled for a write): arm it again.
+            self.arm_recv(i);
+            return;
+        };
+        let mut c = self.conns.remove(i);
+        for k in [c.timer, c.write_timer].into_iter().flatten() {
+            self.wheel.cancel(k);
+        }
+        // Nothing is in flight on the descriptor and the slab entry is gone.
+        close(c.fd);
+        let was_registered = c.conn.session().proxy_client_id().is_some();
+        let logical = c.conn.session().logical_clients();
+        c.conn.release_ids(&mut self.ids);
+        if c.counted {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.closed(reason, was_registered, logical);
+        } else {
+            self.refusing -= 1;
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.wheel.advance(now, |e| expired.push(e));
+        let mut counts = [0u64; Timer::ALL.len()];
+        for (i, generation, timer) in expired {
+            let Some(c) = self.conns.get_mut(i).filter(|c| c.generation == generation) else {
+                continue;
+            };
+            if timer == Timer::WriteStall {
+                c.write_timer = None;
+            } else {
+                c.timer = None;
+            }
+            let p = c.conn.on_deadline(timer);
+            if p.action != Action::Continue {
+                counts[timer.index()] += 1;
+            }
+            if p.action == Action::CloseAfterWrite && c.sending {
+                let r = c.conn.on_eof();
+                self.close_hard(i, r);
+                continue;
+            }
+            self.carry_out(i, p);
+        }
+        for t in Timer::ALL {
+            self.metrics.expired(t, counts[t.index()]);
+        }
+        let dropped: u64 = counts.iter().sum::<u64>() - counts[Timer::CloseLinger.index()];
+        self.metrics.bulk_drop(dropped as usize);
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        for i in 0..self.listeners.len() {
+            self.push(
+                opcode::AsyncCancel::new(ud(ACCEPT, i, 0))
+                    .build()
+                    .user_data(ud(IGNORE, 0, 0)),
+            );
+        }
+        self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
+        let registry = self.shared.registry.load();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for i in keys {
+            let c = &mut self.conns[i];
+            if c.conn.is_closing() || c.hard.is_some() {
+                continue;
+            }
+            let mut answers = std::mem::take(&mut c.later);
+            let mut env = Env {
+                registry: &registry,
+                ids: &mut self.ids,
+                config: &self.cfg,
+            };
+            let metrics = &self.metrics;
+            let p = c
+                .conn
+                .on_drain(now, &mut env, &mut answers, |o| metrics.output(o));
+            c.later = answers;
+            self.carry_out(i, p);
+        }
+    }
+}
