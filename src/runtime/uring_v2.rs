@@ -45,9 +45,9 @@ use crate::timer_wheel::{TimerKey, TimerWheel};
 use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Progress, TimerChange};
 
 /// Provided buffers per worker.
-const BUFS: u16 = 4096;
+const BUFS: u16 = 1024;
 /// Bytes per provided buffer: a registration request is about 60 bytes.
-const BUF_LEN: usize = 1024;
+const BUF_LEN: usize = 512;
 const BGID: u16 = 0;
 /// Completion kinds, in the top two bits of `user_data`.
 const RECV: u64 = 0;
