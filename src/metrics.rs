@@ -288,6 +288,16 @@ impl WorkerMetrics {
         self.timers[timer.index()].add(n);
     }
 
+    /// What one tick's deadlines did, counted by timer: the expiry counters and the bulk-drop
+    /// histogram (lingers ending are not drops: those connections were already closing).
+    pub fn tick_expired(&self, counts: &[u64; Timer::ALL.len()]) {
+        for t in Timer::ALL {
+            self.expired(t, counts[t.index()]);
+        }
+        let dropped: u64 = counts.iter().sum::<u64>() - counts[Timer::CloseLinger.index()];
+        self.bulk_drop(dropped as usize);
+    }
+
     /// Connections one tick closed together.
     pub fn bulk_drop(&self, n: usize) {
         if n > 0 {

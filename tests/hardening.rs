@@ -383,44 +383,13 @@ fn item3_metrics_connections_are_capped_and_idle_ones_time_out() {
 // descriptor, and clients over what the limit allows are answered ServerOverloaded.
 #[test]
 fn item3_metrics_connections_never_take_client_descriptors() {
-    let bin = env!("CARGO_BIN_EXE_ixn-server");
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=160:160", bin])
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=160:160", env!("CARGO_BIN_EXE_ixn-server")])
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--workers", "1", "--max-connections", "100"])
-        .args(["--registration-timeout", "30s"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("prlimit (util-linux)");
-    // Killed even if an assertion fails: a leaked server would hold the test's pipes.
-    let _reaper = common::Reaper(child.id());
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let (mut addr, mut metrics) = (None, None);
-    let mut startup = Vec::new();
-    while addr.is_none() || metrics.is_none() {
-        let l = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("start-up log");
-        startup.push(l.clone());
-        if let Some(a) = l.split("listening on ").nth(1) {
-            addr = Some(a.trim().parse::<SocketAddr>().unwrap());
-        }
-        if let Some(a) = l.split("metrics on ").nth(1) {
-            metrics = Some(a.trim().parse::<SocketAddr>().unwrap());
-        }
-    }
-    let (addr, metrics) = (addr.unwrap(), metrics.unwrap());
+        .args(["--registration-timeout", "30s"]);
+    let s = Server::start_command(cmd);
+    let (addr, metrics, startup) = (s.addr, s.metrics, &s.startup);
     let idle: Vec<TcpStream> = (0..150)
         .map(|_| TcpStream::connect(metrics).unwrap())
         .collect();
@@ -454,8 +423,6 @@ fn item3_metrics_connections_never_take_client_descriptors() {
     let mut resp = String::new();
     let _ = m.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Bytes the server has queued on its side of the connection whose client port is `port`.

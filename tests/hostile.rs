@@ -266,43 +266,13 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     // The server sizes its client budget by its descriptor limit at start; the limit is
     // cut to 64 afterwards (as something else in the process, or an operator's prlimit,
     // could), so a flood of 150 connections exhausts the descriptors and accept fails.
-    let bin = env!("CARGO_BIN_EXE_ixn-server");
-    let mut child = std::process::Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--workers", "1", "--registration-timeout", "30s"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ixn-server");
-    // Killed even if an assertion fails: a leaked server would hold the test's pipes.
-    let _reaper = common::Reaper(child.id());
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut addr = None;
-    while addr.is_none() {
-        let l = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("start-up log");
-        if let Some(a) = l.split("listening on ").nth(1) {
-            addr = Some(a.trim().parse::<std::net::SocketAddr>().unwrap());
-        }
-    }
+    let s = Server::start(&["--workers", "1", "--registration-timeout", "30s"]);
     let cut = std::process::Command::new("prlimit")
-        .args(["--pid", &child.id().to_string(), "--nofile=64:64"])
+        .args(["--pid", &s.pid().to_string(), "--nofile=64:64"])
         .status()
         .expect("prlimit (util-linux)");
     assert!(cut.success());
-    let addr = addr.unwrap();
-    let pid = child.id();
+    let (addr, pid) = (s.addr, s.pid());
     let cpu = || -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = stat
@@ -325,7 +295,7 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         spent < 0.3,
         "the worker spun while out of descriptors: {spent:.2} s CPU in 1 s"
     );
-    let warned = rx.try_iter().any(|l| l.contains("backing off"));
+    let warned = s.logs.try_iter().any(|l| l.contains("backing off"));
     // Engine v2 accepts through its ring, and this kernel (6.18) does not apply a limit
     // lowered after start to descriptors the ring installs: no EMFILE ever comes, so
     // there is nothing to back off from (its back-off path is the same tick-driven one).
@@ -339,6 +309,4 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.send(&rrc(1, "MediaServer_email", 1, None));
     assert!(matches!(c.answer(), Some(Ans::Ack { .. })), "recovered");
-    let _ = child.kill();
-    let _ = child.wait();
 }

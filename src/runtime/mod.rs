@@ -41,6 +41,42 @@ pub struct Shared {
     pub health: Arc<Health>,
 }
 
+/// What to do with a connection just accepted; decided the same way by every engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// On a PROXY listener, from a peer not trusted to send the header: close it without
+    /// a byte. Checked first, so such a peer never gets IXN/1 bytes, not even a refusal.
+    Untrusted,
+    /// Over the client limit (this many): answer ServerOverloaded.
+    Full(usize),
+    /// Admitted and counted in `active`.
+    Admitted,
+}
+
+impl Shared {
+    /// Trust (PROXY listeners), then the connection limit; counts the connection in
+    /// `active` when it is admitted.
+    pub fn admit(&self, peer: SocketAddr, proxy: bool) -> Admission {
+        if proxy {
+            let ip = peer.ip().to_canonical();
+            if !self
+                .config
+                .proxy_protocol_trusted
+                .iter()
+                .any(|n| n.contains(&ip))
+            {
+                return Admission::Untrusted;
+            }
+        }
+        let limit = self.max_clients.load(Ordering::Relaxed);
+        if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Admission::Full(limit);
+        }
+        Admission::Admitted
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -424,44 +424,40 @@ impl Worker {
             close(fd);
             return;
         };
-        if proxy {
-            let ip = peer.ip().to_canonical();
-            if !self
-                .shared
-                .config
-                .proxy_protocol_trusted
-                .iter()
-                .any(|n| n.contains(&ip))
-            {
+        let now = Instant::now();
+        match self.shared.admit(peer, proxy) {
+            super::Admission::Untrusted => {
+                tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
                 self.metrics.refused_untrusted();
                 close(fd);
-                return;
+            }
+            super::Admission::Full(_) => self.refuse(fd, peer, now),
+            super::Admission::Admitted => {
+                self.metrics.accepted();
+                let (conn, t) = Connection::accept(now, peer.ip(), proxy, &self.cfg);
+                let i = self.insert(conn, fd, true);
+                self.apply_timer(i, t);
+                self.arm_recv(i);
             }
         }
-        let now = Instant::now();
-        let limit = self.shared.max_clients.load(Ordering::Relaxed);
-        if self.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.overloaded();
-            let mut out = Vec::with_capacity(64);
-            let (conn, p) = Connection::refuse(now, peer.ip(), &self.cfg, &mut out);
-            if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
-                let _ = send(fd, &out);
-                shutdown(fd, std::net::Shutdown::Write);
-                close(fd);
-                return;
-            }
-            self.refusing += 1;
-            let i = self.insert(conn, fd, false);
-            self.conns[i].later = out;
-            self.carry_out(i, p);
+    }
+
+    /// Over the limit: EventError 10, closed once written (lingering refusals are capped
+    /// as in engine v1; beyond the cap it is sent and the socket closed).
+    fn refuse(&mut self, fd: RawFd, peer: std::net::SocketAddr, now: Instant) {
+        self.metrics.overloaded();
+        let mut out = Vec::with_capacity(64);
+        let (conn, p) = Connection::refuse(now, peer.ip(), &self.cfg, &mut out);
+        if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
+            let _ = send(fd, &out);
+            shutdown(fd, std::net::Shutdown::Write);
+            close(fd);
             return;
         }
-        self.metrics.accepted();
-        let (conn, t) = Connection::accept(now, peer.ip(), proxy, &self.cfg);
-        let i = self.insert(conn, fd, true);
-        self.apply_timer(i, t);
-        self.arm_recv(i);
+        self.refusing += 1;
+        let i = self.insert(conn, fd, false);
+        self.conns[i].later = out;
+        self.carry_out(i, p);
     }
 
     fn insert(&mut self, conn: Connection, fd: RawFd, counted: bool) -> usize {
@@ -752,11 +748,7 @@ impl Worker {
             }
             self.carry_out(i, p);
         }
-        for t in Timer::ALL {
-            self.metrics.expired(t, counts[t.index()]);
-        }
-        let dropped: u64 = counts.iter().sum::<u64>() - counts[Timer::CloseLinger.index()];
-        self.metrics.bulk_drop(dropped as usize);
+        self.metrics.tick_expired(&counts);
     }
 
     fn start_drain(&mut self, now: Instant) {

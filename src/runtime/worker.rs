@@ -267,28 +267,17 @@ impl Worker {
         last_warn: &mut Option<Instant>,
     ) {
         let w = self;
-        if proxy {
-            // Only the balancers may speak first with a PROXY header. Checked before
-            // anything else, so an untrusted peer never gets a byte of IXN/1, not even
-            // the refusal of a full server.
-            let ip = peer.ip().to_canonical();
-            if !w
-                .shared
-                .config
-                .proxy_protocol_trusted
-                .iter()
-                .any(|n| n.contains(&ip))
-            {
+        match w.shared.admit(peer, proxy) {
+            super::Admission::Untrusted => {
                 tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
                 w.metrics.refused_untrusted();
                 return;
             }
-        }
-        let limit = w.shared.max_clients.load(Ordering::Relaxed);
-        if w.shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
-            w.shared.active.fetch_sub(1, Ordering::AcqRel);
-            w.refuse_over_limit(stream, limit, last_warn);
-            return;
+            super::Admission::Full(limit) => {
+                w.refuse_over_limit(stream, limit, last_warn);
+                return;
+            }
+            super::Admission::Admitted => {}
         }
         w.metrics.accepted();
         let now = Instant::now();
@@ -480,12 +469,7 @@ impl Worker {
             }
             self.carry_out(&mut wheel, c, h, &p, now);
         }
-        for t in Timer::ALL {
-            self.metrics.expired(t, counts[t.index()]);
-        }
-        // Lingers ending are not drops: the connection was already closing.
-        let dropped: u64 = counts.iter().sum::<u64>() - counts[Timer::CloseLinger.index()];
-        self.metrics.bulk_drop(dropped as usize);
+        self.metrics.tick_expired(&counts);
     }
 
     /// Carries out, from the worker (a tick or the drain), what a connection decided while

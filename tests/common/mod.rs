@@ -19,6 +19,8 @@ pub struct Server {
     pub proxy_addr: Option<SocketAddr>,
     pub metrics: SocketAddr,
     pub logs: mpsc::Receiver<String>,
+    /// Log lines up to the one saying where metrics are served.
+    pub startup: Vec<String>,
 }
 
 impl Server {
@@ -32,8 +34,14 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ixn-server"));
         cmd.envs(env.iter().copied());
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
+            .args(args);
+        Self::start_command(cmd)
+    }
+
+    /// Runs `cmd` (the server binary, or a wrapper such as `prlimit` that execs it) and waits
+    /// until it listens; the start-up lines are kept in `startup`.
+    pub fn start_command(mut cmd: Command) -> Server {
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -49,6 +57,7 @@ impl Server {
             }
         });
         let (mut addr, mut metrics, mut proxy_addr) = (None, None, None);
+        let mut startup = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while addr.is_none() || metrics.is_none() {
             let line = rx
@@ -63,6 +72,7 @@ impl Server {
             if let Some(a) = line.split("metrics on ").nth(1) {
                 metrics = Some(a.trim().parse().unwrap());
             }
+            startup.push(line);
         }
         Server {
             child,
@@ -70,6 +80,7 @@ impl Server {
             proxy_addr,
             metrics: metrics.unwrap(),
             logs: rx,
+            startup,
         }
     }
 
@@ -306,16 +317,4 @@ pub fn other(rid: i32) -> Vec<u8> {
 
 pub fn hex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
-}
-
-/// Kills a process by pid when dropped (for children not wrapped in a [`Server`]).
-pub struct Reaper(pub u32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", &self.0.to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
