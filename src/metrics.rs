@@ -38,6 +38,9 @@ pub const BYTES_IN: &str = "ixn_received_bytes_total";
 pub const BYTES_OUT: &str = "ixn_sent_bytes_total";
 /// `ixn_accept_errors_total`
 pub const ACCEPT_ERRORS: &str = "ixn_accept_errors_total";
+/// `ixn_receive_buffers_exhausted_total`: engine v2 receives that found every provided
+/// buffer in use (`ENOBUFS`) and were armed again.
+pub const RECV_NO_BUFFERS: &str = "ixn_receive_buffers_exhausted_total";
 /// `ixn_clients_registered`: registered connections (a Proxy counts once).
 pub const REGISTERED: &str = "ixn_clients_registered";
 /// `ixn_logical_clients_registered`: logical clients of Proxy connections.
@@ -83,6 +86,10 @@ pub fn describe() {
     describe_counter!(BYTES_IN, Unit::Bytes, "Bytes read from clients.");
     describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
     describe_counter!(ACCEPT_ERRORS, "accept() failures (e.g. EMFILE).");
+    describe_counter!(
+        RECV_NO_BUFFERS,
+        "Receives (engine v2) that found every provided buffer in use and were armed again."
+    );
     describe_gauge!(REGISTERED, "Registered client connections.");
     describe_gauge!(
         LOGICAL,
@@ -172,6 +179,7 @@ pub struct WorkerMetrics {
     bytes_in: Local,
     bytes_out: Local,
     accept_errors: Local,
+    recv_no_buffers: Local,
     durations: RefCell<Vec<f64>>,
     duration: Histogram,
     bulk: Histogram,
@@ -215,6 +223,7 @@ impl WorkerMetrics {
             bytes_in: Local::new(counter!(BYTES_IN)),
             bytes_out: Local::new(counter!(BYTES_OUT)),
             accept_errors: Local::new(counter!(ACCEPT_ERRORS)),
+            recv_no_buffers: Local::new(counter!(RECV_NO_BUFFERS)),
             durations: RefCell::new(Vec::with_capacity(1024)),
             duration: histogram!(REGISTRATION_DURATION),
             bulk: histogram!(BULK_DROP),
@@ -322,6 +331,11 @@ impl WorkerMetrics {
         self.accept_errors.add(1);
     }
 
+    /// A receive that found no provided buffer free (`ENOBUFS`).
+    pub fn recv_no_buffers(&self) {
+        self.recv_no_buffers.add(1);
+    }
+
     /// Adds everything counted since the last flush to the shared series.
     pub fn flush(&self) {
         self.accepted.flush();
@@ -340,6 +354,7 @@ impl WorkerMetrics {
         self.bytes_in.flush();
         self.bytes_out.flush();
         self.accept_errors.flush();
+        self.recv_no_buffers.flush();
         for d in self.durations.borrow_mut().drain(..) {
             self.duration.record(d);
         }

@@ -76,12 +76,14 @@ struct BufRing {
     layout: std::alloc::Layout,
     bufs: Box<[u8]>,
     tail: u16,
+    /// Buffers in the ring, a power of two.
+    count: u16,
 }
 
 impl BufRing {
-    fn new(ring: &IoUring) -> std::io::Result<BufRing> {
+    fn new(ring: &IoUring, count: u16) -> std::io::Result<BufRing> {
         let layout = std::alloc::Layout::from_size_align(
-            usize::from(BUFS) * std::mem::size_of::<types::BufRingEntry>(),
+            usize::from(count) * std::mem::size_of::<types::BufRingEntry>(),
             4096,
         )
         .map_err(std::io::Error::other)?;
@@ -94,16 +96,17 @@ impl BufRing {
         let mut r = BufRing {
             entries,
             layout,
-            bufs: vec![0; usize::from(BUFS) * BUF_LEN].into_boxed_slice(),
+            bufs: vec![0; usize::from(count) * BUF_LEN].into_boxed_slice(),
             tail: 0,
+            count,
         };
-        // SAFETY: `entries` holds `BUFS` entries and lives as long as the worker's ring
+        // SAFETY: `entries` holds `count` entries and lives as long as the worker's ring
         // (`Worker` drops the ring before this `BufRing`, see the field order there).
         unsafe {
             ring.submitter()
-                .register_buf_ring(entries as u64, BUFS, BGID)?;
+                .register_buf_ring(entries as u64, count, BGID)?;
         }
-        for bid in 0..BUFS {
+        for bid in 0..count {
             r.give_back(bid);
         }
         Ok(r)
@@ -111,8 +114,8 @@ impl BufRing {
 
     /// Hands buffer `bid` back to the kernel.
     fn give_back(&mut self, bid: u16) {
-        let i = usize::from(self.tail & (BUFS - 1));
-        // SAFETY: `i < BUFS`, inside the allocation; only this thread writes entries.
+        let i = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `i < count`, inside the allocation; only this thread writes entries.
         let e = unsafe { &mut *self.entries.add(i) };
         e.set_addr(self.bufs[usize::from(bid) * BUF_LEN..].as_ptr() as u64);
         e.set_len(BUF_LEN as u32);
@@ -218,7 +221,7 @@ pub fn probe() -> Result<(), String> {
         .setup_defer_taskrun()
         .build(8)
         .map_err(|e| format!("an io_uring with SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): {e}"))?;
-    BufRing::new(&ring)
+    BufRing::new(&ring, BUFS)
         .map(drop)
         .map_err(|e| format!("a provided-buffer ring (Linux 5.19): {e}"))
 }
@@ -244,7 +247,7 @@ pub(super) fn thread_main(
             return;
         }
     };
-    let bufs = match BufRing::new(&ring) {
+    let bufs = match BufRing::new(&ring, super::debug::recv_buffers(BUFS)) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(worker = index, "cannot register the buffer ring: {e}");
@@ -554,6 +557,7 @@ impl Worker {
             return;
         }
         if res == -libc::ENOBUFS {
+            self.metrics.recv_no_buffers();
             self.arm_recv(i);
             return;
         }
