@@ -563,15 +563,62 @@ fn bulk_drop(n: usize) {
     let base = start_child_baseline("IXN_BENCH_EPOLL_BULK");
     let (bus, blatest, _) = measure_bulk(&base, n);
     drop(base);
-    let p = start_ixn(&["--registration-timeout", "4s"]);
-    let (us, latest, opened) = measure_bulk(&p, n);
     println!(
-        "bulk drop: {n} silent connections, deadline 4000 ms: ixn-server {us:.2} µs of server CPU per dropped connection (last close {:.0} ms after the first connect; opening took {:.0} ms); epoll FIFO baseline {bus:.2} µs (last close {:.0} ms); ratio {:.2}x",
-        latest.as_secs_f64() * 1000.0,
-        opened.as_secs_f64() * 1000.0,
+        "bulk drop: {n} silent connections, deadline 4000 ms: epoll FIFO baseline {bus:.2} µs of server CPU per dropped connection (last close {:.0} ms after the first connect)",
         blatest.as_secs_f64() * 1000.0,
-        us / bus
     );
+    for engine in ["v2", "v1"] {
+        let p = start_ixn(&["--registration-timeout", "4s", "--io-engine", engine]);
+        let (us, latest, opened) = measure_bulk(&p, n);
+        println!(
+            "  ixn-server engine {engine}: {us:.2} µs (last close {:.0} ms after the first connect; opening took {:.0} ms); ratio {:.2}x",
+            latest.as_secs_f64() * 1000.0,
+            opened.as_secs_f64() * 1000.0,
+            us / bus
+        );
+    }
+}
+
+/// Churn against each server in turn, `rounds` times over (alternating spreads the
+/// machine's drift over all of them), then the median of each server's rate and CPU.
+fn churn_rounds(threads: usize, dur: Duration, rounds: usize) {
+    type Start = fn() -> Proc;
+    let servers: [(&str, Start); 4] = [
+        ("epoll baseline (mio, 1 thread)", start_baseline),
+        ("raw io_uring yardstick", start_uring_baseline),
+        ("ixn-server, engine v2", || {
+            start_ixn(&["--io-engine", "v2"])
+        }),
+        ("ixn-server, engine v1", || {
+            start_ixn(&["--io-engine", "v1", "--ring-setup", "coop-taskrun"])
+        }),
+    ];
+    let mut runs = vec![Vec::new(); servers.len()];
+    for _ in 0..rounds {
+        for ((name, start), acc) in servers.iter().zip(&mut runs) {
+            let p = start();
+            acc.push(measure_churn(name, &p, threads, dur));
+        }
+    }
+    let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let med: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| (median(r, |m| m.0), median(r, |m| m.1)))
+        .collect();
+    println!("  medians of {rounds} round(s), {threads} clients:");
+    for ((name, _), (rate, us)) in servers.iter().zip(&med) {
+        println!(
+            "    {name:<32} {rate:>9.0} reg/s {us:>6.2} µs/reg   against epoll: rate {:.2}x cpu {:.2}x; against the yardstick: rate {:.2}x cpu {:.2}x",
+            rate / med[0].0,
+            us / med[0].1,
+            rate / med[1].0,
+            us / med[1].1
+        );
+    }
 }
 
 fn main() {
@@ -594,7 +641,12 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         // Run by `cargo test --all-targets` (no `--bench` flag): a smoke run that keeps the
         // harness honest without timing anything.
-        for p in [start_baseline(), start_uring_baseline(), start_ixn(&[])] {
+        for p in [
+            start_baseline(),
+            start_uring_baseline(),
+            start_ixn(&["--io-engine", "v1"]),
+            start_ixn(&["--io-engine", "v2"]),
+        ] {
             let n = churn(p.addr, 2, Duration::from_millis(200));
             assert!(n > 0, "no registration completed");
         }
@@ -618,42 +670,7 @@ fn main() {
         println!("# registration churn: connect -> RequestRegisterClient -> EventAck -> close");
     }
     for threads in [4, 16].into_iter().filter(|_| run("churn")) {
-        let base = start_baseline();
-        let (br, bus) = measure_churn("epoll baseline (mio, 1 thread)", &base, threads, dur);
-        drop(base);
-        let uring = start_uring_baseline();
-        let (ur, uus) = measure_churn("raw io_uring yardstick", &uring, threads, dur);
-        drop(uring);
-        let coop = start_ixn(&["--ring-setup", "coop-taskrun"]);
-        let (cr, cus) = measure_churn("ixn-server, ring COOP_TASKRUN", &coop, threads, dur);
-        drop(coop);
-        let plain = start_ixn(&["--ring-setup", "plain"]);
-        let (pr, pus) = measure_churn("ixn-server, ring without flags", &plain, threads, dur);
-        drop(plain);
-        let v2 = start_ixn(&["--io-engine", "v2"]);
-        let (vr, vus) = measure_churn("ixn-server, engine v2", &v2, threads, dur);
-        drop(v2);
-        println!(
-            "  ratios to baseline: COOP_TASKRUN rate {:.2}x cpu {:.2}x; plain ring rate {:.2}x cpu {:.2}x; io_uring yardstick rate {:.2}x cpu {:.2}x",
-            cr / br,
-            cus / bus,
-            pr / br,
-            pus / bus,
-            ur / br,
-            uus / bus
-        );
-        println!(
-            "  ixn-server (COOP_TASKRUN) against the io_uring yardstick: rate {:.2}x cpu {:.2}x",
-            cr / ur,
-            cus / uus
-        );
-        println!(
-            "  engine v2: against epoll rate {:.2}x cpu {:.2}x; against the io_uring yardstick rate {:.2}x cpu {:.2}x",
-            vr / br,
-            vus / bus,
-            vr / ur,
-            vus / uus
-        );
+        churn_rounds(threads, dur, if quick { 1 } else { 3 });
     }
     if run("metrics") {
         metrics_cost(dur);

@@ -96,12 +96,14 @@ pub enum RingSetup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IoEngine {
-    /// tokio-uring: one task per connection, single-completion operations.
+    /// v2 where the kernel offers what it needs (Linux 6.1), else v1 with a warning.
     #[default]
+    Auto,
+    /// tokio-uring: one task per connection, single-completion operations.
     V1,
-    /// Experimental: the worker's own ring on the io-uring crate (SINGLE_ISSUER |
-    /// DEFER_TASKRUN), multishot accept and receive into provided buffers, no task per
-    /// connection (docs/ENGINE.md).
+    /// The worker's own ring on the io-uring crate (SINGLE_ISSUER | DEFER_TASKRUN),
+    /// multishot accept and receive into provided buffers, no task per connection
+    /// (docs/ENGINE.md).
     V2,
 }
 
@@ -206,7 +208,7 @@ pub struct Args {
     /// [default: 64].
     #[arg(long, env = "IXN_METRICS_MAX_CONNECTIONS", value_name = "N")]
     pub metrics_max_connections: Option<usize>,
-    /// Engine for the client sockets (v2 is experimental) [default: v1].
+    /// Engine for the client sockets [default: auto].
     #[arg(long, env = "IXN_IO_ENGINE", value_enum)]
     pub io_engine: Option<IoEngine>,
     /// Validate the configuration and the registry, then exit.

@@ -247,15 +247,27 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The engine to run: v2 if asked for (refusing to start without what it needs), and for
+/// `auto` whenever this kernel offers it.
+fn choose_engine(asked: crate::config::IoEngine) -> Result<crate::config::IoEngine, StartError> {
+    use crate::config::IoEngine;
+    match (asked, uring_v2::probe()) {
+        (IoEngine::V1, _) => Ok(IoEngine::V1),
+        (_, Ok(())) => Ok(IoEngine::V2),
+        (IoEngine::V2, Err(why)) => Err(StartError::IoUring(format!("--io-engine v2 needs {why}"))),
+        (IoEngine::Auto, Err(why)) => {
+            tracing::warn!("engine v2 needs {why}; running engine v1");
+            Ok(IoEngine::V1)
+        }
+    }
+}
+
 /// Runs the server until SIGTERM/SIGINT has drained it. Logs `listening on ADDR` for every
 /// client listener and `metrics on ADDR` once they accept.
 pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let (ring_setup, features) = probe_io_uring(config.ring_setup)?;
     config.ring_setup = ring_setup;
-    if config.io_engine == crate::config::IoEngine::V2 {
-        uring_v2::probe()
-            .map_err(|why| StartError::IoUring(format!("--io-engine v2 needs {why}")))?;
-    }
+    config.io_engine = choose_engine(config.io_engine)?;
     let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
