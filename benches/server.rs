@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/epoll_client.rs"]
+mod epoll_client;
 #[path = "common/uring_baseline.rs"]
 mod uring_baseline;
 use common::{cpu_ns, listen_addr, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
@@ -290,6 +292,98 @@ fn loadgen_capacity(dur: Duration) {
     drop(base);
     let ixn = start_ixn(&[]);
     run("loadgen -> ixn-server (1 worker)", &ixn);
+}
+
+/// CPU (user + system) of this process's reaped children, in nanoseconds.
+fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
+}
+
+/// Sockets in TIME_WAIT on this machine (`/proc/net/sockstat`).
+fn time_wait() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|t| {
+            let l = t.lines().find(|l| l.starts_with("TCP:"))?.to_string();
+            let mut it = l.split_whitespace();
+            it.position(|w| w == "tw")?;
+            it.next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Client CPU per registration: `ixn-loadgen` with its defaults (one thread, 64 in flight,
+/// graceful close, 16 loopback sources) against the minimal mio client from the same
+/// sources (benches/common/epoll_client.rs), alternating, both on CPU 1 against the epoll
+/// baseline server on CPU 0. The first round starts with whatever TIME_WAIT the runs
+/// before left; each run adds ~100k entries, so later rounds run against a full table.
+fn loadgen_against_client(dur: Duration, rounds: usize) {
+    let mut bin = std::env::current_exe().unwrap();
+    bin.pop();
+    bin.pop();
+    bin.push("ixn-loadgen");
+    println!("# client CPU per registration: ixn-loadgen (defaults) against a minimal mio client, graceful close, 64 in flight");
+    let server = start_baseline();
+    let secs = dur.as_secs_f64();
+    let json = std::env::temp_dir().join(format!("ixn-lg-client-{}.json", std::process::id()));
+    let (mut lg, mut mc) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let tw = time_wait();
+        let c0 = children_cpu_ns();
+        let out = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(std::env::current_exe().unwrap())
+            .env("IXN_BENCH_EPOLL_CLIENT", server.addr.to_string())
+            .env("IXN_BENCH_CLIENT_SECS", secs.to_string())
+            .output()
+            .unwrap();
+        let n: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix("done ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let us = (children_cpu_ns() - c0) as f64 / 1000.0 / n.max(1.0);
+        println!("  minimal mio client   {:>9.0} reg/s  {us:>6.2} client CPU µs/reg  (TIME_WAIT before: {tw})", n / secs);
+        mc.push(us);
+        let tw = time_wait();
+        let c0 = children_cpu_ns();
+        let status = Command::new(&bin)
+            .args(["--target", &server.addr.to_string(), "--threads", "1"])
+            .args(["--pin", "--first-cpu", "1", "--concurrency", "64"])
+            .args(["--duration", &format!("{secs}s"), "--warmup", "0s", "-q"])
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::null())
+            .status()
+            .expect("target/release/ixn-loadgen (cargo build --release first)");
+        let text = std::fs::read_to_string(&json).unwrap_or_default();
+        let ok: f64 = text
+            .split("\"ok\": ")
+            .nth(1)
+            .and_then(|r| r.split([',', '\n']).next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        let us = (children_cpu_ns() - c0) as f64 / 1000.0 / ok.max(1.0);
+        println!("  ixn-loadgen          {:>9.0} reg/s  {us:>6.2} client CPU µs/reg  (TIME_WAIT before: {tw}; exit {:?})", ok / secs, status.code());
+        lg.push(us);
+    }
+    let _ = std::fs::remove_file(&json);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (l, m) = (med(&mut lg), med(&mut mc));
+    println!(
+        "  medians: ixn-loadgen {l:.2} µs/reg, minimal client {m:.2} µs/reg: {:.2}x",
+        l / m
+    );
 }
 
 /// Busy and total jiffies of each CPU, from /proc/stat (softirq and irq time included).
@@ -630,6 +724,10 @@ fn main() {
         epoll_bulk_baseline_main();
         return;
     }
+    if std::env::var_os("IXN_BENCH_EPOLL_CLIENT").is_some() {
+        epoll_client::epoll_client_main();
+        return;
+    }
     if std::env::var_os("IXN_BENCH_URING_BASELINE").is_some() {
         uring_baseline::uring_baseline_main();
         return;
@@ -677,6 +775,7 @@ fn main() {
     }
     if run("loadgen") {
         loadgen_capacity(dur);
+        loadgen_against_client(dur, if quick { 1 } else { 3 });
     }
     if run("memory") {
         for engine in ["v1", "v2"] {
