@@ -184,6 +184,8 @@ struct Worker {
     /// The time of the batch of completions being handled: read once per wake-up, not
     /// once per event (clock reads showed in the churn profile).
     now: Instant,
+    /// The buffer answers are written into (see `feed`).
+    scratch: Vec<u8>,
     /// The tick's timeout fired: expire deadlines, flush metrics, look at the drain flag.
     tick_due: bool,
     tick_ts: types::Timespec,
@@ -207,6 +209,16 @@ fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
 
 fn shutdown(fd: RawFd, how: std::net::Shutdown) {
     let _ = with_sock(fd, |s| s.shutdown(how));
+}
+
+/// Gives an emptied answer buffer back to the worker's scratch (if that has none and the
+/// buffer is not oversized), leaving the connection none.
+fn recycle(scratch: &mut Vec<u8>, used: &mut Vec<u8>) {
+    debug_assert!(used.is_empty());
+    let used = std::mem::take(used);
+    if scratch.capacity() == 0 && used.capacity() <= 4096 {
+        *scratch = used;
+    }
 }
 
 fn close(fd: RawFd) {
@@ -271,6 +283,7 @@ pub(super) fn thread_main(
         accept_paused: Vec::new(),
         last_warn: None,
         now: origin,
+        scratch: Vec::with_capacity(256),
         tick_due: false,
         tick_ts: types::Timespec::from(shared.config.timer_tick),
         ring,
@@ -585,7 +598,14 @@ impl Worker {
             return None;
         }
         super::debug::maybe_panic("connection");
-        let mut answers = std::mem::take(&mut c.later);
+        // Answers go into the worker's scratch buffer unless some already wait for a send
+        // in flight: no allocation per registration, and no buffer kept per idle
+        // connection (`write` gives it back once sent).
+        let mut answers = if c.later.is_empty() {
+            std::mem::take(&mut self.scratch)
+        } else {
+            std::mem::take(&mut c.later)
+        };
         let mut env = Env {
             registry: &registry,
             ids: &mut self.ids,
@@ -640,7 +660,9 @@ impl Worker {
         if c.sending || c.hard.is_some() {
             return;
         }
-        if !c.later.is_empty() {
+        if c.later.is_empty() {
+            recycle(&mut self.scratch, &mut c.later);
+        } else {
             let n = send(c.fd, &c.later).or_else(|e| {
                 if e.kind() == std::io::ErrorKind::WouldBlock {
                     Ok(0)
@@ -652,9 +674,7 @@ impl Worker {
                 Ok(n) if n == c.later.len() => {
                     self.metrics.bytes_out(n);
                     c.later.clear();
-                    if c.later.capacity() > 4096 {
-                        c.later = Vec::new();
-                    }
+                    recycle(&mut self.scratch, &mut c.later);
                 }
                 Ok(n) => {
                     self.metrics.bytes_out(n);
@@ -751,6 +771,8 @@ impl Worker {
             return;
         };
         let mut c = self.conns.remove(i);
+        c.later.clear();
+        recycle(&mut self.scratch, &mut c.later);
         for k in [c.timer, c.write_timer].into_iter().flatten() {
             self.wheel.cancel(k);
         }
