@@ -1,5 +1,6 @@
-//! Engine v2 (`--io-engine v2`, experimental): each worker thread drives its own io_uring
-//! on the `io-uring` crate and sleeps in `io_uring_enter`, with no async runtime at all.
+//! Engine v2 (the default where the kernel offers it, `--io-engine v2`): each worker thread
+//! drives its own io_uring on the `io-uring` crate and sleeps in `io_uring_enter`, with no
+//! async runtime at all.
 //!
 //! # Ring and buffers
 //!
@@ -17,10 +18,21 @@
 //! completion), under the write-stall deadline, and the connection's receive is cancelled
 //! meanwhile, so a peer that does not read stops being read from.
 //!
+//! Answers are encoded into one scratch buffer per worker and sent from it, so a
+//! registration allocates nothing; the buffer moves to a connection only while the ring
+//! sends for it.
+//!
 //! # Time
 //!
-//! The wait in `io_uring_enter` is bounded by the timer wheel's next tick, so deadlines,
-//! metrics flushes and the drain flag are served from the same loop.
+//! The tick is a timeout operation in the ring, so the worker waits in `io_uring_enter`
+//! for one completion with no timeout of its own, and deadlines, metrics flushes and the
+//! drain flag are served from the same loop. The clock is read once per wake-up.
+//!
+//! # Completion queue
+//!
+//! Four times the submission queue ([`CQ_ENTRIES`]); completions beyond the queue wait in the kernel's overflow
+//! list and are flushed as the worker reaps; a lost one (the kernel had no memory for the
+//! list) is logged as an error.
 //!
 //! # Closing
 //!
@@ -28,6 +40,7 @@
 //! the socket down (which completes the multishot receive) and closes when that final
 //! completion arrives; a close once written shuts down our sending side and keeps
 //! receiving (and discarding) until the peer's end of stream or the linger deadline.
+//! Shutdowns and closes are operations in the ring, not syscalls of their own.
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -55,6 +68,13 @@ const SEND: u64 = 1;
 const ACCEPT: u64 = 2;
 const IGNORE: u64 = 3;
 const WHEEL_SLOTS: usize = 4096;
+/// Submission queue entries: a full queue is submitted and pushing goes on, so this only
+/// sets how many operations one `io_uring_enter` can carry.
+const SQ_ENTRIES: u32 = 4096;
+/// Completion queue entries. Completions that find it full wait in the kernel's overflow
+/// list (`IORING_FEAT_NODROP`) and are flushed as the worker reaps; only if the kernel
+/// cannot allocate that list's entry is one lost, which the worker reports.
+const CQ_ENTRIES: u32 = 16384;
 /// The index of the tick's timeout among `IGNORE` completions.
 const TICK: usize = 1;
 
@@ -184,6 +204,8 @@ struct Worker {
     /// The time of the batch of completions being handled: read once per wake-up, not
     /// once per event (clock reads showed in the churn profile).
     now: Instant,
+    /// Completions the kernel reported lost so far.
+    cq_lost: u32,
     /// The buffer answers are written into (see `feed`).
     scratch: Vec<u8>,
     /// The tick's timeout fired: expire deadlines, flush metrics, look at the drain flag.
@@ -233,6 +255,9 @@ pub fn probe() -> Result<(), String> {
         .setup_defer_taskrun()
         .build(8)
         .map_err(|e| format!("an io_uring with SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): {e}"))?;
+    if !ring.params().is_feature_nodrop() {
+        return Err("IORING_FEAT_NODROP (Linux 5.5)".into());
+    }
     BufRing::new(&ring, BUFS)
         .map(drop)
         .map_err(|e| format!("a provided-buffer ring (Linux 5.19): {e}"))
@@ -251,7 +276,8 @@ pub(super) fn thread_main(
     let ring = match IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
-        .build(4096)
+        .setup_cqsize(CQ_ENTRIES)
+        .build(SQ_ENTRIES)
     {
         Ok(r) => r,
         Err(e) => {
@@ -283,6 +309,7 @@ pub(super) fn thread_main(
         accept_paused: Vec::new(),
         last_warn: None,
         now: origin,
+        cq_lost: 0,
         scratch: Vec::with_capacity(256),
         tick_due: false,
         tick_ts: types::Timespec::from(shared.config.timer_tick),
@@ -376,6 +403,15 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
+            let lost = self.ring.completion().overflow();
+            if lost != self.cq_lost {
+                tracing::error!(
+                    lost = lost.wrapping_sub(self.cq_lost),
+                    "io_uring completions lost (completion queue overflow with no memory \
+                     for the kernel's overflow list): connections may be left open"
+                );
+                self.cq_lost = lost;
+            }
             done.extend(
                 self.ring
                     .completion()
