@@ -86,6 +86,7 @@ proptest! {
             let mut ctx = Ctx {
                 registry: &registry,
                 peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                tls: None,
                 now: t0 + Duration::from_millis(i as u64 * 10),
                 ids: &mut ids,
                 config,

@@ -28,6 +28,7 @@ use crate::session::{
     deadline, Close, CloseReason, Ctx, IdAllocator, Input, Output, Registration, Session,
     SessionConfig, State, Timer, TimerAction, TimerKind,
 };
+use crate::tls::{Handshake, HandshakeResult, ServerTls, TlsError, TlsPeer};
 
 /// Settings every connection of a worker shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct Progress {
     pub registered: bool,
     /// Logical clients added (positive) or removed (negative) on a Proxy connection.
     pub logical_delta: i64,
+    /// A TLS handshake ended in this call.
+    pub handshake: Option<Handshake>,
 }
 
 impl Progress {
@@ -109,6 +112,7 @@ impl Progress {
         action: Action::Continue,
         registered: false,
         logical_delta: 0,
+        handshake: None,
     };
 }
 
@@ -123,7 +127,7 @@ enum Phase {
 }
 
 /// One connection's protocol state.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Connection {
     session: Session,
     peer: IpAddr,
@@ -131,6 +135,8 @@ pub struct Connection {
     awaiting_proxy: bool,
     phase: Phase,
     armed: Option<Timer>,
+    /// On a TLS listener: rustls and the plaintext (boxed: plain connections stay small).
+    tls: Option<Box<ServerTls>>,
 }
 
 impl Connection {
@@ -151,9 +157,35 @@ impl Connection {
             awaiting_proxy: proxy_preamble,
             phase: Phase::Open,
             armed: None,
+            tls: None,
         };
         let timer = c.timer_change(arm);
         (c, timer)
+    }
+
+    /// Like [`Connection::accept`], on a TLS listener: after any PROXY header, the bytes
+    /// are TLS records, and the registration deadline covers the handshake.
+    pub fn accept_tls(
+        now: Instant,
+        peer: IpAddr,
+        proxy_preamble: bool,
+        tls: std::sync::Arc<rustls::ServerConfig>,
+        config: &ConnConfig,
+    ) -> Result<(Self, TimerChange), TlsError> {
+        let tls = Box::new(ServerTls::new(tls)?);
+        let (mut c, timer) = Self::accept(now, peer, proxy_preamble, config);
+        c.tls = Some(tls);
+        Ok((c, timer))
+    }
+
+    /// What the connection's TLS says about the peer, once its handshake is done.
+    pub fn tls_peer(&self) -> Option<&TlsPeer> {
+        self.tls.as_deref().and_then(ServerTls::peer)
+    }
+
+    /// Whether the connection came through a TLS listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// A connection refused at accept because the server is full: its EventError{0, 10}
@@ -244,7 +276,7 @@ impl Connection {
         input: &[u8],
         env: &mut Env<'_>,
         out: &mut impl BufMut,
-        mut each: impl FnMut(&Output),
+        each: impl FnMut(&Output),
     ) -> Progress {
         if self.phase != Phase::Open {
             // Closing: nothing after the closing frame is read or answered.
@@ -267,12 +299,58 @@ impl Connection {
                 Err(_) => return self.close_now(CloseReason::ProxyProtocol),
             }
         }
-        let frames = &input[skip..];
+        let Some(mut tls) = self.tls.take() else {
+            let mut p = self.frames(now, &input[skip..], None, env, out, each);
+            p.consumed += skip;
+            return p;
+        };
+        let (taken, received) = tls.receive(&input[skip..], self.accepted_at, now);
+        let handshake = match received {
+            Ok(h) => h,
+            Err(_) => {
+                // The alert rustls queued goes out; no IXN/1 byte does.
+                tls.flush(out);
+                let failed = tls.peer().is_none().then(|| Handshake {
+                    result: HandshakeResult::Failed,
+                    duration: now.saturating_duration_since(self.accepted_at),
+                });
+                self.tls = Some(tls);
+                let mut p = self.flush_then_close(CloseReason::Tls);
+                p.consumed = input.len();
+                p.handshake = failed;
+                return p;
+            }
+        };
+        let mut answers = Vec::new();
+        let mut p = self.frames(now, tls.plaintext(), tls.peer(), env, &mut answers, each);
+        tls.consume(p.consumed);
+        if p.action == Action::CloseAfterWrite {
+            tls.close_notify();
+        }
+        tls.send(&answers, out);
+        self.tls = Some(tls);
+        p.consumed = skip + taken;
+        p.handshake = handshake;
+        p
+    }
+
+    /// Frames (plaintext) arrived: runs the session over them. `consumed` in the result is
+    /// relative to `frames`.
+    fn frames(
+        &mut self,
+        now: Instant,
+        frames: &[u8],
+        tls: Option<&TlsPeer>,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
+        mut each: impl FnMut(&Output),
+    ) -> Progress {
         let logical_before = self.session.logical_clients() as i64;
         let mut registered = false;
         let mut ctx = Ctx {
             registry: env.registry,
             peer: self.peer,
+            tls,
             now,
             ids: env.ids,
             config: env.config.session,
@@ -287,11 +365,12 @@ impl Connection {
             });
         let logical_delta = self.session.logical_clients() as i64 - logical_before;
         let mut progress = Progress {
-            consumed: skip + fed.consumed,
+            consumed: fed.consumed,
             timer: self.timer_change(fed.timer),
             action: Action::Continue,
             registered,
             logical_delta,
+            handshake: None,
         };
         if fed.close != Close::No {
             let reason = self.session.close_reason().unwrap_or(CloseReason::Peer);
@@ -381,14 +460,31 @@ impl Connection {
             return Progress::NOTHING;
         }
         let was = self.session.state();
-        let mut ctx = Ctx {
-            registry: env.registry,
-            peer: self.peer,
-            now,
-            ids: env.ids,
-            config: env.config.session,
+        let mut tls = self.tls.take();
+        let mut answers = Vec::new();
+        let o = {
+            let mut ctx = Ctx {
+                registry: env.registry,
+                peer: self.peer,
+                tls: tls.as_deref().and_then(ServerTls::peer),
+                now,
+                ids: env.ids,
+                config: env.config.session,
+            };
+            if tls.is_some() {
+                self.session.handle(Input::Drain, &mut ctx, &mut answers)
+            } else {
+                self.session.handle(Input::Drain, &mut ctx, out)
+            }
         };
-        let o = self.session.handle(Input::Drain, &mut ctx, out);
+        if let Some(t) = tls.as_deref_mut() {
+            // The EventError is encrypted; a registered client also gets close_notify.
+            if was == State::Registered {
+                t.close_notify();
+            }
+            t.send(&answers, out);
+        }
+        self.tls = tls;
         each(&o);
         match was {
             State::Registered | State::Rejected => self.flush_then_close(CloseReason::Drain),

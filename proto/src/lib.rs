@@ -10,6 +10,40 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// Declares a label enumeration once: the enum, `ALL`, and for each value its label
+/// (`name`) and dense `index`, so metrics, docs tests and logs all derive from one list.
+macro_rules! label_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $label:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, for pre-registering metric series.
+            pub const ALL: [$name; [$($label),+].len()] = [$(Self::$variant),+];
+
+            /// The label value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $label, )+
+                }
+            }
+
+            /// Position in [`Self::ALL`].
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
 pub mod connection;
 pub mod defaults;
 pub mod protocol;
@@ -17,3 +51,4 @@ pub mod proxy;
 pub mod registry;
 pub mod session;
 pub mod timer_wheel;
+pub mod tls;

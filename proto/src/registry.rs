@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::protocol::{ClientType, ErrorCode};
+use crate::tls::TlsPeer;
 
 /// The registry compiled into the binary, used when no `--registry` is given.
 pub const EMBEDDED_REGISTRY: &str = include_str!("../../config/registry.toml");
@@ -45,6 +46,11 @@ pub struct ClientEntry {
     credential_sha256: Option<[u8; 32]>,
     allow: Vec<IpNet>,
     max_logical_clients: u32,
+    /// The client must connect over TLS (17 otherwise).
+    require_tls: bool,
+    /// Certificate identities (`dns:`, `uri:`, `ip:`, `cn:`), one of which the client's
+    /// verified certificate must carry (4 otherwise); empty: no certificate asked for.
+    tls_identities: Vec<Box<str>>,
 }
 
 impl ClientEntry {
@@ -83,7 +89,14 @@ struct RawClient {
     allow: Option<toml::Spanned<Vec<IpNet>>>,
     #[serde(default)]
     max_logical_clients: Option<u32>,
+    #[serde(default)]
+    require_tls: bool,
+    #[serde(default)]
+    tls_identities: Option<toml::Spanned<Vec<String>>>,
 }
+
+/// The kinds of certificate identity `tls_identities` may name (IXN1.md section 7).
+pub const IDENTITY_KINDS: [&str; 4] = ["dns:", "uri:", "ip:", "cn:"];
 
 fn de_sha256<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
     let s = String::deserialize(d)?;
@@ -153,11 +166,38 @@ impl Registry {
                 }
                 Some(a) => a.into_inner().into_iter().map(|n| n.trunc()).collect(),
             };
+            let tls_identities = match c.tls_identities {
+                None => Vec::new(),
+                Some(ids) => {
+                    let span = ids.span().start;
+                    let ids = ids.into_inner();
+                    if ids.is_empty() {
+                        return Err(invalid(
+                            span,
+                            format!("field `tls_identities` of client {name:?} is empty; omit it to ask for no certificate"),
+                        ));
+                    }
+                    if let Some(bad) = ids.iter().find(|id| {
+                        !IDENTITY_KINDS
+                            .iter()
+                            .any(|k| id.len() > k.len() && id.starts_with(k))
+                    }) {
+                        return Err(invalid(
+                            span,
+                            format!("field `tls_identities` of client {name:?}: {bad:?} must start with dns:, uri:, ip: or cn: and name something"),
+                        ));
+                    }
+                    ids.into_iter().map(String::into_boxed_str).collect()
+                }
+            };
             let entry = ClientEntry {
                 types,
                 credential_sha256: c.credential_sha256,
                 allow,
                 max_logical_clients: c.max_logical_clients.unwrap_or(DEFAULT_MAX_LOGICAL_CLIENTS),
+                // Identities can only come from TLS, so they imply it.
+                require_tls: c.require_tls || !tls_identities.is_empty(),
+                tls_identities,
             };
             if clients
                 .insert(name.clone().into_boxed_str(), entry)
@@ -196,7 +236,8 @@ impl Registry {
     }
 
     /// Validates a registration in the spec's order (IXN1.md section 6): name (2), type
-    /// (3), peer address (5), then credential (4). The address comes before any secret, so
+    /// (3), peer address (5), TLS required (17), then credential and certificate identity
+    /// (4); `tls` is the connection's TLS, if it has one. The address comes before any secret, so
     /// a peer outside an entry's networks learns nothing about its credential. Returns the
     /// entry and the parsed ClientType on success.
     pub fn validate(
@@ -205,6 +246,7 @@ impl Registry {
         client_type: i32,
         credential: Option<&str>,
         peer: IpAddr,
+        tls: Option<&TlsPeer>,
     ) -> Result<(&ClientEntry, ClientType), ErrorCode> {
         let entry = self.clients.get(name).ok_or(ErrorCode::UnknownClient)?;
         let ty = ClientType::from_i32(client_type)
@@ -216,11 +258,20 @@ impl Registry {
                 return Err(ErrorCode::AddressNotAllowed);
             }
         }
+        if entry.require_tls && tls.is_none() {
+            return Err(ErrorCode::TlsRequired);
+        }
         if let Some(want) = &entry.credential_sha256 {
             let given = credential.ok_or(ErrorCode::AuthenticationFailed)?;
             let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
             // Constant time, so response timing never tells how much of a guess was right.
             if !bool::from(digest.ct_eq(want)) {
+                return Err(ErrorCode::AuthenticationFailed);
+            }
+        }
+        if !entry.tls_identities.is_empty() {
+            let presented = tls.map_or(&[][..], |t| &t.identities[..]);
+            if !presented.iter().any(|id| entry.tls_identities.contains(id)) {
                 return Err(ErrorCode::AuthenticationFailed);
             }
         }
@@ -253,28 +304,31 @@ mod tests {
         let r = Registry::embedded();
         // Unknown name wins over everything else being wrong too.
         assert_eq!(
-            r.validate("nobody", 99, None, LOOP).err(),
+            r.validate("nobody", 99, None, LOOP, None).err(),
             Some(ErrorCode::UnknownClient)
         );
         // Type is checked before the missing credential.
         assert_eq!(
-            r.validate("AgentDesktop", 1, None, LOOP).err(),
+            r.validate("AgentDesktop", 1, None, LOOP, None).err(),
             Some(ErrorCode::ClientTypeNotAllowed)
         );
         assert_eq!(
-            r.validate("AgentDesktop", 0, None, LOOP).err(),
+            r.validate("AgentDesktop", 0, None, LOOP, None).err(),
             Some(ErrorCode::ClientTypeNotAllowed),
             "undefined ClientType"
         );
         assert_eq!(
-            r.validate("AgentDesktop", 2, None, LOOP).err(),
+            r.validate("AgentDesktop", 2, None, LOOP, None).err(),
             Some(ErrorCode::AuthenticationFailed)
         );
         assert_eq!(
-            r.validate("AgentDesktop", 2, Some("s3creT"), LOOP).err(),
+            r.validate("AgentDesktop", 2, Some("s3creT"), LOOP, None)
+                .err(),
             Some(ErrorCode::AuthenticationFailed)
         );
-        assert!(r.validate("AgentDesktop", 2, Some("s3cret"), LOOP).is_ok());
+        assert!(r
+            .validate("AgentDesktop", 2, Some("s3cret"), LOOP, None)
+            .is_ok());
         // The address before the credential: outside the entry's networks, a wrong and a
         // right credential get the same answer (no oracle).
         let dir = r#"
@@ -287,35 +341,51 @@ allow = ["10.0.0.0/8"]
         let locked = Registry::parse(dir, "t").unwrap();
         for cred in [None, Some("wrong"), Some("secret")] {
             assert_eq!(
-                locked.validate("Locked", 1, cred, LOOP).err(),
+                locked.validate("Locked", 1, cred, LOOP, None).err(),
                 Some(ErrorCode::AddressNotAllowed),
                 "{cred:?}"
             );
         }
         let inside = "10.9.9.9".parse().unwrap();
         assert_eq!(
-            locked.validate("Locked", 1, Some("wrong"), inside).err(),
+            locked
+                .validate("Locked", 1, Some("wrong"), inside, None)
+                .err(),
             Some(ErrorCode::AuthenticationFailed)
         );
-        assert!(locked.validate("Locked", 1, Some("secret"), inside).is_ok());
+        assert!(locked
+            .validate("Locked", 1, Some("secret"), inside, None)
+            .is_ok());
         // Address checks on entries without a credential.
         assert_eq!(
-            r.validate("Reporting_dc", 5, None, LOOP).err(),
+            r.validate("Reporting_dc", 5, None, LOOP, None).err(),
             Some(ErrorCode::AddressNotAllowed)
         );
         assert!(r
-            .validate("Reporting_dc", 5, None, "10.1.2.3".parse().unwrap())
+            .validate("Reporting_dc", 5, None, "10.1.2.3".parse().unwrap(), None)
             .is_ok());
         // IPv4-mapped IPv6 peers match IPv4 networks.
         assert!(r
-            .validate("Router_local", 4, None, "::ffff:127.0.0.9".parse().unwrap())
+            .validate(
+                "Router_local",
+                4,
+                None,
+                "::ffff:127.0.0.9".parse().unwrap(),
+                None
+            )
             .is_ok());
         assert!(r
-            .validate("Router_local", 5, None, "::1".parse().unwrap())
+            .validate("Router_local", 5, None, "::1".parse().unwrap(), None)
             .is_ok());
         assert_eq!(
-            r.validate("Router_local", 5, None, "192.168.1.1".parse().unwrap())
-                .err(),
+            r.validate(
+                "Router_local",
+                5,
+                None,
+                "192.168.1.1".parse().unwrap(),
+                None
+            )
+            .err(),
             Some(ErrorCode::AddressNotAllowed)
         );
     }
@@ -324,7 +394,7 @@ allow = ["10.0.0.0/8"]
     fn credential_is_ignored_when_not_required() {
         let r = Registry::embedded();
         assert!(r
-            .validate("MediaServer_email", 1, Some("anything"), LOOP)
+            .validate("MediaServer_email", 1, Some("anything"), LOOP, None)
             .is_ok());
     }
 
@@ -379,6 +449,82 @@ allow = ["10.0.0.0/8"]
             let (line, msg) = err_of(empty);
             assert_eq!(line, 1);
             assert!(msg.contains("[[client]]"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn tls_is_checked_after_the_address_and_identities_with_the_credential() {
+        let r = Registry::parse(
+            r#"
+[[client]]
+name = "Tls"
+types = ["MediaServer"]
+allow = ["127.0.0.0/8"]
+require_tls = true
+credential_sha256 = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0"
+
+[[client]]
+name = "Ident"
+types = ["MediaServer"]
+tls_identities = ["dns:media1.example.com", "cn:Media One"]
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let tls = |ids: &[&str]| TlsPeer {
+            version: "TLSv1.3",
+            identities: ids.iter().map(|s| (*s).into()).collect(),
+        };
+        let outside: IpAddr = "10.0.0.1".parse().unwrap();
+        // The address (5) before TLS (17), TLS before the credential (4).
+        assert_eq!(
+            r.validate("Tls", 1, None, outside, None).err(),
+            Some(ErrorCode::AddressNotAllowed)
+        );
+        assert_eq!(
+            r.validate("Tls", 1, Some("wrong"), LOOP, None).err(),
+            Some(ErrorCode::TlsRequired)
+        );
+        let anon = tls(&[]);
+        assert_eq!(
+            r.validate("Tls", 1, Some("wrong"), LOOP, Some(&anon)).err(),
+            Some(ErrorCode::AuthenticationFailed)
+        );
+        assert!(r
+            .validate("Tls", 1, Some("s3cret"), LOOP, Some(&anon))
+            .is_ok());
+        // Identities imply TLS; a match on any one identity; SAN DNS is not the CN.
+        assert_eq!(
+            r.validate("Ident", 1, None, LOOP, None).err(),
+            Some(ErrorCode::TlsRequired)
+        );
+        for (ids, ok) in [
+            (&["dns:media1.example.com"][..], true),
+            (&["dns:other.example.com", "cn:Media One"][..], true),
+            (&["cn:media1.example.com"][..], false),
+            (&[][..], false),
+        ] {
+            let peer = tls(ids);
+            assert_eq!(
+                r.validate("Ident", 1, None, LOOP, Some(&peer)).is_ok(),
+                ok,
+                "{ids:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_tls_identities_are_refused_with_their_line() {
+        for (value, needle) in [
+            ("[]", "is empty"),
+            (r#"["media1.example.com"]"#, "must start with dns:"),
+            (r#"["dns:"]"#, "must start with dns:"),
+        ] {
+            let text = format!(
+                "[[client]]\nname = \"X\"\ntypes = [\"MediaServer\"]\ntls_identities = {value}\n"
+            );
+            let e = Registry::parse(&text, "r.toml").unwrap_err().to_string();
+            assert!(e.starts_with("r.toml:4:") && e.contains(needle), "{e}");
         }
     }
 }

@@ -74,40 +74,6 @@ pub enum TimerKind {
     ErrorDisconnect,
 }
 
-/// Declares a label enumeration once: the enum, `ALL`, and for each value its label
-/// (`name`) and dense `index`, so metrics, docs tests and logs all derive from one list.
-macro_rules! label_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident => $label:literal, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant, )+
-        }
-
-        impl $name {
-            /// Every value, for pre-registering metric series.
-            pub const ALL: [$name; [$($label),+].len()] = [$(Self::$variant),+];
-
-            /// The label value.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $( Self::$variant => $label, )+
-                }
-            }
-
-            /// Position in [`Self::ALL`].
-            pub fn index(self) -> usize {
-                self as usize
-            }
-        }
-    };
-}
-
 label_enum! {
     /// Every per-connection deadline the runtime serves from its timer wheel; the label of
     /// `ixn_timer_expired_total{timer}`.
@@ -196,6 +162,8 @@ label_enum! {
         ProxyProtocol => "proxy_protocol",
         /// Registered, and a begun frame did not complete within `frame_timeout`.
         FrameTimeout => "frame_timeout",
+        /// A TLS handshake or record was refused (the alert is sent, no IXN/1 byte).
+        Tls => "tls_error",
     }
 }
 
@@ -320,6 +288,9 @@ pub struct Ctx<'a> {
     pub registry: &'a Registry,
     /// The peer's address (after any PROXY header), checked against `allow` lists.
     pub peer: IpAddr,
+    /// The connection's TLS once its handshake is done, checked against `require_tls`
+    /// and `tls_identities`; `None` on plain TCP.
+    pub tls: Option<&'a crate::tls::TlsPeer>,
     /// The current time.
     pub now: Instant,
     /// Source of ProxyClientIds.
@@ -531,10 +502,13 @@ impl Session {
         ctx: &mut Ctx<'_>,
         out: &mut impl BufMut,
     ) -> Output {
-        match ctx
-            .registry
-            .validate(req.client_name, req.client_type, req.credential, ctx.peer)
-        {
+        match ctx.registry.validate(
+            req.client_name,
+            req.client_type,
+            req.credential,
+            ctx.peer,
+            ctx.tls,
+        ) {
             Ok((entry, ty)) => {
                 let Some(id) = ctx.ids.next_id() else {
                     // Every id of this worker is held by a live client.
@@ -580,7 +554,13 @@ impl Session {
             Err(ErrorCode::AlreadyRegistered)
         } else {
             ctx.registry
-                .validate(req.client_name, req.client_type, req.credential, ctx.peer)
+                .validate(
+                    req.client_name,
+                    req.client_type,
+                    req.credential,
+                    ctx.peer,
+                    ctx.tls,
+                )
                 .map(|_| ())
                 .and_then(|()| {
                     if self.logical_clients() as u64 >= u64::from(self.max_logical) {

@@ -60,6 +60,7 @@ impl H {
         let mut ctx = Ctx {
             registry: &self.reg,
             peer: self.peer,
+            tls: None,
             now: self.now,
             ids: &mut self.ids,
             config: cfg(),
@@ -76,6 +77,7 @@ impl H {
         let mut ctx = Ctx {
             registry: &self.reg,
             peer: self.peer,
+            tls: None,
             now: self.now,
             ids: &mut self.ids,
             config: cfg(),
