@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
     let mut n = 0u32;
     g.bench_function("per_registration", |b| {
         b.iter(|| {
-            m.accepted();
+            m.accepted(ixn_proto::tls::ListenerKind::Plain);
             m.bytes_in(44);
             m.output(&ack);
             m.bytes_out(26);

@@ -48,6 +48,8 @@ pub mod defaults {
     pub const SOCKET_SEND_BUFFER: usize = 65_536;
     /// `--metrics-max-connections`.
     pub const METRICS_MAX_CONNECTIONS: usize = 64;
+    /// `--tls-require-client-cert`.
+    pub const TLS_REQUIRE_CLIENT_CERT: bool = false;
 }
 
 /// A duration written as `250ms`, `5s`, `1m` (humantime syntax).
@@ -145,6 +147,38 @@ pub struct Args {
     )]
     #[serde(default)]
     pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+    /// TLS client listener (TLS 1.3 and 1.2), repeatable; needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "IXN_TLS_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Client listener with a PROXY header, then TLS (HAProxy TCP passthrough with
+    /// send-proxy-v2), repeatable.
+    #[arg(
+        long,
+        env = "IXN_PROXY_TLS_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub proxy_tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners (reloaded on SIGHUP).
+    #[arg(long, env = "IXN_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1: RSA, ECDSA or Ed25519; reloaded on SIGHUP).
+    #[arg(long, env = "IXN_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: client certificates that are offered must verify against it
+    /// (reloaded on SIGHUP).
+    #[arg(long, env = "IXN_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse a TLS handshake without a verified client certificate [default: false].
+    #[arg(long, env = "IXN_TLS_REQUIRE_CLIENT_CERT", value_name = "BOOL")]
+    pub tls_require_client_cert: Option<bool>,
     /// Worker threads, one io_uring event loop each [default: number of CPUs].
     #[arg(long, env = "IXN_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -263,6 +297,12 @@ pub struct Config {
     pub proxy_listen: Vec<SocketAddr>,
     /// Peers trusted to send PROXY headers.
     pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+    /// TLS client listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PROXY header, then TLS.
+    pub proxy_tls_listen: Vec<SocketAddr>,
+    /// Certificate, key and client-certificate settings of the TLS listeners.
+    pub tls: crate::tls::TlsFiles,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -314,6 +354,12 @@ impl Args {
             listen,
             proxy_listen,
             proxy_protocol_trusted,
+            tls_listen,
+            proxy_tls_listen,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_require_client_cert,
             workers,
             registry,
             registration_timeout,
@@ -348,6 +394,12 @@ impl Args {
             listen: list(self.listen, listen),
             proxy_listen: list(self.proxy_listen, proxy_listen),
             proxy_protocol_trusted: list(self.proxy_protocol_trusted, proxy_protocol_trusted),
+            tls_listen: list(self.tls_listen, tls_listen),
+            proxy_tls_listen: list(self.proxy_tls_listen, proxy_tls_listen),
+            tls_cert: self.tls_cert.or(tls_cert),
+            tls_key: self.tls_key.or(tls_key),
+            tls_client_ca: self.tls_client_ca.or(tls_client_ca),
+            tls_require_client_cert: self.tls_require_client_cert.or(tls_require_client_cert),
             workers: self.workers.or(workers),
             registry: self.registry.or(registry),
             registration_timeout: self.registration_timeout.or(registration_timeout),
@@ -386,12 +438,26 @@ impl Args {
         use defaults as def;
         let d = |v: Option<Dur>, default: Duration| v.map_or(default, |d| d.0);
         let cfg = Config {
-            listen: if args.listen.is_empty() && args.proxy_listen.is_empty() {
+            listen: if args.listen.is_empty()
+                && args.proxy_listen.is_empty()
+                && args.tls_listen.is_empty()
+                && args.proxy_tls_listen.is_empty()
+            {
                 vec![def::LISTEN]
             } else {
                 args.listen
             },
             proxy_listen: args.proxy_listen,
+            tls_listen: args.tls_listen,
+            proxy_tls_listen: args.proxy_tls_listen,
+            tls: crate::tls::TlsFiles {
+                cert: args.tls_cert,
+                key: args.tls_key,
+                client_ca: args.tls_client_ca,
+                require_client_cert: args
+                    .tls_require_client_cert
+                    .unwrap_or(def::TLS_REQUIRE_CLIENT_CERT),
+            },
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
                 def::PROXY_PROTOCOL_TRUSTED
                     .iter()
@@ -539,6 +605,13 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1".into());
+        }
+        let tls_listeners = !self.tls_listen.is_empty() || !self.proxy_tls_listen.is_empty();
+        if tls_listeners && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+            return bad("--tls-listen and --proxy-tls-listen need --tls-cert and --tls-key".into());
+        }
+        if self.tls.require_client_cert && self.tls.client_ca.is_none() {
+            return bad("--tls-require-client-cert true needs --tls-client-ca".into());
         }
         if self.backlog == 0 {
             return bad("--backlog must be at least 1".into());

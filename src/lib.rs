@@ -8,5 +8,6 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod tls;
 
 pub use ixn_proto::{connection, protocol, proxy, registry, session, timer_wheel};

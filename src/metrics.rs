@@ -15,9 +15,14 @@ use metrics::{
 
 use crate::protocol::ErrorCode;
 use crate::session::{Answer, CloseReason, Output, Timer};
+use ixn_proto::tls::{Handshake, HandshakeResult, ListenerKind};
 
-/// `ixn_connections_accepted_total`
+/// `ixn_connections_accepted_total{listener}`
 pub const ACCEPTED: &str = "ixn_connections_accepted_total";
+/// `ixn_tls_handshakes_total{result}`
+pub const TLS_HANDSHAKES: &str = "ixn_tls_handshakes_total";
+/// `ixn_tls_handshake_duration_seconds`: from TCP accept to the handshake's end.
+pub const TLS_HANDSHAKE_DURATION: &str = "ixn_tls_handshake_duration_seconds";
 /// `ixn_connections_active`
 pub const ACTIVE: &str = "ixn_connections_active";
 /// `ixn_connections_closed_total{reason}`
@@ -65,7 +70,19 @@ const RESULTS: usize = 1 + ErrorCode::ALL.len();
 
 /// Describes every metric so it carries HELP and TYPE from the first scrape.
 pub fn describe() {
-    describe_counter!(ACCEPTED, "Client connections accepted.");
+    describe_counter!(
+        ACCEPTED,
+        "Client connections accepted, by listener kind (plain, tls, proxy, proxy_tls)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes ended, by result (full, resumed, failed)."
+    );
+    describe_histogram!(
+        TLS_HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "From TCP accept to the end of the TLS handshake."
+    );
     describe_gauge!(ACTIVE, "Client connections open now.");
     describe_counter!(CLOSED, "Client connections closed, by reason.");
     describe_counter!(
@@ -168,7 +185,9 @@ impl LocalGauge {
 /// One worker's metric handles and its unflushed counts.
 #[derive(Debug)]
 pub struct WorkerMetrics {
-    accepted: Local,
+    accepted: Vec<Local>,
+    handshakes: Vec<Local>,
+    handshake_duration: Histogram,
     active: LocalGauge,
     registered: LocalGauge,
     logical: LocalGauge,
@@ -212,7 +231,15 @@ impl WorkerMetrics {
             .map(|t| Local::new(counter!(TIMER_EXPIRED, "timer" => t.name())))
             .collect();
         Self {
-            accepted: Local::new(counter!(ACCEPTED)),
+            accepted: ListenerKind::ALL
+                .iter()
+                .map(|k| Local::new(counter!(ACCEPTED, "listener" => k.name())))
+                .collect(),
+            handshakes: HandshakeResult::ALL
+                .iter()
+                .map(|r| Local::new(counter!(TLS_HANDSHAKES, "result" => r.name())))
+                .collect(),
+            handshake_duration: histogram!(TLS_HANDSHAKE_DURATION),
             active: LocalGauge::new(gauge!(ACTIVE)),
             registered: LocalGauge::new(gauge!(REGISTERED)),
             logical: LocalGauge::new(gauge!(LOGICAL)),
@@ -232,9 +259,15 @@ impl WorkerMetrics {
 
     /// A connection was accepted (and counts as active until [`Self::closed`]).
     #[inline]
-    pub fn accepted(&self) {
-        self.accepted.add(1);
+    pub fn accepted(&self, kind: ListenerKind) {
+        self.accepted[kind.index()].add(1);
         self.active.add(1);
+    }
+
+    /// A TLS handshake ended.
+    pub fn handshake(&self, h: Handshake) {
+        self.handshakes[h.result.index()].add(1);
+        self.handshake_duration.record(h.duration.as_secs_f64());
     }
 
     /// A connection closed.
@@ -251,13 +284,13 @@ impl WorkerMetrics {
     /// A connection refused at accept (counted as accepted and closed, never active).
     /// A peer refused on a PROXY listener because it is not a trusted balancer (never in
     /// `active`).
-    pub fn refused_untrusted(&self) {
-        self.accepted.add(1);
+    pub fn refused_untrusted(&self, kind: ListenerKind) {
+        self.accepted[kind.index()].add(1);
         self.closed[CloseReason::ProxyProtocol.index()].add(1);
     }
 
-    pub fn overloaded(&self) {
-        self.accepted.add(1);
+    pub fn overloaded(&self, kind: ListenerKind) {
+        self.accepted[kind.index()].add(1);
         self.closed[CloseReason::Overload.index()].add(1);
         self.errors_sent[ErrorCode::ServerOverloaded.index()].add(1);
     }
@@ -338,7 +371,12 @@ impl WorkerMetrics {
 
     /// Adds everything counted since the last flush to the shared series.
     pub fn flush(&self) {
-        self.accepted.flush();
+        for a in &self.accepted {
+            a.flush();
+        }
+        for h in &self.handshakes {
+            h.flush();
+        }
         self.active.flush();
         self.registered.flush();
         self.logical.flush();

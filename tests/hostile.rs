@@ -231,7 +231,7 @@ fn five_thousand_connections_opened_and_reset_at_once() {
     drop(conns);
     still_serves(&s, base);
     assert_eq!(
-        s.wait_metric("ixn_connections_accepted_total", 5001.0),
+        s.wait_metric("ixn_connections_accepted_total{listener=\"plain\"}", 5001.0),
         5001.0,
         "5,000 and the check"
     );

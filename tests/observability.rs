@@ -78,7 +78,9 @@ fn known_scenario_exact_counters_and_real_prometheus_scrape() {
     let (status, text) = s.http_get("/metrics");
     assert_eq!(status, 200);
     for series in [
-        "ixn_connections_accepted_total 0",
+        "ixn_connections_accepted_total{listener=\"plain\"} 0",
+        "ixn_connections_accepted_total{listener=\"tls\"} 0",
+        "ixn_tls_handshakes_total{result=\"failed\"} 0",
         "ixn_connections_active 0",
         "ixn_connections_closed_total{reason=\"peer\"} 0",
         "ixn_registrations_total{result=\"ok\"} 0",
@@ -101,7 +103,7 @@ fn known_scenario_exact_counters_and_real_prometheus_scrape() {
     let text = s.http_get("/metrics").1;
     let m = |series: &str| metric_in(&text, series);
     let expect = [
-        ("ixn_connections_accepted_total", 20.0),
+        ("ixn_connections_accepted_total{listener=\"plain\"}", 20.0),
         ("ixn_connections_active", 0.0),
         ("ixn_clients_registered", 0.0),
         ("ixn_connections_closed_total{reason=\"unregister\"}", 5.0),

@@ -324,10 +324,12 @@ impl Connection {
         let mut answers = Vec::new();
         let mut p = self.frames(now, tls.plaintext(), tls.peer(), env, &mut answers, each);
         tls.consume(p.consumed);
-        if p.action == Action::CloseAfterWrite {
-            tls.close_notify();
-        }
         tls.send(&answers, out);
+        if p.action == Action::CloseAfterWrite {
+            // After the last answers: rustls drops plaintext written after close_notify.
+            tls.close_notify();
+            tls.flush(out);
+        }
         self.tls = Some(tls);
         p.consumed = skip + taken;
         p.handshake = handshake;
@@ -479,10 +481,11 @@ impl Connection {
         };
         if let Some(t) = tls.as_deref_mut() {
             // The EventError is encrypted; a registered client also gets close_notify.
+            t.send(&answers, out);
             if was == State::Registered {
                 t.close_notify();
+                t.flush(out);
             }
-            t.send(&answers, out);
         }
         self.tls = tls;
         each(&o);

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use ixn_proto::tls::ListenerKind;
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
 use crate::config::{Config, RingSetup};
@@ -39,6 +40,31 @@ pub struct Shared {
     pub max_clients: AtomicUsize,
     /// Listening workers and the drain flag, which the HTTP endpoint reports.
     pub health: Arc<Health>,
+    /// The TLS listeners' config (certificate, key, client CAs); replaced whole on
+    /// reload. `None` without `--tls-cert`.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+}
+
+impl Shared {
+    /// A new connection's core, by listener kind: a TLS listener's gets the TLS config in
+    /// force now (so a reload applies to new connections only). `None` if there is none.
+    pub fn open(
+        &self,
+        now: Instant,
+        peer: std::net::IpAddr,
+        kind: ListenerKind,
+        cfg: &ixn_proto::connection::ConnConfig,
+    ) -> Option<(
+        ixn_proto::connection::Connection,
+        ixn_proto::connection::TimerChange,
+    )> {
+        use ixn_proto::connection::Connection;
+        if !kind.tls() {
+            return Some(Connection::accept(now, peer, kind.proxy(), cfg));
+        }
+        let tls = self.tls.load_full()?;
+        Connection::accept_tls(now, peer, kind.proxy(), tls, cfg).ok()
+    }
 }
 
 /// What to do with a connection just accepted; decided the same way by every engine.
@@ -94,6 +120,9 @@ pub enum StartError {
     /// Metrics recorder or endpoint.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// A TLS certificate, key or CA file.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
     /// Thread creation or signal set-up.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -189,20 +218,24 @@ fn listener(addr: SocketAddr, config: &Config) -> std::io::Result<std::net::TcpL
 }
 
 /// One worker's listening socket and whether it requires a PROXY header.
-type Listener = (std::net::TcpListener, bool);
+type Listener = (std::net::TcpListener, ListenerKind);
 /// Every worker's listeners, and the addresses bound (with their PROXY flag).
-type Bound = (Vec<Vec<Listener>>, Vec<(SocketAddr, bool)>);
+type Bound = (Vec<Vec<Listener>>, Vec<(SocketAddr, ListenerKind)>);
 
 /// Binds every listener for every worker; port 0 is resolved once and shared. Returns the
 /// bound addresses, the PROXY-protocol ones last.
 fn bind_all(config: &Config) -> Result<Bound, StartError> {
     let mut per_worker: Vec<Vec<Listener>> = (0..config.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    let all = config
-        .listen
-        .iter()
-        .map(|a| (*a, false))
-        .chain(config.proxy_listen.iter().map(|a| (*a, true)));
+    let kinds = [
+        (&config.listen, ListenerKind::Plain),
+        (&config.proxy_listen, ListenerKind::Proxy),
+        (&config.tls_listen, ListenerKind::Tls),
+        (&config.proxy_tls_listen, ListenerKind::ProxyTls),
+    ];
+    let all = kinds
+        .into_iter()
+        .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, kind)));
     for (addr, proxy) in all {
         let first = listener(addr, config).map_err(|source| StartError::Bind { addr, source })?;
         let actual = first.local_addr()?;
@@ -268,6 +301,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let (ring_setup, features) = probe_io_uring(config.ring_setup)?;
     config.ring_setup = ring_setup;
     config.io_engine = choose_engine(config.io_engine)?;
+    let tls = config.tls.load()?;
     let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
@@ -277,6 +311,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         config,
         registry: ArcSwap::from_pointee(registry),
         active: AtomicUsize::new(0),
+        tls: ArcSwapOption::new(tls),
     });
     let metrics_addr =
         crate::http::spawn(shared.config.metrics_listen, handle, shared.health.clone()).map_err(
@@ -323,6 +358,12 @@ fn install_metrics(
             b.set_buckets_for_metric(
                 Matcher::Full(crate::metrics::BULK_DROP.into()),
                 crate::metrics::BULK_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(crate::metrics::TLS_HANDSHAKE_DURATION.into()),
+                crate::metrics::DURATION_BUCKETS,
             )
         })
         .map_err(|e| StartError::Metrics(e.to_string()))?
@@ -413,7 +454,7 @@ fn share_descriptors(shared: &Shared, limit: usize) {
 fn log_started(
     shared: &Shared,
     features: &str,
-    bound: &[(SocketAddr, bool)],
+    bound: &[(SocketAddr, ListenerKind)],
     metrics_addr: SocketAddr,
 ) {
     let config = &shared.config;
@@ -429,14 +470,18 @@ fn log_started(
         "ixn-server {} started",
         env!("CARGO_PKG_VERSION")
     );
-    for (a, proxy) in bound {
-        if *proxy {
-            tracing::info!(
+    for (a, kind) in bound {
+        match kind {
+            ListenerKind::Plain => tracing::info!("listening on {a}"),
+            ListenerKind::Tls => tracing::info!("listening with TLS on {a}"),
+            ListenerKind::Proxy => tracing::info!(
                 trusted = ?config.proxy_protocol_trusted,
                 "listening with PROXY protocol on {a}"
-            );
-        } else {
-            tracing::info!("listening on {a}");
+            ),
+            ListenerKind::ProxyTls => tracing::info!(
+                trusted = ?config.proxy_protocol_trusted,
+                "listening with PROXY protocol and TLS on {a}"
+            ),
         }
     }
     tracing::info!("metrics on {metrics_addr}");
@@ -544,6 +589,7 @@ impl FdBudget {
 }
 
 fn reload(shared: &Shared) {
+    reload_tls(shared);
     let Some(path) = &shared.config.registry else {
         tracing::info!("SIGHUP: the embedded registry is in use; nothing to reload");
         return;
@@ -560,5 +606,20 @@ fn reload(shared: &Shared) {
             metrics::counter!(crate::metrics::REGISTRY_RELOADS, "result" => "error").increment(1);
             tracing::error!("registry reload refused, keeping the old one: {e}");
         }
+    }
+}
+
+/// Re-reads the TLS files: new connections use the new config, live ones keep theirs; a
+/// file that fails keeps the old config.
+fn reload_tls(shared: &Shared) {
+    if shared.config.tls.cert.is_none() {
+        return;
+    }
+    match shared.config.tls.load() {
+        Ok(tls) => {
+            shared.tls.store(tls);
+            tracing::info!("TLS certificate, key and client CAs reloaded");
+        }
+        Err(e) => tracing::error!("TLS reload refused, keeping the old config: {e}"),
     }
 }

@@ -56,6 +56,7 @@ use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
 use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Progress, TimerChange};
+use ixn_proto::tls::ListenerKind;
 
 /// Provided buffers per worker.
 const BUFS: u16 = 1024;
@@ -196,7 +197,7 @@ struct Worker {
     conns: Slab<Conn>,
     generation: u32,
     metrics: WorkerMetrics,
-    listeners: Vec<(TcpListener, bool)>,
+    listeners: Vec<(TcpListener, ListenerKind)>,
     refusing: usize,
     /// Listeners whose accept stopped for lack of descriptors, re-armed at the next tick.
     accept_paused: Vec<usize>,
@@ -266,7 +267,7 @@ pub fn probe() -> Result<(), String> {
 /// Entry point of a worker thread on engine v2.
 pub(super) fn thread_main(
     index: usize,
-    listeners: Vec<(TcpListener, bool)>,
+    listeners: Vec<(TcpListener, ListenerKind)>,
     shared: Arc<Shared>,
     core: Option<core_affinity::CoreId>,
 ) {
@@ -505,7 +506,7 @@ impl Worker {
         }
     }
 
-    fn accepted(&mut self, fd: RawFd, proxy: bool) {
+    fn accepted(&mut self, fd: RawFd, kind: ListenerKind) {
         super::debug::maybe_panic("accept");
         let peer = with_sock(fd, |s| s.peer_addr())
             .ok()
@@ -515,16 +516,25 @@ impl Worker {
             return;
         };
         let now = self.now;
-        match self.shared.admit(peer, proxy) {
+        match self.shared.admit(peer, kind.proxy()) {
             super::Admission::Untrusted => {
                 tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
-                self.metrics.refused_untrusted();
+                self.metrics.refused_untrusted(kind);
                 self.close_fd(fd);
             }
-            super::Admission::Full(_) => self.refuse(fd, peer, now),
+            super::Admission::Full(_) if kind.tls() => {
+                // EventError 10 cannot go out before a handshake: closed without a byte.
+                self.metrics.overloaded(kind);
+                self.close_fd(fd);
+            }
+            super::Admission::Full(_) => self.refuse(fd, peer, now, kind),
             super::Admission::Admitted => {
-                self.metrics.accepted();
-                let (conn, t) = Connection::accept(now, peer.ip(), proxy, &self.cfg);
+                let Some((conn, t)) = self.shared.open(now, peer.ip(), kind, &self.cfg) else {
+                    self.metrics.accept_error();
+                    self.close_fd(fd);
+                    return;
+                };
+                self.metrics.accepted(kind);
                 let i = self.insert(conn, fd, true);
                 self.apply_timer(i, t);
                 self.arm_recv(i);
@@ -534,8 +544,8 @@ impl Worker {
 
     /// Over the limit: EventError 10, closed once written (lingering refusals are capped
     /// as in engine v1; beyond the cap it is sent and the socket closed).
-    fn refuse(&mut self, fd: RawFd, peer: std::net::SocketAddr, now: Instant) {
-        self.metrics.overloaded();
+    fn refuse(&mut self, fd: RawFd, peer: std::net::SocketAddr, now: Instant, kind: ListenerKind) {
+        self.metrics.overloaded(kind);
         let mut out = Vec::with_capacity(64);
         let (conn, p) = Connection::refuse(now, peer.ip(), &self.cfg, &mut out);
         if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
@@ -669,6 +679,9 @@ impl Worker {
         }
         c.later = answers;
         self.metrics.logical_delta(p.logical_delta);
+        if let Some(h) = p.handshake {
+            self.metrics.handshake(h);
+        }
         if p.registered {
             self.metrics
                 .registration_duration(now.saturating_duration_since(c.conn.accepted_at()));

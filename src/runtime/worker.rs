@@ -55,7 +55,8 @@ use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_event_error, ErrorCode};
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::TimerWheel;
-use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Progress, TimerChange};
+use ixn_proto::connection::{Action, ConnConfig, Env, Progress, TimerChange};
+use ixn_proto::tls::ListenerKind;
 
 /// Initial (and idle) read buffer per connection.
 pub const READ_BUF: usize = 128;
@@ -99,7 +100,7 @@ struct Worker {
 /// Entry point of a worker thread.
 pub(super) fn thread_main(
     index: usize,
-    listeners: Vec<(std::net::TcpListener, bool)>,
+    listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     shared: Arc<Shared>,
     core: Option<core_affinity::CoreId>,
 ) {
@@ -122,7 +123,11 @@ pub(super) fn thread_main(
     rt.block_on(run(index, listeners, shared));
 }
 
-async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared: Arc<Shared>) {
+async fn run(
+    index: usize,
+    listeners: Vec<(std::net::TcpListener, ListenerKind)>,
+    shared: Arc<Shared>,
+) {
     let origin = Instant::now();
     let tick = shared.config.timer_tick;
     let mut overload = Vec::new();
@@ -148,12 +153,12 @@ async fn run(index: usize, listeners: Vec<(std::net::TcpListener, bool)>, shared
     });
     // Duplicates of the listening sockets: shutting one down wakes the pending accept.
     let mut stoppers = Vec::new();
-    for (l, proxy) in listeners {
+    for (l, kind) in listeners {
         match l.try_clone() {
             Ok(dup) => stoppers.push(dup),
             Err(e) => tracing::warn!("cannot duplicate a listener: {e}"),
         }
-        tokio_uring::spawn(accept_loop(w.clone(), l, proxy));
+        tokio_uring::spawn(accept_loop(w.clone(), l, kind));
     }
     w.shared.health.listening.fetch_add(1, Ordering::AcqRel);
 
@@ -197,7 +202,7 @@ const ACCEPT_BATCH: usize = 64;
 /// epoll reactor, which the tokio-uring runtime also runs): one syscall per connection,
 /// whole backlogs per wake-up, and no allocation. tokio-uring's accept allocates per call
 /// and has no multishot form.
-async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener, proxy: bool) {
+async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener, kind: ListenerKind) {
     // SAFETY: the AsyncFd owns the `std::net::TcpListener`, whose descriptor is open from
     // here until that listener is dropped with the AsyncFd, and never changes.
     let registered = unsafe {
@@ -225,7 +230,7 @@ async fn accept_loop(w: Rc<Worker>, listener: std::net::TcpListener, proxy: bool
                 Ok((s, peer)) => {
                     backoff = Duration::from_millis(5);
                     super::debug::maybe_panic("accept");
-                    w.admit(TcpStream::from_std(s), peer, proxy, &mut last_warn);
+                    w.admit(TcpStream::from_std(s), peer, kind, &mut last_warn);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
@@ -263,25 +268,33 @@ impl Worker {
         self: &Rc<Self>,
         stream: TcpStream,
         peer: std::net::SocketAddr,
-        proxy: bool,
+        kind: ListenerKind,
         last_warn: &mut Option<Instant>,
     ) {
         let w = self;
-        match w.shared.admit(peer, proxy) {
+        match w.shared.admit(peer, kind.proxy()) {
             super::Admission::Untrusted => {
                 tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
-                w.metrics.refused_untrusted();
+                w.metrics.refused_untrusted(kind);
+                return;
+            }
+            super::Admission::Full(_) if kind.tls() => {
+                // EventError 10 cannot go out before a handshake: closed without a byte.
+                w.metrics.overloaded(kind);
                 return;
             }
             super::Admission::Full(limit) => {
-                w.refuse_over_limit(stream, limit, last_warn);
+                w.refuse_over_limit(stream, limit, kind, last_warn);
                 return;
             }
             super::Admission::Admitted => {}
         }
-        w.metrics.accepted();
         let now = Instant::now();
-        let (conn, arm) = Connection::accept(now, peer.ip(), proxy, &w.cfg);
+        let Some((conn, arm)) = w.shared.open(now, peer.ip(), kind, &w.cfg) else {
+            w.metrics.accept_error();
+            return;
+        };
+        w.metrics.accepted(kind);
         let mut conns = w.conns.borrow_mut();
         let h = conns.insert(conn, stream.as_raw_fd());
         if let Some(c) = conns.get_mut(h) {
@@ -310,9 +323,10 @@ impl Worker {
         self: &Rc<Self>,
         stream: TcpStream,
         limit: usize,
+        kind: ListenerKind,
         last_warn: &mut Option<Instant>,
     ) {
-        self.metrics.overloaded();
+        self.metrics.overloaded(kind);
         if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             tracing::warn!(
                 limit,
@@ -622,6 +636,9 @@ impl Worker {
             tracing::debug!(%peer, "refused: missing or invalid PROXY protocol header");
         }
         self.metrics.logical_delta(p.logical_delta);
+        if let Some(h) = p.handshake {
+            self.metrics.handshake(h);
+        }
         apply_timer(&mut self.wheel.borrow_mut(), c, h, p.timer);
         Step::from_progress(&p)
     }

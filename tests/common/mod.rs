@@ -17,6 +17,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The PROXY-protocol listener, when `--proxy-listen` was given.
     pub proxy_addr: Option<SocketAddr>,
+    /// The TLS listener, when `--tls-listen` was given.
+    pub tls_addr: Option<SocketAddr>,
+    /// The PROXY-then-TLS listener, when `--proxy-tls-listen` was given.
+    pub proxy_tls_addr: Option<SocketAddr>,
     pub metrics: SocketAddr,
     pub logs: mpsc::Receiver<String>,
     /// Log lines up to the one saying where metrics are served.
@@ -57,6 +61,7 @@ impl Server {
             }
         });
         let (mut addr, mut metrics, mut proxy_addr) = (None, None, None);
+        let (mut tls_addr, mut proxy_tls_addr) = (None, None);
         let mut startup = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while addr.is_none() || metrics.is_none() {
@@ -69,6 +74,12 @@ impl Server {
             if let Some(a) = line.split("PROXY protocol on ").nth(1) {
                 proxy_addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            if let Some(a) = line.split("listening with TLS on ").nth(1) {
+                tls_addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            if let Some(a) = line.split("PROXY protocol and TLS on ").nth(1) {
+                proxy_tls_addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
             if let Some(a) = line.split("metrics on ").nth(1) {
                 metrics = Some(a.trim().parse().unwrap());
             }
@@ -78,6 +89,8 @@ impl Server {
             child,
             addr: addr.unwrap(),
             proxy_addr,
+            tls_addr,
+            proxy_tls_addr,
             metrics: metrics.unwrap(),
             logs: rx,
             startup,

@@ -1,0 +1,345 @@
+//! TLS listeners over real sockets (IXN1.md section 9): a private CA, server and client
+//! certificates made at test time with rcgen; rustls as the client.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// A CA able to sign certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A leaf certificate with these SAN DNS names and URIs and this CN, and its key.
+    fn issue(&self, dns: &[&str], uris: &[&str], cn: &str) -> (String, String) {
+        let mut p =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(SanType::URI(rcgen::Ia5String::try_from(*u).unwrap()));
+        }
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A directory of PEM files for one test.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(test: &str) -> Files {
+        let dir = std::env::temp_dir().join(format!("ixn-tls-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Files { dir }
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn client_config(
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = match client {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+use rustls::pki_types::pem::PemObject;
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Tls {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("ixn.test").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    rustls::StreamOwned::new(conn, s)
+}
+
+/// Reads one IXN/1 frame and decodes it as an answer (None: end of stream or an error).
+fn answer(t: &mut Tls) -> Option<Ans> {
+    let mut head = [0u8; 4];
+    t.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes(head) as usize;
+    let mut frame = head.to_vec();
+    frame.resize(4 + len, 0);
+    t.read_exact(&mut frame[4..]).ok()?;
+    Some(decode_answer(&frame))
+}
+
+fn decode_answer(frame: &[u8]) -> Ans {
+    use ixn::protocol::{decode, Message, DEFAULT_MAX_FRAME_LEN};
+    let f = decode(frame, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+    match f.message {
+        Message::EventAck(a) => Ans::Ack {
+            rid: a.reference_id,
+            id: a.proxy_client_id,
+        },
+        Message::EventError(e) => Ans::Err {
+            rid: e.reference_id,
+            code: e.error_code,
+        },
+        other => panic!("server sent {other:?}"),
+    }
+}
+
+const REGISTRY: &str = r#"
+[[client]]
+name = "MediaServer_email"
+types = ["MediaServer"]
+
+[[client]]
+name = "Secure"
+types = ["MediaServer"]
+require_tls = true
+
+[[client]]
+name = "Media1"
+types = ["MediaServer"]
+tls_identities = ["dns:media1.example.com", "uri:spiffe://corp/media"]
+"#;
+
+/// A server with a plain and a TLS listener, a server certificate from `ca`, and client
+/// certificates verified against `client_ca` when given.
+fn start(files: &Files, ca: &Ca, client_ca: Option<&Ca>, extra: &[&str]) -> Server {
+    let (cert, key) = ca.issue(&["ixn.test"], &[], "ixn.test");
+    let cert = files.write("server.pem", &cert);
+    let key = files.write("server.key", &key);
+    let registry = files.write("registry.toml", REGISTRY);
+    let mut args = vec![
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--registry",
+        &registry,
+        "--registration-timeout",
+        "1s",
+    ];
+    let ca_file;
+    if let Some(c) = client_ca {
+        ca_file = files.write("client-ca.pem", &c.cert.pem());
+        args.extend(["--tls-client-ca", &ca_file]);
+    }
+    args.extend(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn registers_over_tls_and_counts_the_handshake() {
+    let files = Files::new("register");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    let cfg = client_config(&ca.cert.pem(), None, &[b"ixn/1"]);
+    let mut t = tls_connect(s.tls_addr.unwrap(), cfg);
+    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+    assert_eq!(t.conn.alpn_protocol(), Some(&b"ixn/1"[..]));
+    t.write_all(&unreg(2, None)).unwrap();
+    assert_eq!(answer(&mut t), Some(ack(2, None)));
+    assert_eq!(
+        s.wait_metric("ixn_tls_handshakes_total{result=\"full\"}", 1.0),
+        1.0
+    );
+    assert_eq!(
+        s.metric("ixn_connections_accepted_total{listener=\"tls\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn require_tls_answers_17_on_plain_and_registers_over_tls() {
+    let files = Files::new("require");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    let mut c = s.connect();
+    c.send(&rrc(1, "Secure", 1, None));
+    assert_eq!(c.answer(), Some(err(1, 17)));
+    let mut t = tls_connect(
+        s.tls_addr.unwrap(),
+        client_config(&ca.cert.pem(), None, &[]),
+    );
+    t.write_all(&rrc(1, "Secure", 1, None)).unwrap();
+    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+}
+
+#[test]
+fn certificate_identities_match_or_fail_with_4() {
+    let files = Files::new("mtls");
+    let ca = Ca::new("test CA");
+    let clients = Ca::new("client CA");
+    let s = start(&files, &ca, Some(&clients), &[]);
+    let addr = s.tls_addr.unwrap();
+    for (dns, uris, cn, want_ok) in [
+        (&["media1.example.com"][..], &[][..], "whatever", true),
+        (&[][..], &["spiffe://corp/media"][..], "x", true),
+        (
+            &["media2.example.com"][..],
+            &[][..],
+            "media1.example.com",
+            false,
+        ),
+    ] {
+        let (cert, key) = clients.issue(dns, uris, cn);
+        let cfg = client_config(&ca.cert.pem(), Some((&cert, &key)), &[]);
+        let mut t = tls_connect(addr, cfg);
+        t.write_all(&rrc(1, "Media1", 1, None)).unwrap();
+        let a = answer(&mut t);
+        if want_ok {
+            assert!(
+                matches!(a, Some(Ans::Ack { rid: 1, .. })),
+                "{dns:?} {uris:?}: {a:?}"
+            );
+        } else {
+            assert_eq!(
+                a,
+                Some(err(1, 4)),
+                "{dns:?} {cn}: a CN is not a SAN DNS name"
+            );
+        }
+    }
+    // No client certificate at all: the handshake passes (not required), identity fails.
+    let mut t = tls_connect(addr, client_config(&ca.cert.pem(), None, &[]));
+    t.write_all(&rrc(1, "Media1", 1, None)).unwrap();
+    assert_eq!(answer(&mut t), Some(err(1, 4)));
+}
+
+#[test]
+fn a_certificate_from_another_ca_fails_the_handshake_without_ixn_bytes() {
+    let files = Files::new("otherca");
+    let ca = Ca::new("test CA");
+    let clients = Ca::new("client CA");
+    let rogue = Ca::new("rogue CA");
+    let s = start(
+        &files,
+        &ca,
+        Some(&clients),
+        &["--tls-require-client-cert", "true"],
+    );
+    let (cert, key) = rogue.issue(&["media1.example.com"], &[], "rogue");
+    let mut t = tls_connect(
+        s.tls_addr.unwrap(),
+        client_config(&ca.cert.pem(), Some((&cert, &key)), &[]),
+    );
+    let _ = t.write_all(&rrc(1, "Media1", 1, None));
+    assert_eq!(
+        answer(&mut t),
+        None,
+        "no IXN/1 answer after a refused handshake"
+    );
+    // Required and not offered: refused as well.
+    let mut t = tls_connect(
+        s.tls_addr.unwrap(),
+        client_config(&ca.cert.pem(), None, &[]),
+    );
+    let _ = t.write_all(&rrc(1, "Media1", 1, None));
+    assert_eq!(answer(&mut t), None);
+    assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 2.0) >= 2.0);
+}
+
+#[test]
+fn a_client_offering_only_other_alpn_protocols_is_refused() {
+    let files = Files::new("alpn");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    let mut t = tls_connect(
+        s.tls_addr.unwrap(),
+        client_config(&ca.cert.pem(), None, &[b"h2"]),
+    );
+    let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
+    assert_eq!(answer(&mut t), None);
+}
+
+#[test]
+fn a_stalled_handshake_is_dropped_at_the_registration_deadline() {
+    let files = Files::new("stall");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    // A TCP connection to the TLS listener that sends half a ClientHello, then nothing.
+    let mut c = Client::connect(s.tls_addr.unwrap());
+    c.send(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00]);
+    let t0 = Instant::now();
+    assert_eq!(c.read_raw(), None, "closed without an IXN/1 byte");
+    let waited = c.connected_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_millis(1500),
+        "dropped after {waited:?} (deadline 1 s; read started {:?} after connect)",
+        t0.duration_since(c.connected_at)
+    );
+}
+
+#[test]
+fn bad_tls_files_are_refused_at_start_naming_the_flag() {
+    let files = Files::new("badfiles");
+    let empty = files.write("empty.pem", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ixn-server"))
+        .args([
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &empty,
+            "--tls-key",
+            &empty,
+        ])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-cert"), "{err}");
+}
