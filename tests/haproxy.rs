@@ -6,27 +6,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn loadgen_bin() -> PathBuf {
     let mut p = PathBuf::from(env!("CARGO_BIN_EXE_ixn-server"));
@@ -78,46 +61,12 @@ fn two_instances_behind_haproxy_send_proxy_v2() {
     };
     let (a, b) = (start(), start());
     let (pa, pb) = (a.proxy_addr.unwrap(), b.proxy_addr.unwrap());
-    let port = free_port();
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\n\
-             frontend ixn\n  bind 127.0.0.1:{port}\n  default_backend ixn_servers\n\n\
-             backend ixn_servers\n  balance roundrobin\n  server a {pa} send-proxy-v2\n  server b {pb} send-proxy-v2\n"
+    let (_haproxy, front) = Haproxy::start(
+        &dir,
+        &format!(
+            "  balance roundrobin\n  server a {pa} send-proxy-v2\n  server b {pb} send-proxy-v2\n"
         ),
-    )
-    .unwrap();
-    let check = Command::new("haproxy")
-        .args(["-c", "-f"])
-        .arg(&cfg)
-        .output()
-        .expect("haproxy");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
     );
-    let _haproxy = Haproxy(
-        Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let t = Instant::now();
-    while std::net::TcpStream::connect(front).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "haproxy did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     // The load generator registers through the balancer; both instances serve.
     let json = dir.join("lg.json");

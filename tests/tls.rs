@@ -150,6 +150,11 @@ require_tls = true
 name = "Media1"
 types = ["MediaServer"]
 tls_identities = ["dns:media1.example.com", "uri:spiffe://corp/media"]
+
+[[client]]
+name = "Only_127_0_0_5"
+types = ["MediaServer"]
+allow = ["127.0.0.5/32"]
 "#;
 
 /// A server with a plain and a TLS listener, a server certificate from `ca`, and client
@@ -342,4 +347,148 @@ fn bad_tls_files_are_refused_at_start_naming_the_flag() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-cert"), "{err}");
+}
+
+#[test]
+fn sighup_rotates_the_certificate_for_new_connections_only() {
+    let files = Files::new("rotate");
+    let old_ca = Ca::new("old CA");
+    let s = start(&files, &old_ca, None, &[]);
+    let addr = s.tls_addr.unwrap();
+    let mut old = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
+    old.write_all(&rrc(1, "MediaServer_email", 1, None))
+        .unwrap();
+    assert!(matches!(answer(&mut old), Some(Ans::Ack { rid: 1, .. })));
+
+    // A broken key is refused on reload: the old certificate stays in force.
+    files.write("server.key", "not a key");
+    s.signal("HUP");
+    s.wait_log("TLS reload refused");
+    let mut t = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
+    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+
+    // A new certificate from another CA: new connections see it...
+    let new_ca = Ca::new("new CA");
+    let (cert, key) = new_ca.issue(&["ixn.test"], &[], "ixn.test");
+    files.write("server.pem", &cert);
+    files.write("server.key", &key);
+    s.signal("HUP");
+    s.wait_log("TLS certificate, key and client CAs reloaded");
+    let mut t = tls_connect(addr, client_config(&new_ca.cert.pem(), None, &[]));
+    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+    let mut t = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
+    let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
+    assert_eq!(
+        answer(&mut t),
+        None,
+        "the old CA no longer verifies the server"
+    );
+    // ...while the connection made before the rotation goes on.
+    old.write_all(&unreg(2, None)).unwrap();
+    assert_eq!(answer(&mut old), Some(ack(2, None)));
+}
+
+#[test]
+fn tickets_resume_on_every_worker() {
+    let files = Files::new("resume");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &["--workers", "2"]);
+    let cfg = client_config(&ca.cert.pem(), None, &[]);
+    for n in 0..6 {
+        let mut t = tls_connect(s.tls_addr.unwrap(), cfg.clone());
+        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+        let resumed = t.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        assert_eq!(resumed, n > 0, "connection {n}");
+    }
+    assert_eq!(
+        s.wait_metric("ixn_tls_handshakes_total{result=\"resumed\"}", 5.0),
+        5.0
+    );
+}
+
+/// `openssl s_client`, a client nobody here wrote, registers over TLS 1.3 and over 1.2.
+#[test]
+fn openssl_s_client_registers_over_tls13_and_tls12() {
+    let files = Files::new("openssl");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    let ca_file = files.write("ca.pem", &ca.cert.pem());
+    let mut input = rrc(1, "MediaServer_email", 1, None);
+    input.extend(unreg(2, None));
+    for version in ["-tls1_3", "-tls1_2"] {
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-verify_return_error", version])
+            .args(["-connect", &s.tls_addr.unwrap().to_string()])
+            .args(["-servername", "ixn.test", "-verify_hostname", "ixn.test"])
+            .args(["-CAfile", &ca_file])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        // EventAck for the registration, EventAck for the unregistration, then the server
+        // closes once written and s_client exits.
+        let o = &out.stdout;
+        assert!(
+            o.len() >= 8,
+            "{version}: {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first = u32::from_be_bytes(o[..4].try_into().unwrap()) as usize + 4;
+        assert!(
+            matches!(decode_answer(&o[..first]), Ans::Ack { rid: 1, .. }),
+            "{version}"
+        );
+        assert_eq!(decode_answer(&o[first..]), ack(2, None), "{version}");
+    }
+}
+
+/// HAProxy in TCP passthrough with `send-proxy-v2` in front of `--proxy-tls-listen`: the
+/// client's TLS goes through untouched and the registry sees the client's own address.
+#[test]
+fn proxy_then_tls_through_haproxy_passthrough() {
+    let files = Files::new("haproxy");
+    let ca = Ca::new("test CA");
+    let s = start(
+        &files,
+        &ca,
+        None,
+        &[
+            "--proxy-tls-listen",
+            "127.0.0.1:0",
+            "--proxy-protocol-trusted",
+            "127.0.0.1/32",
+        ],
+    );
+    let backend = s.proxy_tls_addr.unwrap();
+    let (_haproxy, front) =
+        Haproxy::start(&files.dir, &format!("  server a {backend} send-proxy-v2\n"));
+    // From 127.0.0.5 through the balancer: the PROXY header carries it.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.5:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.connect(&front.into()).unwrap();
+    let tcp: TcpStream = sock.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = rustls::ClientConnection::new(
+        client_config(&ca.cert.pem(), None, &[b"ixn/1"]),
+        ServerName::try_from("ixn.test").unwrap(),
+    )
+    .unwrap();
+    let mut t = rustls::StreamOwned::new(conn, tcp);
+    // HAProxy connects from 127.0.0.1: only the header's address lets this entry in.
+    t.write_all(&rrc(1, "Only_127_0_0_5", 1, None)).unwrap();
+    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+    // (HAProxy's start-up probe through the frontend counts as one more.)
+    assert!(
+        s.wait_metric(
+            "ixn_connections_accepted_total{listener=\"proxy_tls\"}",
+            2.0
+        ) >= 1.0
+    );
 }

@@ -331,3 +331,66 @@ pub fn other(rid: i32) -> Vec<u8> {
 pub fn hex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
 }
+
+/// A real HAProxy (Debian package `haproxy`) in TCP mode, killed on drop.
+pub struct Haproxy(Child);
+
+impl Haproxy {
+    /// Writes `dir/haproxy.cfg` with one frontend on a free loopback port and a backend
+    /// whose body is `backend` (its `server` lines), checks and starts it, and waits until
+    /// the frontend accepts. Returns it and the frontend's address.
+    pub fn start(dir: &std::path::Path, backend: &str) -> (Haproxy, SocketAddr) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\n\
+                 frontend ixn\n  bind 127.0.0.1:{port}\n  default_backend ixn_servers\n\n\
+                 backend ixn_servers\n{backend}"
+            ),
+        )
+        .unwrap();
+        let check = Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(&cfg)
+            .output()
+            .expect("haproxy");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let h = Haproxy(
+            Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t = Instant::now();
+        while TcpStream::connect(front).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "haproxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (h, front)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
