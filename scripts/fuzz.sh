@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-600}
-for t in decode session; do
+for t in decode session tls; do
   mkdir -p "corpus/$t"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" seeds -- \
     -max_total_time="$secs" -max_len=9000 -print_final_stats=1
