@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 mod common;
 #[path = "common/epoll_client.rs"]
 mod epoll_client;
+#[path = "common/tls_bench.rs"]
+mod tls_bench;
 #[path = "common/uring_baseline.rs"]
 mod uring_baseline;
 use common::{cpu_ns, listen_addr, rss_kib, start_ixn, Proc, ACK_LEN, RRC};
@@ -783,7 +785,7 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "quick");
     // Optional filters: `churn`, `memory`, `bulk` (default: all).
-    let only: Vec<&str> = ["churn", "memory", "bulk", "metrics", "loadgen"]
+    let only: Vec<&str> = ["churn", "memory", "bulk", "metrics", "loadgen", "tls"]
         .into_iter()
         .filter(|f| args.iter().any(|a| a == f))
         .collect();
@@ -810,6 +812,9 @@ fn main() {
         for engine in ["v1", "v2"] {
             idle_memory(if quick { 2000 } else { 10_000 }, engine);
         }
+    }
+    if run("tls") {
+        tls_bench::run(dur, if quick { 1000 } else { 5000 });
     }
     if run("bulk") {
         bulk_drop(if quick { 2000 } else { 10_000 }, if quick { 1 } else { 3 });
