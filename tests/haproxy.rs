@@ -5,25 +5,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn loadgen_bin() -> PathBuf {
-    let mut p = PathBuf::from(env!("CARGO_BIN_EXE_ixn-server"));
-    p.set_file_name("ixn-loadgen");
-    if !p.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "ixn-loadgen"])
-            .status()
-            .expect("cargo build ixn-loadgen");
-        assert!(ok.success());
-    }
-    p
-}
 
 /// Connects to `to` from the local address `from`.
 fn connect_from(from: &str, to: SocketAddr) -> Client {

@@ -492,3 +492,50 @@ fn proxy_then_tls_through_haproxy_passthrough() {
         ) >= 1.0
     );
 }
+
+/// `ixn-loadgen --tls`: registrations over TLS with the handshake as its own phase, full
+/// handshakes by default and resumed ones with `--tls-resume`.
+#[test]
+fn loadgen_registers_over_tls_and_times_the_handshake() {
+    let files = Files::new("loadgen");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    let ca_file = files.write("ca.pem", &ca.cert.pem());
+    for (resume, want_resumed) in [(false, false), (true, true)] {
+        let json = files.dir.join(format!("lg-{resume}.json"));
+        let mut cmd = std::process::Command::new(loadgen_bin());
+        cmd.args(["--target", &s.tls_addr.unwrap().to_string(), "--tls"])
+            .args(["--tls-ca", &ca_file, "--tls-server-name", "ixn.test"])
+            .args([
+                "--threads",
+                "1",
+                "-q",
+                "--count",
+                "100",
+                "--concurrency",
+                "4",
+            ])
+            .arg("--json")
+            .arg(&json);
+        if resume {
+            cmd.arg("--tls-resume");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = std::fs::read_to_string(&json).unwrap();
+        let field = |after: &str, key: &str| -> Option<u64> {
+            let rest = v.split(after).nth(1)?;
+            let n = rest.split(&format!("\"{key}\": ")).nth(1)?;
+            n.split([',', '\n', '}']).next()?.trim().parse().ok()
+        };
+        assert_eq!(field("{", "ok"), Some(100), "{v}");
+        assert_eq!(field("\"tls_handshake\"", "count"), Some(100), "{v}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("tls handshake"));
+        let resumed = s.wait_metric("ixn_tls_handshakes_total{result=\"resumed\"}", 1.0);
+        assert_eq!(resumed > 0.0, want_resumed, "resumed handshakes: {resumed}");
+    }
+}

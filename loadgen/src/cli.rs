@@ -128,6 +128,24 @@ pub struct Args {
     /// sockets; needed for long churn runs against a remote server.
     #[arg(long)]
     pub reset_close: bool,
+    /// Speak TLS (IXN1.md section 9): the handshake is timed as its own phase.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA bundle that signed the server's certificate (with --tls).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain, for mutual TLS (with --tls-key).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Resume sessions with the server's tickets instead of a full handshake each time.
+    #[arg(long)]
+    pub tls_resume: bool,
+    /// Name the server's certificate must carry [default: the target's address].
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -4,6 +4,7 @@ mod cli;
 mod report;
 mod run;
 mod stats;
+mod tls;
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -46,6 +47,10 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let shared = Arc::new(Shared::new(threads));
+    let tls = match tls::client_config(&args)? {
+        Some(c) => Some((c, tls::server_name(&args)?)),
+        None => None,
+    };
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let measure_until = if args.count.is_some() && args.scenario != Scenario::Hold {
@@ -61,6 +66,7 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
             index,
             threads,
             sources: sources.clone(),
+            tls: tls.clone(),
             mix,
             measure_from,
             measure_until,
@@ -84,12 +90,14 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
         }
         if now >= next || done {
             let mut window = hist();
+            let mut handshakes = hist();
             let (mut ok, mut errors) = (0, 0);
             for w in &shared.windows {
                 let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
                 ok += w.ok;
                 errors += w.errors;
                 let _ = window.add(&w.latency);
+                let _ = handshakes.add(&w.handshake);
                 *w = stats::Window::default();
             }
             let t = now.duration_since(start).as_secs_f64();
@@ -106,6 +114,11 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
                     0
                 } else {
                     window.value_at_quantile(0.99)
+                },
+                handshake_p99_us: if handshakes.is_empty() {
+                    0
+                } else {
+                    handshakes.value_at_quantile(0.99)
                 },
             };
             if !args.quiet {

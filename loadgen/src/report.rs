@@ -19,6 +19,8 @@ pub struct Second {
     pub errors: u64,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// `--tls`: p99 of the handshakes finished in this second (0 without TLS).
+    pub handshake_p99_us: u64,
 }
 
 /// Per-phase latencies.
@@ -28,6 +30,8 @@ pub struct Phases {
     pub connect: Percentiles,
     /// Request written → answer read.
     pub register: Percentiles,
+    /// `--tls`: connect(2) → TLS handshake done; `null` without TLS.
+    pub tls_handshake: Option<Percentiles>,
 }
 
 /// Deadline checks of the silent and invalid scenarios.
@@ -103,6 +107,7 @@ impl Summary {
             phases: Phases {
                 connect: Percentiles::of(&t.connect),
                 register: Percentiles::of(&t.register),
+                tls_handshake: args.tls.then(|| Percentiles::of(&t.handshake)),
             },
             silent: has(Scenario::Silent).then(|| Deadline {
                 deadline_ms: args.registration_timeout.0.as_millis() as u64,
@@ -160,6 +165,9 @@ impl Summary {
                 );
             }
         };
+        if let Some(h) = &self.phases.tls_handshake {
+            row("tls handshake", h);
+        }
         row("connect", &self.phases.connect);
         row("register -> ack", &self.phases.register);
         row("total", &self.latency_us);
@@ -276,6 +284,16 @@ pub fn plot(path: &Path, s: &Summary) -> anyhow::Result<()> {
     ))?
     .label("p99")
     .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], MAGENTA));
+    if s.phases.tls_handshake.is_some() {
+        c.draw_series(LineSeries::new(
+            s.series
+                .iter()
+                .map(|x| (x.t, x.handshake_p99_us as f64 / 1000.0)),
+            &CYAN,
+        ))?
+        .label("TLS handshake p99")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], CYAN));
+    }
     c.configure_series_labels().border_style(BLACK).draw()?;
     root.present()?;
     Ok(())

@@ -26,6 +26,11 @@ pub struct Plan {
     pub index: usize,
     pub threads: usize,
     pub sources: Vec<IpAddr>,
+    /// `--tls`: the client config and the name the server's certificate must carry.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub mix: Mix,
     /// Start of measurement (after warm-up).
     pub measure_from: Instant,
@@ -154,6 +159,7 @@ mod err {
     pub const DROPPED_LATE: &str = "dropped_after_deadline";
     pub const DATA_ON_SILENT: &str = "data_on_silent_connection";
     pub const HOLD_DROPPED: &str = "held_connection_dropped";
+    pub const TLS: &str = "tls_handshake_failed";
 }
 
 /// Runs one thread to completion and returns what it measured.
@@ -442,13 +448,71 @@ enum Answer {
 
 struct Conn {
     s: Rc<TcpStream>,
+    /// Plaintext received and not yet decoded.
     buf: Vec<u8>,
+    /// With `--tls`: rustls's client side (boxed: plain connections stay small).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Conn {
     async fn send(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        let bytes = match self.tls.as_deref_mut() {
+            None => bytes,
+            Some(c) => {
+                crate::tls::queue(c, &bytes);
+                let mut records = Vec::with_capacity(bytes.len() + 64);
+                crate::tls::pending_records(c, &mut records);
+                records
+            }
+        };
         let (res, _) = self.s.write_all(bytes).await;
         res
+    }
+
+    /// With `--tls`: runs the handshake to its end (the first write of the handshake
+    /// also waits for the TCP connect).
+    async fn handshake(&mut self) -> std::io::Result<()> {
+        loop {
+            let Some(c) = self.tls.as_deref_mut() else {
+                return Ok(());
+            };
+            let mut records = Vec::new();
+            crate::tls::pending_records(c, &mut records);
+            let handshaking = c.is_handshaking();
+            if !records.is_empty() {
+                let (res, _) = self.s.write_all(records).await;
+                res?;
+            }
+            if !handshaking {
+                return Ok(());
+            }
+            if self.read_more().await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads once from the socket into the plaintext buffer (decrypting with `--tls`);
+    /// returns the bytes read from the socket (0: end of stream).
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.tls.is_none() {
+            if self.buf.capacity() - self.buf.len() < 64 {
+                self.buf.reserve(256);
+            }
+            let len = self.buf.len();
+            let (res, slice) = self
+                .s
+                .read(std::mem::take(&mut self.buf).slice(len..))
+                .await;
+            self.buf = slice.into_inner();
+            return res;
+        }
+        let (res, records) = self.s.read(Vec::with_capacity(4096)).await;
+        let n = res?;
+        if let Some(c) = self.tls.as_deref_mut() {
+            crate::tls::receive(c, &records[..n], &mut self.buf)?;
+        }
+        Ok(n)
     }
 
     /// The next answer; `Ok(None)` when the server closed the connection.
@@ -473,16 +537,7 @@ impl Conn {
                 Ok(None) => {}
                 Err(_) => return Ok(Some(Answer::Error { rid: 0, code: -1 })),
             }
-            if self.buf.capacity() - self.buf.len() < 64 {
-                self.buf.reserve(256);
-            }
-            let len = self.buf.len();
-            let (res, slice) = self
-                .s
-                .read(std::mem::take(&mut self.buf).slice(len..))
-                .await;
-            self.buf = slice.into_inner();
-            if res? == 0 {
+            if self.read_more().await? == 0 {
                 return Ok(None);
             }
         }
@@ -558,7 +613,23 @@ async fn scenario(
     let mut c = Conn {
         s,
         buf: Vec::with_capacity(128),
+        tls: match &t.plan.tls {
+            None => None,
+            Some((cfg, name)) => Some(Box::new(
+                rustls::ClientConnection::new(cfg.clone(), name.clone()).map_err(|_| err::TLS)?,
+            )),
+        },
     };
+    if c.tls.is_some() && kind != Kind::Silent {
+        c.handshake().await.map_err(|_| err::TLS)?;
+        if measured {
+            let took = connect_started.elapsed();
+            record(&mut t.totals.borrow_mut().handshake, took);
+            if let Ok(mut w) = t.shared.windows[t.plan.index].lock() {
+                record(&mut w.handshake, took);
+            }
+        }
+    }
     let rid = (t.rand() & 0x7fff_ffff) as i32;
     let io = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {

@@ -25,6 +25,8 @@ pub struct Window {
     pub ok: u64,
     pub errors: u64,
     pub latency: Histogram<u64>,
+    /// `--tls`: connect → handshake done.
+    pub handshake: Histogram<u64>,
 }
 
 impl Default for Window {
@@ -33,6 +35,7 @@ impl Default for Window {
             ok: 0,
             errors: 0,
             latency: hist(),
+            handshake: hist(),
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct Totals {
     pub connect: Histogram<u64>,
     /// First write done → answer.
     pub register: Histogram<u64>,
+    /// `--tls`: connect(2) → handshake done (the TCP handshake included).
+    pub handshake: Histogram<u64>,
     /// silent: connect → the server's drop.
     pub dropped: Histogram<u64>,
     pub drops: DropClasses,
@@ -114,6 +119,7 @@ impl Default for Totals {
             latency: hist(),
             connect: hist(),
             register: hist(),
+            handshake: hist(),
             dropped: hist(),
             drops: DropClasses::default(),
             error_close: hist(),
@@ -138,6 +144,7 @@ impl Totals {
             (&mut self.latency, &o.latency),
             (&mut self.connect, &o.connect),
             (&mut self.register, &o.register),
+            (&mut self.handshake, &o.handshake),
             (&mut self.dropped, &o.dropped),
             (&mut self.error_close, &o.error_close),
         ] {

@@ -394,3 +394,18 @@ impl Drop for Haproxy {
         let _ = self.0.wait();
     }
 }
+
+/// The `ixn-loadgen` binary beside the server's, built first if missing.
+pub fn loadgen_bin() -> std::path::PathBuf {
+    let mut p = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ixn-server"));
+    p.set_file_name("ixn-loadgen");
+    if !p.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "ixn-loadgen"])
+            .status()
+            .expect("cargo build ixn-loadgen");
+        assert!(ok.success());
+    }
+    p
+}
