@@ -87,18 +87,29 @@ fn wait_listening(addr: SocketAddr) {
     }
 }
 
-/// One TLS exchange: connect, handshake, `request`, read `answer_len` bytes, close.
+/// One TLS exchange: connect, handshake, `request`, read `answer_len` bytes, close. For
+/// NATS (`request` starting with `CONNECT`) the server's plaintext INFO line comes first.
 fn exchange(
     addr: SocketAddr,
     cfg: &Arc<rustls::ClientConfig>,
     request: &[u8],
     answer_len: usize,
 ) -> bool {
-    let Ok(s) = TcpStream::connect(addr) else {
+    let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_nodelay(true);
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    if request.starts_with(b"CONNECT") {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if s.read_exact(&mut b).is_err() {
+                return false;
+            }
+            line.push(b[0]);
+        }
+    }
     let conn =
         rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("ixn.test").unwrap())
             .unwrap();
@@ -212,6 +223,46 @@ impl Drop for Redis {
     }
 }
 
+/// NATS 2.9 with TLS required, a user and password, the same certificate, pinned to CPU 0.
+pub struct Nats(pub Child, pub SocketAddr);
+
+impl Nats {
+    pub fn start(certs: &Certs) -> Option<Nats> {
+        let port = free_port();
+        let child = Command::new("taskset")
+            .args([
+                "-c",
+                "0",
+                "nats-server",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .args(["--tls", "--tlscert", &certs.cert, "--tlskey", &certs.key])
+            .args(["--user", "u", "--pass", "s3cret"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_listening(addr);
+        Some(Nats(child, addr))
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// NATS's CONNECT with credentials and a PING, and its `PONG\r\n`.
+pub const NATS_CONNECT: &[u8] =
+    b"CONNECT {\"user\":\"u\",\"pass\":\"s3cret\",\"verbose\":false,\"tls_required\":true}\r\nPING\r\n";
+pub const NATS_PONG_LEN: usize = 6;
+
 /// `AUTH s3cret` as a RESP array, and Redis's `+OK\r\n`.
 pub const REDIS_AUTH: &[u8] = b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n";
 pub const REDIS_OK_LEN: usize = 5;
@@ -249,6 +300,19 @@ pub fn run(dur: Duration, idle: usize) {
         }
         None => println!(
             "  (redis-server not installed: apt-get install redis-server for the comparison)"
+        ),
+    }
+    match Nats::start(&certs) {
+        Some(n) => {
+            let pid = n.0.id();
+            for (name, resume) in [("full handshake", false), ("resumed (tickets)", true)] {
+                let cfg = certs.client(resume);
+                let (rate, us) = churn(pid, n.1, cfg, NATS_CONNECT, NATS_PONG_LEN, 4, dur);
+                println!("  NATS 2.9 CONNECT, {name:<15} {rate:>8.0} conn/s {us:>7.1} server CPU µs/conn");
+            }
+        }
+        None => println!(
+            "  (nats-server not installed: apt-get install nats-server for the comparison)"
         ),
     }
     // Memory per idle registered TLS connection.
