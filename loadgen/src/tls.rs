@@ -1,4 +1,4 @@
-//! `--tls`: the client side of IXN1.md section 9 with rustls (ring provider), driven by
+//! `--tls`: the client side of IXN1.md section 9 with rustls (aws-lc-rs), driven by
 //! hand over the thread's tokio-uring sockets: records are read into and written from
 //! owned buffers, rustls decrypts and encrypts in between.
 
@@ -33,7 +33,7 @@ pub fn client_config(a: &Args) -> anyhow::Result<Option<Arc<ClientConfig>>> {
             .add(c.with_context(|| format!("--tls-ca {}", ca.display()))?)
             .with_context(|| format!("--tls-ca {}", ca.display()))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let b = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
