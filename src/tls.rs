@@ -4,7 +4,7 @@
 //! module only reads files and sets policy: TLS 1.3 and 1.2, ALPN `ixn/1`, session tickets
 //! from one ticketer shared by every worker (a client resumes whichever worker it reaches),
 //! and client certificates verified against `--tls-client-ca` when one is given. The crypto
-//! provider is aws-lc-rs: measured against *ring* on this machine it spends 12–18 % less
+//! provider is aws-lc-rs: measured against *ring* on this machine it spends 9–18 % less
 //! server CPU per handshake, full or resumed (docs/BENCHMARKS.md), and it builds with a C
 //! compiler alone.
 //! The config is built at start and again on SIGHUP; a file that fails keeps the old one.
