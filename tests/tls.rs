@@ -539,3 +539,128 @@ fn loadgen_registers_over_tls_and_times_the_handshake() {
         assert_eq!(resumed > 0.0, want_resumed, "resumed handshakes: {resumed}");
     }
 }
+
+/// Server keys of every kind the flags promise: RSA, ECDSA and Ed25519, made and signed by
+/// openssl (as an operator following OPERATIONS.md would).
+#[test]
+fn rsa_ecdsa_and_ed25519_keys_serve() {
+    let files = Files::new("keys");
+    let registry = files.write("registry.toml", REGISTRY);
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&files.dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    files.write(
+        "leaf.ext",
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:ixn.test\n",
+    );
+    let ca = std::fs::read_to_string(files.dir.join("ca.pem")).unwrap();
+    for (name, newkey) in [
+        ("rsa", &["-newkey", "rsa:2048"][..]),
+        (
+            "ecdsa",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
+        ),
+        ("ed25519", &["-newkey", "ed25519"][..]),
+    ] {
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut req = vec!["req", "-new", "-nodes", "-subj", "/CN=ixn.test"];
+        req.extend_from_slice(newkey);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(&req);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            &cert,
+        ]);
+        let c = files.dir.join(&cert).display().to_string();
+        let k = files.dir.join(&key).display().to_string();
+        let s = Server::start(&[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+            "--registry",
+            &registry,
+        ]);
+        let mut t = tls_connect(s.tls_addr.unwrap(), client_config(&ca, None, &[]));
+        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+        assert!(
+            matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })),
+            "{name} key"
+        );
+    }
+}
+
+/// A ClientHello that claims a 16 MiB handshake message is refused when its header
+/// arrives (rustls's bound), not buffered until the deadline.
+#[test]
+fn an_oversized_handshake_message_is_refused_at_once() {
+    let files = Files::new("oversized");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &[]);
+    let mut c = Client::connect(s.tls_addr.unwrap());
+    // One handshake record: ClientHello (1) of length 0xffffff, then body bytes.
+    let mut rec = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+    rec.resize(5 + 0x4000, 0);
+    c.send(&rec);
+    let t = Instant::now();
+    // An alert may come first; then the end of stream, long before the 1 s deadline.
+    let mut buf = [0u8; 256];
+    loop {
+        match c.s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "held {:?}",
+        t.elapsed()
+    );
+    assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 1.0) >= 1.0);
+}
