@@ -4,6 +4,7 @@
 //! `ixn-proto` crate and is re-exported here; this crate feeds it bytes and time from
 //! sockets and clocks, and adds configuration, metrics and the HTTP endpoint.
 
+pub mod admission;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,425 @@
+//! Admission control (IXN1.md section 11): the connection rate, the per-address cap and
+//! temporary bans after repeated failed registrations, across every worker.
+//!
+//! Cost on the hot path: with every control off (the default) nothing here is touched.
+//! The rate is one atomic word, `(second << 32) | count`, bumped with one `fetch_add` per
+//! accept (a compare-and-swap only when the second turns). Per-address state lives in
+//! [`SHARDS`] mutex-guarded maps chosen by a hash of the address, so two workers contend
+//! only when their peers land in the same shard, and a registered client's traffic never
+//! comes here: only accepts, closes and failed registrations do.
+//!
+//! Bounds against an attacker with many addresses: the per-address connection counts hold
+//! only addresses with a connection open, so at most `max_connections` entries; the failure
+//! counters and bans are capped at [`MAX_TRACKED`] addresses each (spread over the shards).
+//! When the failure table is full, failures of addresses not yet tracked are not counted
+//! (no ban, counted in `untracked`) rather than evicting older ones, so a flood of fresh
+//! addresses cannot wash a real offender's record out; expired entries are swept as the
+//! shards are touched.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Shards of the per-address tables.
+pub const SHARDS: usize = 64;
+/// Most addresses whose failures (and, separately, bans) are remembered.
+pub const MAX_TRACKED: usize = 65_536;
+
+/// Why a connection is refused at accept; the `reason` label of
+/// `ixn_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address is banned (EventError 16).
+    Banned,
+    /// Over `--max-connection-rate` this second (10).
+    Rate,
+    /// The address holds `--max-connections-per-ip` already (10).
+    PerIp,
+    /// `--max-connections` reached (10).
+    Limit,
+}
+
+impl Refusal {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [Refusal; 4] = [Self::Banned, Self::Rate, Self::PerIp, Self::Limit];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Banned => "banned",
+            Self::Rate => "rate",
+            Self::PerIp => "per_ip",
+            Self::Limit => "limit",
+        }
+    }
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The limits in force; 0 turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// New connections per second, all workers together.
+    pub rate: u32,
+    /// Concurrent connections from one address.
+    pub per_ip: u32,
+    /// Failed registrations within `window` that ban an address.
+    pub ban_failures: u32,
+    /// The window failures are counted in.
+    pub ban_window: Duration,
+    /// How long a ban lasts.
+    pub ban_duration: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Open connections per address (only addresses with one open).
+    open: HashMap<IpAddr, u32>,
+    /// Failures in the current window: (window start, count).
+    failures: HashMap<IpAddr, (Instant, u32)>,
+    /// Bans: (until, failures that caused it).
+    bans: HashMap<IpAddr, (Instant, u32)>,
+}
+
+/// One ban, for the admin API and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    /// The address.
+    pub address: IpAddr,
+    /// When it ends.
+    pub until: Instant,
+    /// Failures that caused it.
+    pub failures: u32,
+}
+
+/// Admission state shared by every worker.
+#[derive(Debug)]
+pub struct Admission {
+    limits: Limits,
+    origin: Instant,
+    /// `(second since origin) << 32 | connections admitted in it`.
+    second: AtomicU64,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    tracked_failures: AtomicUsize,
+    bans: AtomicUsize,
+    /// Failures not counted because the table was full.
+    pub untracked: AtomicU64,
+}
+
+impl Admission {
+    /// Admission with these limits; `origin` is the clock's zero for the rate's seconds.
+    pub fn new(limits: Limits, origin: Instant) -> Self {
+        Self {
+            limits,
+            origin,
+            second: AtomicU64::new(0),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            tracked_failures: AtomicUsize::new(0),
+            bans: AtomicUsize::new(0),
+            untracked: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(ip) as usize) % SHARDS;
+        // A worker that panicked while holding a shard aborts the process (the panic hook),
+        // so a poisoned lock is never seen in service.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a new connection from `ip` (section 11's order: ban, rate, per address) and,
+    /// when it passes, counts it against the rate and its address. A connection that
+    /// passes must be [`Admission::released`] when it closes.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let ip = ip.to_canonical();
+        if self.limits.ban_failures > 0 && self.banned(ip, now) {
+            return Err(Refusal::Banned);
+        }
+        if self.limits.rate > 0 && !self.take_rate(now) {
+            return Err(Refusal::Rate);
+        }
+        if self.limits.per_ip > 0 {
+            let mut s = self.shard(ip);
+            let n = s.open.entry(ip).or_insert(0);
+            if *n >= self.limits.per_ip {
+                if *n == 0 {
+                    s.open.remove(&ip);
+                }
+                return Err(Refusal::PerIp);
+            }
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    /// A connection that passed [`Admission::check`] closed.
+    pub fn released(&self, ip: IpAddr) {
+        if self.limits.per_ip == 0 {
+            return;
+        }
+        let ip = ip.to_canonical();
+        let mut s = self.shard(ip);
+        if let Some(n) = s.open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.open.remove(&ip);
+            }
+        }
+    }
+
+    fn take_rate(&self, now: Instant) -> bool {
+        let sec = now.saturating_duration_since(self.origin).as_secs();
+        loop {
+            let cur = self.second.load(Ordering::Acquire);
+            if cur >> 32 == sec & 0xffff_ffff {
+                let before = self.second.fetch_add(1, Ordering::AcqRel);
+                if before >> 32 == sec & 0xffff_ffff {
+                    return (before & 0xffff_ffff) < u64::from(self.limits.rate);
+                }
+                // The second turned between the load and the add: start over.
+                continue;
+            }
+            // A new second: the first to swap in `(sec, 1)` takes it.
+            let next = (sec & 0xffff_ffff) << 32 | 1;
+            if self
+                .second
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return self.limits.rate >= 1;
+            }
+        }
+    }
+
+    fn banned(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut s = self.shard(ip);
+        match s.bans.get(&ip) {
+            Some((until, _)) if *until > now => true,
+            Some(_) => {
+                s.bans.remove(&ip);
+                self.bans.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A registration from `ip` failed (EventError 2, 3, 4, 5 or 17): returns the ban it
+    /// caused, if it was the `ban_failures`th within the window.
+    pub fn failed(&self, ip: IpAddr, now: Instant) -> Option<Ban> {
+        let l = self.limits;
+        if l.ban_failures == 0 {
+            return None;
+        }
+        let ip = ip.to_canonical();
+        let mut s = self.shard(ip);
+        if s.bans.get(&ip).is_some_and(|(until, _)| *until > now) {
+            return None;
+        }
+        let count = match s.failures.get_mut(&ip) {
+            Some((start, n)) if now.saturating_duration_since(*start) < l.ban_window => {
+                *n += 1;
+                *n
+            }
+            Some(entry) => {
+                *entry = (now, 1);
+                1
+            }
+            None => {
+                if self.tracked_failures.load(Ordering::Acquire) >= MAX_TRACKED {
+                    sweep(&mut s.failures, &self.tracked_failures, |(start, _)| {
+                        now.saturating_duration_since(*start) >= l.ban_window
+                    });
+                    if self.tracked_failures.load(Ordering::Acquire) >= MAX_TRACKED {
+                        self.untracked.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                }
+                s.failures.insert(ip, (now, 1));
+                self.tracked_failures.fetch_add(1, Ordering::AcqRel);
+                1
+            }
+        };
+        if count < l.ban_failures {
+            return None;
+        }
+        s.failures.remove(&ip);
+        self.tracked_failures.fetch_sub(1, Ordering::AcqRel);
+        if self.bans.load(Ordering::Acquire) >= MAX_TRACKED {
+            sweep(&mut s.bans, &self.bans, |(until, _)| *until <= now);
+            if self.bans.load(Ordering::Acquire) >= MAX_TRACKED {
+                self.untracked.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let ban = Ban {
+            address: ip,
+            until: now + l.ban_duration,
+            failures: count,
+        };
+        if s.bans.insert(ip, (ban.until, count)).is_none() {
+            self.bans.fetch_add(1, Ordering::AcqRel);
+        }
+        Some(ban)
+    }
+
+    /// Bans in force (expired ones are dropped as they are met).
+    pub fn bans_active(&self) -> usize {
+        self.bans.load(Ordering::Acquire)
+    }
+
+    /// Lifts the ban on `ip`; whether there was one.
+    pub fn lift(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let mut s = self.shard(ip);
+        let had = s.bans.remove(&ip).is_some();
+        if had {
+            self.bans.fetch_sub(1, Ordering::AcqRel);
+        }
+        had
+    }
+}
+
+/// Drops the entries `expired` says are over, keeping `count` in step.
+fn sweep<V>(map: &mut HashMap<IpAddr, V>, count: &AtomicUsize, expired: impl Fn(&V) -> bool) {
+    let before = map.len();
+    map.retain(|_, v| !expired(v));
+    count.fetch_sub(before - map.len(), Ordering::AcqRel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn everything_off_admits_all() {
+        let a = Admission::new(Limits::default(), Instant::now());
+        for _ in 0..10_000 {
+            assert_eq!(a.check(ip("10.0.0.1"), Instant::now()), Ok(()));
+        }
+        assert_eq!(a.failed(ip("10.0.0.1"), Instant::now()), None);
+    }
+
+    #[test]
+    fn rate_admits_exactly_n_per_second() {
+        let t0 = Instant::now();
+        let a = Admission::new(
+            Limits {
+                rate: 5,
+                ..Default::default()
+            },
+            t0,
+        );
+        let ok = (0..8)
+            .filter(|_| a.check(ip("10.0.0.1"), t0).is_ok())
+            .count();
+        assert_eq!(ok, 5);
+        assert_eq!(a.check(ip("10.0.0.2"), t0), Err(Refusal::Rate));
+        let next = t0 + Duration::from_secs(1);
+        let ok = (0..8)
+            .filter(|_| a.check(ip("10.0.0.1"), next).is_ok())
+            .count();
+        assert_eq!(ok, 5, "a new second, a new budget");
+    }
+
+    #[test]
+    fn per_ip_caps_concurrent_connections_and_release_frees() {
+        let now = Instant::now();
+        let a = Admission::new(
+            Limits {
+                per_ip: 2,
+                ..Default::default()
+            },
+            now,
+        );
+        assert!(a.check(ip("10.0.0.1"), now).is_ok());
+        assert!(
+            a.check(ip("::ffff:10.0.0.1"), now).is_ok(),
+            "the same address"
+        );
+        assert_eq!(a.check(ip("10.0.0.1"), now), Err(Refusal::PerIp));
+        assert!(a.check(ip("10.0.0.2"), now).is_ok(), "another address");
+        a.released(ip("10.0.0.1"));
+        assert!(a.check(ip("10.0.0.1"), now).is_ok());
+    }
+
+    #[test]
+    fn failures_ban_expire_and_lift() {
+        let t0 = Instant::now();
+        let a = Admission::new(
+            Limits {
+                ban_failures: 3,
+                ban_window: Duration::from_secs(10),
+                ban_duration: Duration::from_secs(60),
+                ..Default::default()
+            },
+            t0,
+        );
+        let x = ip("10.0.0.9");
+        assert_eq!(a.failed(x, t0), None);
+        assert_eq!(a.failed(x, t0), None);
+        // Outside the window the count starts over.
+        let late = t0 + Duration::from_secs(11);
+        assert_eq!(a.failed(x, late), None);
+        assert_eq!(a.failed(x, late), None);
+        let ban = a
+            .failed(x, late)
+            .expect("the third failure within the window bans");
+        assert_eq!(
+            (ban.failures, ban.until),
+            (3, late + Duration::from_secs(60))
+        );
+        assert_eq!(a.bans_active(), 1);
+        assert_eq!(a.check(x, late), Err(Refusal::Banned));
+        assert!(a.check(ip("10.0.0.8"), late).is_ok());
+        // Expiry.
+        let after = late + Duration::from_secs(60);
+        assert!(a.check(x, after).is_ok());
+        assert_eq!(a.bans_active(), 0);
+        // Lifting.
+        for _ in 0..3 {
+            a.failed(x, after);
+        }
+        assert_eq!(a.check(x, after), Err(Refusal::Banned));
+        assert!(a.lift(x));
+        assert!(!a.lift(x));
+        assert!(a.check(x, after).is_ok());
+    }
+
+    #[test]
+    fn the_failure_table_is_bounded_and_keeps_its_offenders() {
+        let t0 = Instant::now();
+        let a = Admission::new(
+            Limits {
+                ban_failures: 2,
+                ban_window: Duration::from_secs(60),
+                ban_duration: Duration::from_secs(60),
+                ..Default::default()
+            },
+            t0,
+        );
+        let offender = ip("192.0.2.1");
+        a.failed(offender, t0);
+        for i in 0..(MAX_TRACKED as u32 + 1000) {
+            a.failed(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), t0);
+        }
+        assert!(a.tracked_failures.load(Ordering::Relaxed) <= MAX_TRACKED);
+        assert!(a.untracked.load(Ordering::Relaxed) >= 1000);
+        assert!(
+            a.failed(offender, t0).is_some(),
+            "its record survived the flood"
+        );
+    }
+}
