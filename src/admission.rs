@@ -60,6 +60,22 @@ impl Refusal {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The EventError a refusal answers with (section 11).
+    pub fn code(self) -> ixn_proto::protocol::ErrorCode {
+        match self {
+            Self::Banned => ixn_proto::protocol::ErrorCode::AddressTemporarilyRefused,
+            _ => ixn_proto::protocol::ErrorCode::ServerOverloaded,
+        }
+    }
+
+    /// The close reason it is counted under.
+    pub fn close_reason(self) -> ixn_proto::session::CloseReason {
+        match self {
+            Self::Banned => ixn_proto::session::CloseReason::Banned,
+            _ => ixn_proto::session::CloseReason::Overload,
+        }
+    }
 }
 
 /// The limits in force; 0 turns one off.
@@ -286,6 +302,20 @@ impl Admission {
         }
         had
     }
+}
+
+/// Whether a session output is a failed registration that counts toward a ban: answered
+/// with EventError 2, 3, 4, 5 or 17 (section 11).
+pub fn is_failure(o: &ixn_proto::session::Output) -> bool {
+    use ixn_proto::protocol::ErrorCode as E;
+    matches!(
+        o.registration,
+        Some(Err(E::UnknownClient
+            | E::ClientTypeNotAllowed
+            | E::AuthenticationFailed
+            | E::AddressNotAllowed
+            | E::TlsRequired))
+    )
 }
 
 /// Drops the entries `expired` says are over, keeping `count` in step.

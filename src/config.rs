@@ -50,6 +50,16 @@ pub mod defaults {
     pub const METRICS_MAX_CONNECTIONS: usize = 64;
     /// `--tls-require-client-cert`.
     pub const TLS_REQUIRE_CLIENT_CERT: bool = false;
+    /// `--max-connection-rate` (off).
+    pub const MAX_CONNECTION_RATE: u32 = 0;
+    /// `--max-connections-per-ip` (off).
+    pub const MAX_CONNECTIONS_PER_IP: u32 = 0;
+    /// `--ban-failures` (off).
+    pub const BAN_FAILURES: u32 = 0;
+    /// `--ban-window`.
+    pub const BAN_WINDOW: Duration = Duration::from_secs(60);
+    /// `--ban-duration`.
+    pub const BAN_DURATION: Duration = Duration::from_secs(300);
 }
 
 /// A duration written as `250ms`, `5s`, `1m` (humantime syntax).
@@ -179,6 +189,24 @@ pub struct Args {
     /// Refuse a TLS handshake without a verified client certificate [default: false].
     #[arg(long, env = "IXN_TLS_REQUIRE_CLIENT_CERT", value_name = "BOOL")]
     pub tls_require_client_cert: Option<bool>,
+    /// New connections per second, all workers together; the next get EventError 10
+    /// (0: off) [default: 0].
+    #[arg(long, env = "IXN_MAX_CONNECTION_RATE", value_name = "N")]
+    pub max_connection_rate: Option<u32>,
+    /// Concurrent connections from one address; the next get EventError 10 (0: off)
+    /// [default: 0].
+    #[arg(long, env = "IXN_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Failed registrations from one address within --ban-window that ban it for
+    /// --ban-duration (EventError 16 at accept; 0: off) [default: 0].
+    #[arg(long, env = "IXN_BAN_FAILURES", value_name = "N")]
+    pub ban_failures: Option<u32>,
+    /// The window failed registrations are counted in [default: 60s].
+    #[arg(long, env = "IXN_BAN_WINDOW", value_name = "DUR")]
+    pub ban_window: Option<Dur>,
+    /// How long a ban lasts [default: 300s].
+    #[arg(long, env = "IXN_BAN_DURATION", value_name = "DUR")]
+    pub ban_duration: Option<Dur>,
     /// Worker threads, one io_uring event loop each [default: number of CPUs].
     #[arg(long, env = "IXN_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -303,6 +331,8 @@ pub struct Config {
     pub proxy_tls_listen: Vec<SocketAddr>,
     /// Certificate, key and client-certificate settings of the TLS listeners.
     pub tls: crate::tls::TlsFiles,
+    /// Admission control (IXN1.md section 11).
+    pub admission: crate::admission::Limits,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -360,6 +390,11 @@ impl Args {
             tls_key,
             tls_client_ca,
             tls_require_client_cert,
+            max_connection_rate,
+            max_connections_per_ip,
+            ban_failures,
+            ban_window,
+            ban_duration,
             workers,
             registry,
             registration_timeout,
@@ -400,6 +435,11 @@ impl Args {
             tls_key: self.tls_key.or(tls_key),
             tls_client_ca: self.tls_client_ca.or(tls_client_ca),
             tls_require_client_cert: self.tls_require_client_cert.or(tls_require_client_cert),
+            max_connection_rate: self.max_connection_rate.or(max_connection_rate),
+            max_connections_per_ip: self.max_connections_per_ip.or(max_connections_per_ip),
+            ban_failures: self.ban_failures.or(ban_failures),
+            ban_window: self.ban_window.or(ban_window),
+            ban_duration: self.ban_duration.or(ban_duration),
             workers: self.workers.or(workers),
             registry: self.registry.or(registry),
             registration_timeout: self.registration_timeout.or(registration_timeout),
@@ -457,6 +497,15 @@ impl Args {
                 require_client_cert: args
                     .tls_require_client_cert
                     .unwrap_or(def::TLS_REQUIRE_CLIENT_CERT),
+            },
+            admission: crate::admission::Limits {
+                rate: args.max_connection_rate.unwrap_or(def::MAX_CONNECTION_RATE),
+                per_ip: args
+                    .max_connections_per_ip
+                    .unwrap_or(def::MAX_CONNECTIONS_PER_IP),
+                ban_failures: args.ban_failures.unwrap_or(def::BAN_FAILURES),
+                ban_window: d(args.ban_window, def::BAN_WINDOW),
+                ban_duration: d(args.ban_duration, def::BAN_DURATION),
             },
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
                 def::PROXY_PROTOCOL_TRUSTED
@@ -571,10 +620,11 @@ impl Config {
             return bad(format!("--workers {} is outside 1..=1024", self.workers));
         }
         let timeouts = self.wheel_timeouts();
-        let all = timeouts
-            .iter()
-            .copied()
-            .chain([("--drain-timeout", self.drain_timeout)]);
+        let all = timeouts.iter().copied().chain([
+            ("--drain-timeout", self.drain_timeout),
+            ("--ban-window", self.admission.ban_window),
+            ("--ban-duration", self.admission.ban_duration),
+        ]);
         for (flag, d) in all {
             if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
                 return bad(format!("{flag} {} is outside 1ms..=7days", fmt_dur(d)));

@@ -13,12 +13,17 @@ use metrics::{
     Gauge, Histogram, Unit,
 };
 
+use crate::admission::Refusal;
 use crate::protocol::ErrorCode;
 use crate::session::{Answer, CloseReason, Output, Timer};
 use ixn_proto::tls::{Handshake, HandshakeResult, ListenerKind};
 
 /// `ixn_connections_accepted_total{listener}`
 pub const ACCEPTED: &str = "ixn_connections_accepted_total";
+/// `ixn_connections_refused_total{reason}`: refused by admission control or the limit.
+pub const REFUSED: &str = "ixn_connections_refused_total";
+/// `ixn_bans_active`: addresses banned now.
+pub const BANS_ACTIVE: &str = "ixn_bans_active";
 /// `ixn_tls_handshakes_total{result}`
 pub const TLS_HANDSHAKES: &str = "ixn_tls_handshakes_total";
 /// `ixn_tls_handshake_duration_seconds`: from TCP accept to the handshake's end.
@@ -74,6 +79,11 @@ pub fn describe() {
         ACCEPTED,
         "Client connections accepted, by listener kind (plain, tls, proxy, proxy_tls)."
     );
+    describe_counter!(
+        REFUSED,
+        "Connections refused at accept, by reason (banned, rate, per_ip, limit)."
+    );
+    describe_gauge!(BANS_ACTIVE, "Addresses banned now (IXN1.md section 11).");
     describe_counter!(
         TLS_HANDSHAKES,
         "TLS handshakes ended, by result (full, resumed, failed)."
@@ -186,8 +196,10 @@ impl LocalGauge {
 #[derive(Debug)]
 pub struct WorkerMetrics {
     accepted: Vec<Local>,
+    refused: Vec<Local>,
     handshakes: Vec<Local>,
     handshake_duration: Histogram,
+    bans: Gauge,
     active: LocalGauge,
     registered: LocalGauge,
     logical: LocalGauge,
@@ -235,11 +247,16 @@ impl WorkerMetrics {
                 .iter()
                 .map(|k| Local::new(counter!(ACCEPTED, "listener" => k.name())))
                 .collect(),
+            refused: Refusal::ALL
+                .iter()
+                .map(|r| Local::new(counter!(REFUSED, "reason" => r.name())))
+                .collect(),
             handshakes: HandshakeResult::ALL
                 .iter()
                 .map(|r| Local::new(counter!(TLS_HANDSHAKES, "result" => r.name())))
                 .collect(),
             handshake_duration: histogram!(TLS_HANDSHAKE_DURATION),
+            bans: gauge!(BANS_ACTIVE),
             active: LocalGauge::new(gauge!(ACTIVE)),
             registered: LocalGauge::new(gauge!(REGISTERED)),
             logical: LocalGauge::new(gauge!(LOGICAL)),
@@ -281,7 +298,6 @@ impl WorkerMetrics {
         self.closed[why.index()].add(1);
     }
 
-    /// A connection refused at accept (counted as accepted and closed, never active).
     /// A peer refused on a PROXY listener because it is not a trusted balancer (never in
     /// `active`).
     pub fn refused_untrusted(&self, kind: ListenerKind) {
@@ -289,10 +305,25 @@ impl WorkerMetrics {
         self.closed[CloseReason::ProxyProtocol.index()].add(1);
     }
 
-    pub fn overloaded(&self, kind: ListenerKind) {
+    /// A connection refused at accept (counted as accepted and closed, never active);
+    /// `answered` when its EventError was written (not on TLS listeners).
+    pub fn refused(&self, kind: ListenerKind, r: Refusal, answered: bool) {
         self.accepted[kind.index()].add(1);
-        self.closed[CloseReason::Overload.index()].add(1);
-        self.errors_sent[ErrorCode::ServerOverloaded.index()].add(1);
+        self.closed[r.close_reason().index()].add(1);
+        self.refused_by(r);
+        if answered {
+            self.errors_sent[r.code().index()].add(1);
+        }
+    }
+
+    /// A refusal by reason (the connection itself is counted where it closes).
+    pub fn refused_by(&self, r: Refusal) {
+        self.refused[r.index()].add(1);
+    }
+
+    /// Addresses banned now (any worker may publish it: it is process-wide).
+    pub fn bans_active(&self, n: usize) {
+        self.bans.set(n as f64);
     }
 
     /// One session output.
@@ -376,6 +407,9 @@ impl WorkerMetrics {
         }
         for h in &self.handshakes {
             h.flush();
+        }
+        for r in &self.refused {
+            r.flush();
         }
         self.active.flush();
         self.registered.flush();

@@ -126,7 +126,7 @@ proptest! {
                 break;
             }
             let mut out = Vec::new();
-            let mut env = Env { registry: &registry, ids: &mut ids, config: &config };
+            let mut env = Env { registry: &registry, ids: &mut ids, config: &config, gate: None };
             let before = c.session().state();
             let p = match ev {
                 Event::Later(ms) => {

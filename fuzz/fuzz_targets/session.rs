@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let mut errors_when_rejected = 0usize;
     for chunk in data.chunks(read_size) {
         let mut out = Vec::new();
-        let mut env = Env { registry, ids: &mut ids, config: &config };
+        let mut env = Env { registry, ids: &mut ids, config: &config, gate: None };
         let was_rejected = c.session().state() == State::Rejected;
         let p = match chunk.first() {
             Some(&DEADLINE) => match c.armed() {

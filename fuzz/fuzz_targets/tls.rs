@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     let mut decided = false;
     for chunk in data.chunks(read_size) {
         let mut out = Vec::new();
-        let mut env = Env { registry, ids: &mut ids, config: &config };
+        let mut env = Env { registry, ids: &mut ids, config: &config, gate: None };
         let p = if chunk.first() == Some(&DEADLINE) {
             match c.armed() {
                 Some(t) => c.on_deadline(t),

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 
+use crate::protocol::ErrorCode;
 use crate::registry::Registry;
 use crate::session::{
     deadline, Close, CloseReason, Ctx, IdAllocator, Input, Output, Registration, Session,
@@ -55,7 +56,6 @@ impl Default for ConnConfig {
 }
 
 /// What a connection needs from its worker for one call.
-#[derive(Debug)]
 pub struct Env<'a> {
     /// Who may register.
     pub registry: &'a Registry,
@@ -63,6 +63,20 @@ pub struct Env<'a> {
     pub ids: &'a mut IdAllocator,
     /// Shared settings.
     pub config: &'a ConnConfig,
+    /// Admission of the address a PROXY header carries (IXN1.md section 11), asked once
+    /// the header has arrived: `Err` is the EventError to refuse with (the connection then
+    /// closes once it is written; on TLS, at once and without a byte). `None` admits.
+    pub gate: Option<&'a dyn Fn(IpAddr) -> Result<(), ErrorCode>>,
+}
+
+impl std::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("registry", &self.registry.len())
+            .field("config", self.config)
+            .field("gate", &self.gate.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the engine does with the connection's one timer.
@@ -137,6 +151,8 @@ pub struct Connection {
     armed: Option<Timer>,
     /// On a TLS listener: rustls and the plaintext (boxed: plain connections stay small).
     tls: Option<Box<ServerTls>>,
+    /// Counted by the engine's admission control (which must release it at close).
+    admitted: bool,
 }
 
 impl Connection {
@@ -158,6 +174,7 @@ impl Connection {
             phase: Phase::Open,
             armed: None,
             tls: None,
+            admitted: false,
         };
         let timer = c.timer_change(arm);
         (c, timer)
@@ -188,17 +205,35 @@ impl Connection {
         self.tls.is_some()
     }
 
-    /// A connection refused at accept because the server is full: its EventError{0, 10}
-    /// goes to `out`, and it closes once that is written (IXN1.md section 6).
+    /// Records that admission control counted this connection's address.
+    pub fn mark_admitted(&mut self) {
+        self.admitted = true;
+    }
+
+    /// Whether admission control counted this connection's address (at accept, or by
+    /// [`Env::gate`] once its PROXY header arrived): the engine releases it at close.
+    pub fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// A connection refused at accept (the limit, admission control): its
+    /// EventError{0, `code`} goes to `out`, and it closes once that is written (IXN1.md
+    /// sections 6 and 11).
     pub fn refuse(
         now: Instant,
         peer: IpAddr,
+        code: ErrorCode,
         config: &ConnConfig,
         out: &mut impl BufMut,
     ) -> (Self, Progress) {
         let (mut c, _) = Self::accept(now, peer, false, config);
-        crate::protocol::encode_event_error(out, 0, crate::protocol::ErrorCode::ServerOverloaded);
-        let p = c.flush_then_close(CloseReason::Overload);
+        crate::protocol::encode_event_error(out, 0, code);
+        let reason = if code == ErrorCode::AddressTemporarilyRefused {
+            CloseReason::Banned
+        } else {
+            CloseReason::Overload
+        };
+        let p = c.flush_then_close(reason);
         (c, p)
     }
 
@@ -295,6 +330,14 @@ impl Connection {
                         self.peer = src.ip();
                     }
                     skip = header.len;
+                    if let Some(gate) = env.gate {
+                        match gate(self.peer) {
+                            Ok(()) => self.admitted = true,
+                            Err(code) => {
+                                return self.refuse_admission(code, input.len(), out, each)
+                            }
+                        }
+                    }
                 }
                 Err(_) => return self.close_now(CloseReason::ProxyProtocol),
             }
@@ -333,6 +376,31 @@ impl Connection {
         self.tls = Some(tls);
         p.consumed = skip + taken;
         p.handshake = handshake;
+        p
+    }
+
+    /// Refused by admission once the PROXY header arrived: EventError{0, `code`} and close
+    /// once written; on TLS no IXN/1 byte can go before a handshake, so close now.
+    fn refuse_admission(
+        &mut self,
+        code: ErrorCode,
+        input_len: usize,
+        out: &mut impl BufMut,
+        mut each: impl FnMut(&Output),
+    ) -> Progress {
+        let reason = if code == ErrorCode::AddressTemporarilyRefused {
+            CloseReason::Banned
+        } else {
+            CloseReason::Overload
+        };
+        let mut p = if self.tls.is_some() {
+            self.close_now(reason)
+        } else {
+            crate::protocol::encode_event_error(out, 0, code);
+            each(&Output::error_written(code));
+            self.flush_then_close(reason)
+        };
+        p.consumed = input_len;
         p
     }
 

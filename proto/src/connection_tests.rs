@@ -43,6 +43,7 @@ impl H {
             registry: &self.reg,
             ids: &mut self.ids,
             config: &self.config,
+            gate: None,
         };
         let p = self
             .c
@@ -56,6 +57,7 @@ impl H {
             registry: &self.reg,
             ids: &mut self.ids,
             config: &self.config,
+            gate: None,
         };
         self.c.on_drain(self.now, &mut env, &mut self.out, |_| {})
     }
@@ -505,7 +507,13 @@ fn a_refusal_answers_10_and_closes_once_written() {
     let config = ConnConfig::default();
     let mut out = Vec::new();
     let now = Instant::now();
-    let (mut c, p) = Connection::refuse(now, LOOPBACK, &config, &mut out);
+    let (mut c, p) = Connection::refuse(
+        now,
+        LOOPBACK,
+        crate::protocol::ErrorCode::ServerOverloaded,
+        &config,
+        &mut out,
+    );
     assert_eq!(p.action, Action::CloseAfterWrite);
     assert_eq!(c.armed(), None);
     let f = decode(&out, usize::MAX).unwrap().unwrap();
@@ -517,4 +525,58 @@ fn a_refusal_answers_10_and_closes_once_written() {
         TimerChange::Arm(Timer::CloseLinger, _)
     ));
     assert_eq!(c.on_eof(), CloseReason::Overload);
+}
+
+#[test]
+fn a_refused_proxy_address_gets_the_gates_error_then_closes_once_written() {
+    let reg = Registry::embedded();
+    let mut ids = IdAllocator::default();
+    let config = ConnConfig::default();
+    let now = Instant::now();
+    let seen = std::cell::Cell::new(None);
+    let gate = |ip: IpAddr| {
+        seen.set(Some(ip));
+        Err(crate::protocol::ErrorCode::AddressTemporarilyRefused)
+    };
+    let (mut c, _) = Connection::accept(now, LOOPBACK, true, &config);
+    let mut input = b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 7400\r\n".to_vec();
+    input.extend(rrc(1, "MediaServer_email", 1));
+    let mut out = Vec::new();
+    let mut env = Env {
+        registry: &reg,
+        ids: &mut ids,
+        config: &config,
+        gate: Some(&gate),
+    };
+    let p = c.on_bytes(now, &input, &mut env, &mut out, |_| {});
+    assert_eq!(
+        seen.get(),
+        Some("192.0.2.7".parse().unwrap()),
+        "the header's address"
+    );
+    assert_eq!(p.action, Action::CloseAfterWrite);
+    assert_eq!(p.consumed, input.len());
+    let f = decode(&out, 8192).unwrap().unwrap();
+    assert!(
+        matches!(f.message, Message::EventError(e) if e.error_code == 16 && e.reference_id == 0)
+    );
+    assert_eq!(f.frame_len, out.len(), "nothing answered after the refusal");
+    assert!(!c.admitted());
+    assert_eq!(c.on_eof(), CloseReason::Banned);
+    // Admitted: counted, and the request behind the header is served.
+    let ok = |_: IpAddr| Ok(());
+    let (mut c, _) = Connection::accept(now, LOOPBACK, true, &config);
+    let mut out = Vec::new();
+    let mut env = Env {
+        registry: &reg,
+        ids: &mut ids,
+        config: &config,
+        gate: Some(&ok),
+    };
+    let _ = c.on_bytes(now, &input, &mut env, &mut out, |_| {});
+    assert!(c.admitted());
+    assert!(matches!(
+        decode(&out, 8192).unwrap().unwrap().message,
+        Message::EventAck(_)
+    ));
 }

@@ -164,6 +164,8 @@ label_enum! {
         FrameTimeout => "frame_timeout",
         /// A TLS handshake or record was refused (the alert is sent, no IXN/1 byte).
         Tls => "tls_error",
+        /// Refused at admission because its address is banned (EventError 16).
+        Banned => "banned",
     }
 }
 
@@ -200,6 +202,14 @@ pub struct Output {
 }
 
 impl Output {
+    /// An EventError written outside the session (an admission refusal), for metrics.
+    pub fn error_written(code: ErrorCode) -> Output {
+        Output {
+            answer: Some(Answer::Error(code)),
+            ..Self::NOTHING
+        }
+    }
+
     const NOTHING: Output = Output {
         answer: None,
         registration: None,

@@ -43,6 +43,8 @@ pub struct Shared {
     /// The TLS listeners' config (certificate, key, client CAs); replaced whole on
     /// reload. `None` without `--tls-cert`.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Connection rate, per-address caps and bans (IXN1.md section 11).
+    pub admission: crate::admission::Admission,
 }
 
 impl Shared {
@@ -73,16 +75,29 @@ pub enum Admission {
     /// On a PROXY listener, from a peer not trusted to send the header: close it without
     /// a byte. Checked first, so such a peer never gets IXN/1 bytes, not even a refusal.
     Untrusted,
-    /// Over the client limit (this many): answer ServerOverloaded.
-    Full(usize),
-    /// Admitted and counted in `active`.
-    Admitted,
+    /// Refused (section 11's order: ban, rate, per address, then the limit): answer its
+    /// EventError (none on TLS listeners) and close once written.
+    Refused(crate::admission::Refusal),
+    /// Admitted and counted in `active`; `counted` when admission control counted its
+    /// address (to be released at close, see `Connection::mark_admitted`).
+    Admitted {
+        /// Its address is counted by admission control.
+        counted: bool,
+    },
 }
 
 impl Shared {
-    /// Trust (PROXY listeners), then the connection limit; counts the connection in
-    /// `active` when it is admitted.
-    pub fn admit(&self, peer: SocketAddr, proxy: bool) -> Admission {
+    /// Trust (PROXY listeners), admission control by address (other listeners; behind a
+    /// PROXY header it runs once the header arrives, see [`Shared::gate`]), then the
+    /// connection limit; counts the connection in `active` when it is admitted.
+    pub fn admit(&self, peer: SocketAddr, proxy: bool, now: Instant) -> Admission {
+        let mut counted = false;
+        if !proxy {
+            if let Err(r) = self.admission.check(peer.ip(), now) {
+                return Admission::Refused(r);
+            }
+            counted = true;
+        }
         if proxy {
             let ip = peer.ip().to_canonical();
             if !self
@@ -97,9 +112,48 @@ impl Shared {
         let limit = self.max_clients.load(Ordering::Relaxed);
         if self.active.fetch_add(1, Ordering::AcqRel) >= limit {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return Admission::Full(limit);
+            if counted {
+                self.admission.released(peer.ip());
+            }
+            return Admission::Refused(crate::admission::Refusal::Limit);
         }
-        Admission::Admitted
+        Admission::Admitted { counted }
+    }
+
+    /// Admission of the address a PROXY header carries, for `Env::gate`: the refusal's
+    /// EventError, counted in `metrics`.
+    pub fn gate(
+        &self,
+        ip: std::net::IpAddr,
+        now: Instant,
+        metrics: &crate::metrics::WorkerMetrics,
+    ) -> Result<(), ixn_proto::protocol::ErrorCode> {
+        self.admission.check(ip, now).map_err(|r| {
+            metrics.refused_by(r);
+            r.code()
+        })
+    }
+
+    /// A connection closed: releases its address if admission control counted it.
+    pub fn release(&self, conn: &ixn_proto::connection::Connection) {
+        if conn.admitted() {
+            self.admission.released(conn.peer());
+        }
+    }
+
+    /// Registrations that failed (EventError 2, 3, 4, 5, 17) from `ip`: counted toward a
+    /// ban (section 11), which is logged when it falls.
+    pub fn failed_registrations(&self, ip: std::net::IpAddr, n: usize, now: Instant) {
+        for _ in 0..n {
+            if let Some(ban) = self.admission.failed(ip, now) {
+                tracing::warn!(
+                    address = %ban.address,
+                    failures = ban.failures,
+                    "address banned for {}",
+                    humantime::format_duration(self.config.admission.ban_duration)
+                );
+            }
+        }
     }
 }
 
@@ -305,6 +359,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
+    let admission = crate::admission::Admission::new(config.admission, Instant::now());
     let shared = Arc::new(Shared {
         health: Arc::new(Health::new(config.workers, config.metrics_max_connections)),
         max_clients: AtomicUsize::new(config.max_connections),
@@ -312,6 +367,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         registry: ArcSwap::from_pointee(registry),
         active: AtomicUsize::new(0),
         tls: ArcSwapOption::new(tls),
+        admission,
     });
     let metrics_addr =
         crate::http::spawn(shared.config.metrics_listen, handle, shared.health.clone()).map_err(

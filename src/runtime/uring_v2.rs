@@ -437,6 +437,8 @@ impl Worker {
                 self.start_drain(now);
                 drain_started = Some(now);
             }
+            self.metrics
+                .bans_active(self.shared.admission.bans_active());
             self.metrics.flush();
             if let Some(t) = drain_started {
                 if self.conns.is_empty()
@@ -516,24 +518,31 @@ impl Worker {
             return;
         };
         let now = self.now;
-        match self.shared.admit(peer, kind.proxy()) {
+        match self.shared.admit(peer, kind.proxy(), now) {
             super::Admission::Untrusted => {
                 tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
                 self.metrics.refused_untrusted(kind);
                 self.close_fd(fd);
             }
-            super::Admission::Full(_) if kind.tls() => {
-                // EventError 10 cannot go out before a handshake: closed without a byte.
-                self.metrics.overloaded(kind);
+            super::Admission::Refused(r) if kind.tls() => {
+                // No EventError can go out before a handshake: closed without a byte.
+                self.metrics.refused(kind, r, false);
                 self.close_fd(fd);
             }
-            super::Admission::Full(_) => self.refuse(fd, peer, now, kind),
-            super::Admission::Admitted => {
-                let Some((conn, t)) = self.shared.open(now, peer.ip(), kind, &self.cfg) else {
+            super::Admission::Refused(r) => self.refuse(fd, peer, now, kind, r),
+            super::Admission::Admitted { counted } => {
+                let Some((mut conn, t)) = self.shared.open(now, peer.ip(), kind, &self.cfg) else {
                     self.metrics.accept_error();
+                    self.shared.active.fetch_sub(1, Ordering::AcqRel);
+                    if counted {
+                        self.shared.admission.released(peer.ip());
+                    }
                     self.close_fd(fd);
                     return;
                 };
+                if counted {
+                    conn.mark_admitted();
+                }
                 self.metrics.accepted(kind);
                 let i = self.insert(conn, fd, true);
                 self.apply_timer(i, t);
@@ -542,12 +551,20 @@ impl Worker {
         }
     }
 
-    /// Over the limit: EventError 10, closed once written (lingering refusals are capped
-    /// as in engine v1; beyond the cap it is sent and the socket closed).
-    fn refuse(&mut self, fd: RawFd, peer: std::net::SocketAddr, now: Instant, kind: ListenerKind) {
-        self.metrics.overloaded(kind);
+    /// Refused at accept: its EventError (10 or 16), closed once written (lingering
+    /// refusals are capped as in engine v1; beyond the cap it is sent and the socket
+    /// closed).
+    fn refuse(
+        &mut self,
+        fd: RawFd,
+        peer: std::net::SocketAddr,
+        now: Instant,
+        kind: ListenerKind,
+        r: crate::admission::Refusal,
+    ) {
+        self.metrics.refused(kind, r, true);
         let mut out = Vec::with_capacity(64);
-        let (conn, p) = Connection::refuse(now, peer.ip(), &self.cfg, &mut out);
+        let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
         if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
             let _ = send(fd, &out);
             shutdown(fd, std::net::Shutdown::Write);
@@ -652,28 +669,37 @@ impl Worker {
         } else {
             std::mem::take(&mut c.later)
         };
+        let metrics = &self.metrics;
+        let shared = &self.shared;
+        let gate = |ip| shared.gate(ip, now, metrics);
         let mut env = Env {
             registry: &registry,
             ids: &mut self.ids,
             config: &self.cfg,
+            gate: Some(&gate),
         };
-        let metrics = &self.metrics;
+        let failures = std::cell::Cell::new(0);
+        let each = |o: &crate::session::Output| {
+            metrics.output(o);
+            if crate::admission::is_failure(o) {
+                failures.set(failures.get() + 1);
+            }
+        };
         let p = if c.pending.is_empty() {
-            let p = c
-                .conn
-                .on_bytes(now, data, &mut env, &mut answers, |o| metrics.output(o));
+            let p = c.conn.on_bytes(now, data, &mut env, &mut answers, each);
             c.pending.extend_from_slice(&data[p.consumed..]);
             p
         } else {
             c.pending.extend_from_slice(data);
             let p = c
                 .conn
-                .on_bytes(now, &c.pending, &mut env, &mut answers, |o| {
-                    metrics.output(o)
-                });
+                .on_bytes(now, &c.pending, &mut env, &mut answers, each);
             c.pending.drain(..p.consumed);
             p
         };
+        if failures.get() > 0 {
+            shared.failed_registrations(c.conn.peer(), failures.get(), now);
+        }
         if c.pending.is_empty() && c.pending.capacity() > 0 {
             c.pending = Vec::new();
         }
@@ -820,6 +846,7 @@ impl Worker {
             return;
         };
         let mut c = self.conns.remove(i);
+        self.shared.release(&c.conn);
         c.later.clear();
         recycle(&mut self.scratch, &mut c.later);
         for k in [c.timer, c.write_timer].into_iter().flatten() {
@@ -886,6 +913,7 @@ impl Worker {
                 registry: &registry,
                 ids: &mut self.ids,
                 config: &self.cfg,
+                gate: None,
             };
             let metrics = &self.metrics;
             let p = c

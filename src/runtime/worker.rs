@@ -86,7 +86,6 @@ struct Worker {
     ids: RefCell<IdAllocator>,
     metrics: WorkerMetrics,
     expired: RefCell<Vec<(ConnHandle, Timer)>>,
-    overload_frame: Rc<[u8]>,
     pool: RefCell<Vec<Buffers>>,
     /// Accepted connections waiting for a task.
     queue: RefCell<std::collections::VecDeque<(ConnHandle, TcpStream)>>,
@@ -130,8 +129,6 @@ async fn run(
 ) {
     let origin = Instant::now();
     let tick = shared.config.timer_tick;
-    let mut overload = Vec::new();
-    encode_event_error(&mut overload, 0, ErrorCode::ServerOverloaded);
     let w = Rc::new(Worker {
         conns: RefCell::new(Conns::default()),
         wheel: RefCell::new(TimerWheel::new(origin, tick, WHEEL_SLOTS)),
@@ -143,7 +140,6 @@ async fn run(
         )),
         metrics: WorkerMetrics::new(),
         expired: RefCell::new(Vec::new()),
-        overload_frame: overload.into(),
         pool: RefCell::new(Vec::new()),
         queue: RefCell::new(std::collections::VecDeque::with_capacity(ACCEPT_BATCH)),
         idle_tasks: std::cell::Cell::new(0),
@@ -177,6 +173,7 @@ async fn run(
             w.start_drain();
             drain_started = Some(now);
         }
+        w.metrics.bans_active(w.shared.admission.bans_active());
         w.metrics.flush();
         if let Some(t) = drain_started {
             if w.conns.borrow().is_empty() || now.duration_since(t) >= w.shared.config.drain_timeout
@@ -272,28 +269,35 @@ impl Worker {
         last_warn: &mut Option<Instant>,
     ) {
         let w = self;
-        match w.shared.admit(peer, kind.proxy()) {
+        let now = Instant::now();
+        let counted = match w.shared.admit(peer, kind.proxy(), now) {
             super::Admission::Untrusted => {
                 tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
                 w.metrics.refused_untrusted(kind);
                 return;
             }
-            super::Admission::Full(_) if kind.tls() => {
-                // EventError 10 cannot go out before a handshake: closed without a byte.
-                w.metrics.overloaded(kind);
+            super::Admission::Refused(r) if kind.tls() => {
+                // No EventError can go out before a handshake: closed without a byte.
+                w.metrics.refused(kind, r, false);
                 return;
             }
-            super::Admission::Full(limit) => {
-                w.refuse_over_limit(stream, limit, kind, last_warn);
+            super::Admission::Refused(r) => {
+                w.refuse_at_accept(stream, r, kind, last_warn);
                 return;
             }
-            super::Admission::Admitted => {}
-        }
-        let now = Instant::now();
-        let Some((conn, arm)) = w.shared.open(now, peer.ip(), kind, &w.cfg) else {
+            super::Admission::Admitted { counted } => counted,
+        };
+        let Some((mut conn, arm)) = w.shared.open(now, peer.ip(), kind, &w.cfg) else {
             w.metrics.accept_error();
+            w.shared.active.fetch_sub(1, Ordering::AcqRel);
+            if counted {
+                w.shared.admission.released(peer.ip());
+            }
             return;
         };
+        if counted {
+            conn.mark_admitted();
+        }
         w.metrics.accepted(kind);
         let mut conns = w.conns.borrow_mut();
         let h = conns.insert(conn, stream.as_raw_fd());
@@ -317,19 +321,21 @@ impl Worker {
 /// Refuses a connection over the limit: EventError{0, 10}, closed once written. The
 /// connection is not in the slab (it is over the limit), so its linger is its own timer.
 impl Worker {
-    /// A connection over the limit: counted, warned about (at most every 5 s), and
-    /// answered ServerOverloaded by its own small task.
-    fn refuse_over_limit(
+    /// A connection refused at accept: counted, warned about at the limit (at most every
+    /// 5 s), and answered with its EventError by its own small task.
+    fn refuse_at_accept(
         self: &Rc<Self>,
         stream: TcpStream,
-        limit: usize,
+        r: crate::admission::Refusal,
         kind: ListenerKind,
         last_warn: &mut Option<Instant>,
     ) {
-        self.metrics.overloaded(kind);
-        if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+        self.metrics.refused(kind, r, true);
+        if r == crate::admission::Refusal::Limit
+            && last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
             tracing::warn!(
-                limit,
+                limit = self.shared.max_clients.load(Ordering::Relaxed),
                 "connection limit reached; refusing with ServerOverloaded"
             );
             *last_warn = Some(Instant::now());
@@ -338,12 +344,14 @@ impl Worker {
         if linger {
             self.refusing.set(self.refusing.get() + 1);
         }
-        tokio_uring::spawn(refuse(self.clone(), stream, linger));
+        tokio_uring::spawn(refuse(self.clone(), stream, linger, r.code()));
     }
 }
 
-async fn refuse(w: Rc<Worker>, stream: TcpStream, linger: bool) {
-    let frame = &w.overload_frame;
+async fn refuse(w: Rc<Worker>, stream: TcpStream, linger: bool, code: ErrorCode) {
+    let mut frame = Vec::with_capacity(32);
+    encode_event_error(&mut frame, 0, code);
+    let frame = &frame;
     // Into an empty send buffer: one send(2) always takes 60 bytes.
     let sent = send_now(&stream, frame).unwrap_or(0);
     w.metrics.bytes_out(sent);
@@ -553,6 +561,7 @@ impl Worker {
                 registry: &registry,
                 ids: &mut ids,
                 config: &self.cfg,
+                gate: None,
             };
             answer.clear();
             let p = c
@@ -590,6 +599,7 @@ impl Worker {
             registry: &registry,
             ids: &mut self.ids.borrow_mut(),
             config: &self.cfg,
+            gate: None,
         };
         let p = c
             .conn
@@ -619,19 +629,30 @@ impl Worker {
         super::debug::maybe_panic("connection");
         self.metrics.bytes_in(n);
         let registry = self.shared.registry.load();
+        let metrics = &self.metrics;
+        let now = Instant::now();
+        let gate = |ip| self.shared.gate(ip, now, metrics);
         let mut env = Env {
             registry: &registry,
             ids: &mut self.ids.borrow_mut(),
             config: &self.cfg,
+            gate: Some(&gate),
         };
-        let metrics = &self.metrics;
         let peer = c.conn.peer();
-        let p = c.conn.on_bytes(Instant::now(), buf, &mut env, out, |o| {
+        let mut failures = 0;
+        let p = c.conn.on_bytes(now, buf, &mut env, out, |o| {
             metrics.output(o);
             if let Some(Err(code)) = o.registration {
                 tracing::debug!(%peer, code = code.code(), error = code.name(), "registration rejected");
             }
+            if crate::admission::is_failure(o) {
+                failures += 1;
+            }
         });
+        if failures > 0 {
+            self.shared
+                .failed_registrations(c.conn.peer(), failures, now);
+        }
         if p.action == Action::CloseNow(CloseReason::ProxyProtocol) {
             tracing::debug!(%peer, "refused: missing or invalid PROXY protocol header");
         }
@@ -701,6 +722,7 @@ impl Worker {
         let was_registered = c.conn.session().proxy_client_id().is_some();
         let logical = c.conn.session().logical_clients();
         c.conn.release_ids(&mut self.ids.borrow_mut());
+        self.shared.release(&c.conn);
         let mut wheel = self.wheel.borrow_mut();
         for k in [c.timer, c.write_timer].into_iter().flatten() {
             wheel.cancel(k);
