@@ -60,6 +60,10 @@ pub mod defaults {
     pub const BAN_WINDOW: Duration = Duration::from_secs(60);
     /// `--ban-duration`.
     pub const BAN_DURATION: Duration = Duration::from_secs(300);
+    /// `--lame-duck-duration` (off: all at once).
+    pub const LAME_DUCK_DURATION: Duration = Duration::ZERO;
+    /// `--lame-duck-grace`.
+    pub const LAME_DUCK_GRACE: Duration = Duration::ZERO;
 }
 
 /// A duration written as `250ms`, `5s`, `1m` (humantime syntax).
@@ -207,6 +211,14 @@ pub struct Args {
     /// How long a ban lasts [default: 300s].
     #[arg(long, env = "IXN_BAN_DURATION", value_name = "DUR")]
     pub ban_duration: Option<Dur>,
+    /// Drain as a lame duck: send registered clients EventError 11 spread evenly over this
+    /// (0s: all at once) [default: 0s].
+    #[arg(long, env = "IXN_LAME_DUCK_DURATION", value_name = "DUR")]
+    pub lame_duck_duration: Option<Dur>,
+    /// Drain: wait this long (not accepting, /ready 503) before the spread starts
+    /// [default: 0s].
+    #[arg(long, env = "IXN_LAME_DUCK_GRACE", value_name = "DUR")]
+    pub lame_duck_grace: Option<Dur>,
     /// Worker threads, one io_uring event loop each [default: number of CPUs].
     #[arg(long, env = "IXN_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -333,6 +345,10 @@ pub struct Config {
     pub tls: crate::tls::TlsFiles,
     /// Admission control (IXN1.md section 11).
     pub admission: crate::admission::Limits,
+    /// Drain: the spread of EventError 11 over registered clients (zero: at once).
+    pub lame_duck_duration: Duration,
+    /// Drain: the wait before the spread.
+    pub lame_duck_grace: Duration,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -395,6 +411,8 @@ impl Args {
             ban_failures,
             ban_window,
             ban_duration,
+            lame_duck_duration,
+            lame_duck_grace,
             workers,
             registry,
             registration_timeout,
@@ -440,6 +458,8 @@ impl Args {
             ban_failures: self.ban_failures.or(ban_failures),
             ban_window: self.ban_window.or(ban_window),
             ban_duration: self.ban_duration.or(ban_duration),
+            lame_duck_duration: self.lame_duck_duration.or(lame_duck_duration),
+            lame_duck_grace: self.lame_duck_grace.or(lame_duck_grace),
             workers: self.workers.or(workers),
             registry: self.registry.or(registry),
             registration_timeout: self.registration_timeout.or(registration_timeout),
@@ -507,6 +527,8 @@ impl Args {
                 ban_window: d(args.ban_window, def::BAN_WINDOW),
                 ban_duration: d(args.ban_duration, def::BAN_DURATION),
             },
+            lame_duck_duration: d(args.lame_duck_duration, def::LAME_DUCK_DURATION),
+            lame_duck_grace: d(args.lame_duck_grace, def::LAME_DUCK_GRACE),
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
                 def::PROXY_PROTOCOL_TRUSTED
                     .iter()
@@ -628,6 +650,17 @@ impl Config {
         for (flag, d) in all {
             if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
                 return bad(format!("{flag} {} is outside 1ms..=7days", fmt_dur(d)));
+            }
+        }
+        for (flag, d) in [
+            ("--lame-duck-duration", self.lame_duck_duration),
+            ("--lame-duck-grace", self.lame_duck_grace),
+        ] {
+            if !d.is_zero() && !(MIN_DURATION..=MAX_DURATION).contains(&d) {
+                return bad(format!(
+                    "{flag} {} is outside 1ms..=7days (0s turns it off)",
+                    fmt_dur(d)
+                ));
             }
         }
         if !(MIN_DURATION..=MAX_TIMER_TICK).contains(&self.timer_tick) {

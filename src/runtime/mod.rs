@@ -45,6 +45,8 @@ pub struct Shared {
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     /// Connection rate, per-address caps and bans (IXN1.md section 11).
     pub admission: crate::admission::Admission,
+    /// A second SIGTERM: finish the lame-duck spread at once.
+    pub hurry: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -368,6 +370,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         active: AtomicUsize::new(0),
         tls: ArcSwapOption::new(tls),
         admission,
+        hurry: std::sync::atomic::AtomicBool::new(false),
     });
     let metrics_addr =
         crate::http::spawn(shared.config.metrics_listen, handle, shared.health.clone()).map_err(
@@ -558,26 +561,30 @@ fn supervise(
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                 tracing::info!(
                     active = shared.active.load(Ordering::Relaxed),
+                    grace = %humantime::format_duration(shared.config.lame_duck_grace),
+                    spread = %humantime::format_duration(shared.config.lame_duck_duration),
                     "draining: no new connections; registered clients get ServerShuttingDown"
                 );
+            } else if !shared.hurry.swap(true, Ordering::AcqRel) {
+                tracing::info!("second signal: the rest get ServerShuttingDown at once");
             }
         }
-        if shared.health.draining.load(Ordering::Acquire) {
+        if shared.health.draining.load(Ordering::Acquire)
+            && threads.iter().all(std::thread::JoinHandle::is_finished)
+        {
             break;
         }
-        if threads.iter().any(std::thread::JoinHandle::is_finished) {
+        if !shared.health.draining.load(Ordering::Acquire)
+            && threads.iter().any(std::thread::JoinHandle::is_finished)
+        {
             return Err(StartError::IoUring("a worker stopped unexpectedly".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let started = Instant::now();
     for t in threads {
         let _ = t.join();
     }
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "drained; exiting"
-    );
+    tracing::info!("drained; exiting");
     Ok(())
 }
 
@@ -677,5 +684,76 @@ fn reload_tls(shared: &Shared) {
             tracing::info!("TLS certificate, key and client CAs reloaded");
         }
         Err(e) => tracing::error!("TLS reload refused, keeping the old config: {e}"),
+    }
+}
+
+/// One worker's drain (IXN1.md section 8): at once, or as a lame duck — after
+/// `--lame-duck-grace`, its registered connections get EventError 11 spread evenly over
+/// `--lame-duck-duration`, a slice each timer tick (no timer or task per client). A second
+/// SIGTERM (`Shared::hurry`) sends the rest at once.
+#[derive(Debug)]
+pub(super) struct Drain<H> {
+    /// When the spread begins (the grace is over).
+    begins: Instant,
+    duration: Duration,
+    /// Registered connections not yet sent EventError 11, oldest first; `None` until the
+    /// spread begins.
+    queue: Option<std::collections::VecDeque<H>>,
+    total: usize,
+    /// When the last one was sent.
+    pub finished: Option<Instant>,
+}
+
+impl<H> Drain<H> {
+    /// A drain that starts at `now`.
+    pub fn new(now: Instant, config: &Config) -> Self {
+        Self {
+            begins: now + config.lame_duck_grace,
+            duration: config.lame_duck_duration,
+            queue: None,
+            total: 0,
+            finished: None,
+        }
+    }
+
+    /// Whether the spread should begin now: the engine then closes its unregistered
+    /// connections and hands the registered ones to [`Drain::begin`].
+    pub fn ready(&self, now: Instant, hurry: bool) -> bool {
+        self.queue.is_none() && (hurry || now >= self.begins)
+    }
+
+    /// The spread begins with these registered connections.
+    pub fn begin(&mut self, registered: Vec<H>) {
+        self.total = registered.len();
+        self.queue = Some(registered.into());
+    }
+
+    /// The connections due now: as many as keep the spread even (all when `hurry` or the
+    /// duration is 0).
+    pub fn due(&mut self, now: Instant, hurry: bool) -> Vec<H> {
+        let Some(q) = self.queue.as_mut() else {
+            return Vec::new();
+        };
+        let sent = self.total - q.len();
+        let target = if hurry || self.duration.is_zero() {
+            self.total
+        } else {
+            let f = now.saturating_duration_since(self.begins).as_secs_f64()
+                / self.duration.as_secs_f64();
+            ((self.total as f64 * f.min(1.0)).ceil() as usize).min(self.total)
+        };
+        let n = target.saturating_sub(sent).min(q.len());
+        let out: Vec<H> = q.drain(..n).collect();
+        if q.is_empty() && self.finished.is_none() {
+            self.finished = Some(now);
+        }
+        out
+    }
+
+    /// Whether the worker may stop: every one sent EventError 11 and either all are gone
+    /// or `drain_timeout` has passed since.
+    pub fn done(&self, now: Instant, empty: bool, drain_timeout: Duration) -> bool {
+        self.finished
+            .is_some_and(|t| empty || now.saturating_duration_since(t) >= drain_timeout)
     }
 }

@@ -391,7 +391,7 @@ impl Worker {
     }
 
     fn run(&mut self) {
-        let mut drain_started: Option<Instant> = None;
+        let mut drain: Option<super::Drain<(usize, u32)>> = None;
         let mut done = Vec::with_capacity(1024);
         self.arm_tick();
         loop {
@@ -433,20 +433,18 @@ impl Worker {
                     self.arm_accept(l);
                 }
             }
-            if drain_started.is_none() && draining {
-                self.start_drain(now);
-                drain_started = Some(now);
+            if drain.is_none() && draining {
+                self.stop_accepting();
+                drain = Some(super::Drain::new(now, &self.shared.config));
+            }
+            if let Some(d) = drain.as_mut() {
+                if self.drain_step(d, now) {
+                    break;
+                }
             }
             self.metrics
                 .bans_active(self.shared.admission.bans_active());
             self.metrics.flush();
-            if let Some(t) = drain_started {
-                if self.conns.is_empty()
-                    || now.duration_since(t) >= self.shared.config.drain_timeout
-                {
-                    break;
-                }
-            }
         }
         self.metrics.flush();
     }
@@ -892,7 +890,7 @@ impl Worker {
         self.metrics.tick_expired(&counts);
     }
 
-    fn start_drain(&mut self, now: Instant) {
+    fn stop_accepting(&mut self) {
         for i in 0..self.listeners.len() {
             self.push(
                 opcode::AsyncCancel::new(ud(ACCEPT, i, 0))
@@ -901,26 +899,58 @@ impl Worker {
             );
         }
         self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
-        let registry = self.shared.registry.load();
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for i in keys {
-            let c = &mut self.conns[i];
-            if c.conn.is_closing() || c.hard.is_some() {
-                continue;
+    }
+
+    /// One tick of the drain: when the spread begins, unregistered connections close and
+    /// registered ones queue; then the slice due gets EventError 11. Whether the worker
+    /// may stop.
+    fn drain_step(&mut self, d: &mut super::Drain<(usize, u32)>, now: Instant) -> bool {
+        let hurry = self.shared.hurry.load(Ordering::Acquire);
+        if d.ready(now, hurry) {
+            let mut registered = Vec::new();
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for i in keys {
+                let c = &self.conns[i];
+                if c.conn.session().state() == crate::session::State::Registered {
+                    registered.push((i, c.generation));
+                } else {
+                    self.drain_conn(i, now);
+                }
             }
-            let mut answers = std::mem::take(&mut c.later);
-            let mut env = Env {
-                registry: &registry,
-                ids: &mut self.ids,
-                config: &self.cfg,
-                gate: None,
-            };
-            let metrics = &self.metrics;
-            let p = c
-                .conn
-                .on_drain(now, &mut env, &mut answers, |o| metrics.output(o));
-            c.later = answers;
-            self.carry_out(i, p);
+            d.begin(registered);
         }
+        for (i, generation) in d.due(now, hurry) {
+            if self
+                .conns
+                .get(i)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.drain_conn(i, now);
+            }
+        }
+        d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
+    }
+
+    /// Drains one connection: registered, EventError 11 and close once written;
+    /// unregistered, close now.
+    fn drain_conn(&mut self, i: usize, now: Instant) {
+        let registry = self.shared.registry.load();
+        let c = &mut self.conns[i];
+        if c.conn.is_closing() || c.hard.is_some() {
+            return;
+        }
+        let mut answers = std::mem::take(&mut c.later);
+        let mut env = Env {
+            registry: &registry,
+            ids: &mut self.ids,
+            config: &self.cfg,
+            gate: None,
+        };
+        let metrics = &self.metrics;
+        let p = c
+            .conn
+            .on_drain(now, &mut env, &mut answers, |o| metrics.output(o));
+        c.later = answers;
+        self.carry_out(i, p);
     }
 }

@@ -160,26 +160,23 @@ async fn run(
 
     let mut every = tokio::time::interval_at(tokio::time::Instant::from_std(origin + tick), tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut drain_started: Option<Instant> = None;
+    let mut drain: Option<super::Drain<ConnHandle>> = None;
     loop {
         every.tick().await;
         let now = Instant::now();
         w.expire(now);
-        if drain_started.is_none() && w.shared.health.draining.load(Ordering::Acquire) {
+        if drain.is_none() && w.shared.health.draining.load(Ordering::Acquire) {
             for s in stoppers.drain(..) {
                 let _ = SockRef::from(&s).shutdown(std::net::Shutdown::Both);
             }
             w.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
-            w.start_drain();
-            drain_started = Some(now);
+            drain = Some(super::Drain::new(now, &w.shared.config));
         }
+        let stop = drain.as_mut().is_some_and(|d| w.drain_tick(d, now));
         w.metrics.bans_active(w.shared.admission.bans_active());
         w.metrics.flush();
-        if let Some(t) = drain_started {
-            if w.conns.borrow().is_empty() || now.duration_since(t) >= w.shared.config.drain_timeout
-            {
-                break;
-            }
+        if stop {
+            break;
         }
     }
     w.metrics.flush();
@@ -538,16 +535,45 @@ impl Worker {
         }
     }
 
-    /// Drain (SIGTERM): every connection is told; a registered one's EventError 11 is sent
-    /// from here with one non-blocking send(2) while its task waits in a read.
-    fn start_drain(&self) {
+    /// One tick of the drain (SIGTERM): when the spread begins, unregistered connections
+    /// are told at once and registered ones queue; then the slice due is told. Whether the
+    /// worker may stop.
+    fn drain_tick(&self, d: &mut super::Drain<ConnHandle>, now: Instant) -> bool {
+        let hurry = self.shared.hurry.load(Ordering::Acquire);
+        if d.ready(now, hurry) {
+            let mut registered = Vec::new();
+            let mut others = Vec::new();
+            let mut conns = self.conns.borrow_mut();
+            for h in conns.handles() {
+                let Some(c) = conns.get_mut(h) else { continue };
+                if c.conn.session().state() == crate::session::State::Registered {
+                    registered.push(h);
+                } else {
+                    others.push(h);
+                }
+            }
+            drop(conns);
+            self.drain_conns(&others, now);
+            d.begin(registered);
+        }
+        let due = d.due(now, hurry);
+        self.drain_conns(&due, now);
+        d.done(
+            now,
+            self.conns.borrow().is_empty(),
+            self.shared.config.drain_timeout,
+        )
+    }
+
+    /// Tells these connections of the drain; a registered one's EventError 11 is sent from
+    /// here with one non-blocking send(2) while its task waits in a read.
+    fn drain_conns(&self, handles: &[ConnHandle], now: Instant) {
         let registry = self.shared.registry.load();
         let mut ids = self.ids.borrow_mut();
         let mut conns = self.conns.borrow_mut();
         let mut wheel = self.wheel.borrow_mut();
-        let now = Instant::now();
         let mut answer = Vec::with_capacity(64);
-        for h in conns.handles() {
+        for &h in handles {
             let Some(c) = conns.get_mut(h) else { continue };
             if c.signal.is_some() || c.conn.is_closing() {
                 continue;
