@@ -22,6 +22,8 @@ use ixn_proto::tls::{Handshake, HandshakeResult, ListenerKind};
 pub const ACCEPTED: &str = "ixn_connections_accepted_total";
 /// `ixn_connections_refused_total{reason}`: refused by admission control or the limit.
 pub const REFUSED: &str = "ixn_connections_refused_total";
+/// `ixn_drain_remaining`: registered connections the lame-duck drain has yet to tell.
+pub const DRAIN_REMAINING: &str = "ixn_drain_remaining";
 /// `ixn_bans_active`: addresses banned now.
 pub const BANS_ACTIVE: &str = "ixn_bans_active";
 /// `ixn_tls_handshakes_total{result}`
@@ -84,6 +86,10 @@ pub fn describe() {
         "Connections refused at accept, by reason (banned, rate, per_ip, limit)."
     );
     describe_gauge!(BANS_ACTIVE, "Addresses banned now (IXN1.md section 11).");
+    describe_gauge!(
+        DRAIN_REMAINING,
+        "Registered connections the drain has not yet sent ServerShuttingDown."
+    );
     describe_counter!(
         TLS_HANDSHAKES,
         "TLS handshakes ended, by result (full, resumed, failed)."
@@ -200,6 +206,7 @@ pub struct WorkerMetrics {
     handshakes: Vec<Local>,
     handshake_duration: Histogram,
     bans: Gauge,
+    drain_remaining: LocalGauge,
     active: LocalGauge,
     registered: LocalGauge,
     logical: LocalGauge,
@@ -257,6 +264,7 @@ impl WorkerMetrics {
                 .collect(),
             handshake_duration: histogram!(TLS_HANDSHAKE_DURATION),
             bans: gauge!(BANS_ACTIVE),
+            drain_remaining: LocalGauge::new(gauge!(DRAIN_REMAINING)),
             active: LocalGauge::new(gauge!(ACTIVE)),
             registered: LocalGauge::new(gauge!(REGISTERED)),
             logical: LocalGauge::new(gauge!(LOGICAL)),
@@ -319,6 +327,11 @@ impl WorkerMetrics {
     /// A refusal by reason (the connection itself is counted where it closes).
     pub fn refused_by(&self, r: Refusal) {
         self.refused[r.index()].add(1);
+    }
+
+    /// The drain's queue of registered connections grew (positive) or was told (negative).
+    pub fn drain_remaining(&self, delta: i64) {
+        self.drain_remaining.add(delta);
     }
 
     /// Addresses banned now (any worker may publish it: it is process-wide).
@@ -411,6 +424,7 @@ impl WorkerMetrics {
         for r in &self.refused {
             r.flush();
         }
+        self.drain_remaining.flush();
         self.active.flush();
         self.registered.flush();
         self.logical.flush();

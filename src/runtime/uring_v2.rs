@@ -917,9 +917,12 @@ impl Worker {
                     self.drain_conn(i, now);
                 }
             }
+            self.metrics.drain_remaining(registered.len() as i64);
             d.begin(registered);
         }
-        for (i, generation) in d.due(now, hurry) {
+        let due = d.due(now, hurry);
+        self.metrics.drain_remaining(-(due.len() as i64));
+        for (i, generation) in due {
             if self
                 .conns
                 .get(i)

@@ -554,9 +554,11 @@ impl Worker {
             }
             drop(conns);
             self.drain_conns(&others, now);
+            self.metrics.drain_remaining(registered.len() as i64);
             d.begin(registered);
         }
         let due = d.due(now, hurry);
+        self.metrics.drain_remaining(-(due.len() as i64));
         self.drain_conns(&due, now);
         d.done(
             now,
