@@ -546,29 +546,19 @@ fn log_started(
     tracing::info!("metrics on {metrics_addr}");
 }
 
-/// The control thread: reloads on SIGHUP, starts the drain on SIGTERM/SIGINT, and waits
-/// for the workers to finish it. A worker that stops on its own is an error.
+/// The control thread: a signal thread reloads on SIGHUP and starts the drain on
+/// SIGTERM/SIGINT the moment they arrive (so `/ready` turns 503 at once); this one waits
+/// for the workers to finish. A worker that stops on its own is an error.
 fn supervise(
-    shared: &Shared,
-    mut signals: signal_hook::iterator::Signals,
+    shared: &Arc<Shared>,
+    signals: signal_hook::iterator::Signals,
     threads: Vec<std::thread::JoinHandle<()>>,
 ) -> Result<(), StartError> {
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("ixn-signals".into())
+        .spawn(move || on_signals(&s, signals))?;
     loop {
-        for sig in signals.pending() {
-            if sig == signal_hook::consts::SIGHUP {
-                reload(shared);
-            } else if !shared.health.draining.swap(true, Ordering::AcqRel) {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                tracing::info!(
-                    active = shared.active.load(Ordering::Relaxed),
-                    grace = %humantime::format_duration(shared.config.lame_duck_grace),
-                    spread = %humantime::format_duration(shared.config.lame_duck_duration),
-                    "draining: no new connections; registered clients get ServerShuttingDown"
-                );
-            } else if !shared.hurry.swap(true, Ordering::AcqRel) {
-                tracing::info!("second signal: the rest get ServerShuttingDown at once");
-            }
-        }
         if shared.health.draining.load(Ordering::Acquire)
             && threads.iter().all(std::thread::JoinHandle::is_finished)
         {
@@ -586,6 +576,25 @@ fn supervise(
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Handles each signal as it arrives (blocking; the process exits around this thread).
+fn on_signals(shared: &Shared, mut signals: signal_hook::iterator::Signals) {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            reload(shared);
+        } else if !shared.health.draining.swap(true, Ordering::AcqRel) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+            tracing::info!(
+                active = shared.active.load(Ordering::Relaxed),
+                grace = %humantime::format_duration(shared.config.lame_duck_grace),
+                spread = %humantime::format_duration(shared.config.lame_duck_duration),
+                "draining: no new connections; registered clients get ServerShuttingDown"
+            );
+        } else if !shared.hurry.swap(true, Ordering::AcqRel) {
+            tracing::info!("second signal: the rest get ServerShuttingDown at once");
+        }
+    }
 }
 
 /// Descriptors kept free beyond the server's own, the metrics listener's and the lingering
