@@ -62,6 +62,11 @@ pub struct Args {
     /// intended start (no coordinated omission).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop with a rate profile instead of --rate and --duration, as k6's stages:
+    /// `10s:1000/s,30s:5000/s` ramps linearly from 0 to 1,000/s over 10 s, then to
+    /// 5,000/s over 30 s; the run (warm-up included) ends with the last stage.
+    #[arg(long, value_parser = Stages::parse)]
+    pub stages: Option<Stages>,
     /// Run time (measurement, after the warm-up).
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub duration: Duration,
@@ -328,6 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn stages_parse_and_place_arrivals_on_the_profile() {
+        let s = Stages::parse("1s:200/s, 1s:400/s").unwrap();
+        assert_eq!(s.total(), Duration::from_secs(2));
+        assert_eq!(s.peak(), 400.0);
+        // A ramp from 0 to 200/s over 1 s brings 100 arrivals, the next 300 more.
+        let at = |n: f64| s.time_of(n).unwrap().as_secs_f64();
+        assert!((at(100.0) - 1.0).abs() < 1e-9);
+        assert!(
+            (at(25.0) - 0.5).abs() < 1e-9,
+            "a quarter of the ramp's arrivals at half time"
+        );
+        assert!((at(400.0) - 2.0).abs() < 1e-9);
+        assert_eq!(s.time_of(401.0), None);
+        let flat = Stages::parse("2s:0/s,1s:10/s").unwrap();
+        assert!(
+            flat.time_of(1.0).unwrap() > Duration::from_secs(2),
+            "nothing while at 0/s"
+        );
+        for bad in ["", "10s", "0s:5/s", "1s:-3/s", "1s:x/s"] {
+            assert!(Stages::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn parses_sources_and_mix() {
         let s = sources(&["127.0.0.2-127.0.0.4".into(), "::1".into()]).unwrap();
         assert_eq!(s.len(), 4);
@@ -336,5 +365,70 @@ mod tests {
         assert_eq!((m.churn, m.invalid, m.silent), (90, 5, 5));
         assert!(Mix::parse("hold=1").is_err());
         assert!(Mix::parse("churn=0").is_err());
+    }
+}
+
+/// `--stages`: a piecewise-linear rate profile, from 0 connections per second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stages(pub Vec<(Duration, f64)>);
+
+impl Stages {
+    /// Parses `DUR:RATE/s[,DUR:RATE/s…]`.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let mut v = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (d, r) = part
+                .split_once(':')
+                .with_context(|| format!("--stages: {part:?} is not DURATION:RATE/s"))?;
+            let d = duration(d).map_err(|e| anyhow::anyhow!("--stages: {part:?}: {e}"))?;
+            let r: f64 = r
+                .trim()
+                .trim_end_matches("/s")
+                .parse()
+                .with_context(|| format!("--stages: {part:?}: the rate is not a number"))?;
+            if d.is_zero() || !r.is_finite() || r < 0.0 {
+                bail!("--stages: {part:?}: a stage needs a duration and a rate of at least 0");
+            }
+            v.push((d, r));
+        }
+        if v.is_empty() {
+            bail!("--stages: no stage");
+        }
+        Ok(Self(v))
+    }
+
+    /// The whole profile's length.
+    pub fn total(&self) -> Duration {
+        self.0.iter().map(|(d, _)| *d).sum()
+    }
+
+    /// The highest rate.
+    pub fn peak(&self) -> f64 {
+        self.0.iter().map(|(_, r)| *r).fold(0.0, f64::max)
+    }
+
+    /// When the `n`th connection (counted from 1) is due, from the profile's start; `None`
+    /// past its end. The arrivals so far are the integral of the rate, a quadratic in each
+    /// stage, so this solves for the time exactly rather than stepping.
+    pub fn time_of(&self, n: f64) -> Option<Duration> {
+        let (mut t, mut done, mut from) = (0.0f64, 0.0f64, 0.0f64);
+        for &(d, to) in &self.0 {
+            let len = d.as_secs_f64();
+            let here = (from + to) / 2.0 * len;
+            if here > 0.0 && n <= done + here {
+                let need = n - done;
+                let a = (to - from) / (2.0 * len);
+                let tau = if a.abs() < 1e-12 {
+                    need / from
+                } else {
+                    (-from + (from * from + 4.0 * a * need).sqrt()) / (2.0 * a)
+                };
+                return Some(Duration::from_secs_f64(t + tau.clamp(0.0, len)));
+            }
+            done += here;
+            t += len;
+            from = to;
+        }
+        None
     }
 }

@@ -53,7 +53,18 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
     };
     let start = Instant::now();
     let measure_from = start + args.warmup;
-    let measure_until = if args.count.is_some() && args.scenario != Scenario::Hold {
+    if args.stages.is_some() && (args.rate.is_some() || args.scenario == Scenario::Hold) {
+        anyhow::bail!("--stages is an open-loop rate profile: not with --rate or --scenario hold");
+    }
+    if let Some(s) = &args.stages {
+        if s.total() <= args.warmup {
+            anyhow::bail!("--stages last {:?}, no longer than --warmup", s.total());
+        }
+    }
+    let measure_until = if let Some(s) = &args.stages {
+        // The profile is the run: warm-up included, it ends with the last stage.
+        start + s.total()
+    } else if args.count.is_some() && args.scenario != Scenario::Hold {
         // --count ends the run; the duration is only a safety net.
         measure_from + Duration::from_secs(24 * 3600)
     } else {

@@ -88,14 +88,16 @@ impl Summary {
         let has = |s: Scenario| args.scenario == s || args.scenario == Scenario::Mix;
         Self {
             scenario: args.scenario,
-            mode: if args.rate.is_some() {
+            mode: if args.rate.is_some() || args.stages.is_some() {
                 "open"
             } else {
                 "closed"
             },
             threads,
-            concurrency: args.rate.is_none().then_some(args.concurrency),
-            target_rate: args.rate,
+            concurrency: (args.rate.is_none() && args.stages.is_none()).then_some(args.concurrency),
+            target_rate: args
+                .rate
+                .or(args.stages.as_ref().map(crate::cli::Stages::peak)),
             duration_s: secs,
             ok: t.ok,
             ok_by_kind: t.ok_by_kind.clone(),

@@ -226,6 +226,21 @@ async fn run(t: Rc<Thread>) {
         for s in t.held.borrow_mut().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    } else if let Some(stages) = &args.stages {
+        // Open loop on a rate profile: this thread takes every `threads`th arrival, each
+        // at the exact time the profile's integral reaches it.
+        let start = Instant::now();
+        let mut n = t.plan.index as f64 + 1.0;
+        while let Some(due) = stages.time_of(n) {
+            let at = start + due;
+            tokio::time::sleep_until(at.into()).await;
+            if t.shared.stop.load(Ordering::Acquire) || !t.admit(at) {
+                break;
+            }
+            spawn_counted(&t, one(t.clone(), t.pick(), at));
+            n += t.plan.threads as f64;
+        }
+        t.shared.stop.store(true, Ordering::Release);
     } else if let Some(rate) = args.rate {
         // Open loop: starts at fixed intended times, whatever the server does.
         let per_sec = (rate / t.plan.threads as f64).max(0.001);

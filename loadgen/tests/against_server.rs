@@ -227,6 +227,39 @@ fn open_loop_rate_counts_agree() {
 }
 
 #[test]
+fn stages_follow_the_rate_profile() {
+    let s = start();
+    // 0 -> 200/s over 1 s (100 arrivals), then 200 -> 400/s over 1 s (300 more).
+    let v = loadgen(
+        &s,
+        &[
+            "--scenario",
+            "churn",
+            "--stages",
+            "1s:200/s,1s:400/s",
+            "--warmup",
+            "0s",
+        ],
+    );
+    let ok = n(&v, &["ok"]);
+    assert!((380.0..=420.0).contains(&ok), "about 400: {ok}");
+    assert_eq!(v["mode"], "open");
+    assert_eq!(n(&v, &["target_rate"]), 400.0);
+    // Three times the first second's arrivals in the second (100 then 300).
+    let series = v["series"].as_array().expect("series");
+    let first: f64 = series
+        .iter()
+        .take(1)
+        .map(|x| x["ok"].as_f64().unwrap())
+        .sum();
+    assert!(
+        first < 160.0,
+        "the ramp starts slow: {first} in the first second"
+    );
+    assert_eq!(s.wait("ixn_registrations_total{result=\"ok\"}", ok), ok);
+}
+
+#[test]
 fn silent_counts_and_deadline_windows_agree() {
     let s = start();
     let v = loadgen(
