@@ -785,10 +785,12 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "quick");
     // Optional filters: `churn`, `memory`, `bulk` (default: all).
-    let only: Vec<&str> = ["churn", "memory", "bulk", "metrics", "loadgen", "tls"]
-        .into_iter()
-        .filter(|f| args.iter().any(|a| a == f))
-        .collect();
+    let only: Vec<&str> = [
+        "churn", "memory", "bulk", "metrics", "loadgen", "tls", "storm",
+    ]
+    .into_iter()
+    .filter(|f| args.iter().any(|a| a == f))
+    .collect();
     let run = |f: &str| only.is_empty() || only.contains(&f);
     let dur = if quick {
         Duration::from_secs(2)
@@ -813,10 +815,116 @@ fn main() {
             idle_memory(if quick { 2000 } else { 10_000 }, engine);
         }
     }
+    if run("storm") {
+        storm(Duration::from_secs(3));
+    }
     if run("tls") {
         tls_bench::run(dur, if quick { 1000 } else { 5000 });
     }
     if run("bulk") {
         bulk_drop(if quick { 2000 } else { 10_000 }, if quick { 1 } else { 3 });
     }
+}
+
+/// Issue 16's storm figure: 200 registered clients probe the server (a frame each, one in
+/// flight, answered EventError 9) while `ixn-loadgen` throws new connections at 20x the
+/// `--max-connection-rate` cap from 16 source addresses; their p99 beside the same probe
+/// with no storm, in one run.
+fn storm(dur: Duration) {
+    let mut bin = std::env::current_exe().unwrap();
+    bin.pop();
+    bin.pop();
+    bin.push("ixn-loadgen");
+    println!("# refusal storm: 200 registered clients' answers while connections are refused at the rate cap");
+    let p = start_ixn(&[
+        "--max-connection-rate",
+        "1000",
+        "--registration-timeout",
+        "120s",
+    ]);
+    let rrc = hex::decode(RRC).unwrap();
+    let mut clients: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(p.addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            s.write_all(&rrc).unwrap();
+            let mut ack = [0u8; ACK_LEN];
+            s.read_exact(&mut ack).unwrap();
+            s
+        })
+        .collect();
+    let probe = |clients: &mut [TcpStream], for_: Duration| -> (f64, f64, usize) {
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        let mut i = 0usize;
+        while t0.elapsed() < for_ {
+            let s = &mut clients[i % clients.len()];
+            let mut frame = Vec::new();
+            ixn::protocol::encode(
+                &ixn::protocol::Message::Other {
+                    msg_id: 0x0010,
+                    reference_id: Some(i as i32 + 1),
+                },
+                &mut frame,
+            )
+            .unwrap();
+            let t = Instant::now();
+            s.write_all(&frame).unwrap();
+            let mut head = [0u8; 4];
+            s.read_exact(&mut head).unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+            s.read_exact(&mut body).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            i += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        lat.sort_by(f64::total_cmp);
+        let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
+        (q(0.5), q(0.99), lat.len())
+    };
+    let (q50, q99, qn) = probe(&mut clients, dur);
+    println!("  quiet: {qn} answers, p50 {q50:.0} µs, p99 {q99:.0} µs");
+    let json = std::env::temp_dir().join(format!("ixn-storm-{}.json", std::process::id()));
+    let mut lg = Command::new(&bin)
+        .args(["--target", &p.addr.to_string(), "--threads", "1"])
+        .args([
+            "--pin",
+            "--first-cpu",
+            "1",
+            "--scenario",
+            "churn",
+            "--rate",
+            "20000",
+        ])
+        .args([
+            "--duration",
+            &format!("{}s", dur.as_secs() + 2),
+            "--warmup",
+            "0s",
+            "-q",
+        ])
+        .args(["--io-timeout", "2s", "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("target/release/ixn-loadgen (cargo build --release first)");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (s50, s99, sn) = probe(&mut clients, dur);
+    let _ = lg.wait();
+    let text = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = std::fs::remove_file(&json);
+    let field = |k: &str| {
+        text.split(&format!("\"{k}\": "))
+            .nth(1)
+            .and_then(|r| r.split([',', '\n']).next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "  storm: {sn} answers, p50 {s50:.0} µs, p99 {s99:.0} µs ({:.2}x the quiet p99); the storm: {:.0} connections served, {:.0} refused or failed",
+        s99 / q99,
+        field("ok"),
+        field("error_total")
+    );
 }
