@@ -256,13 +256,7 @@ fn loadgen_capacity(dur: Duration) {
             .map(|(b, a)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64 * 100.0)
             .collect();
         let text = std::fs::read_to_string(&json).unwrap_or_default();
-        let field = |k: &str| {
-            text.split(&format!("\"{k}\": "))
-                .nth(1)
-                .and_then(|r| r.split([',', '\n']).next())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let field = |k: &str| json_number(&text, k);
         let rate = field("rate");
         println!(
             "{name:<34} {rate:>9.0} reg/s  errors {}  server process {:.0}% of a core; CPU 0 busy {:.0}%, CPU 1 busy {:.0}%  (exit {:?})",
@@ -294,6 +288,15 @@ fn loadgen_capacity(dur: Duration) {
     drop(base);
     let ixn = start_ixn(&[]);
     run("loadgen -> ixn-server (1 worker)", &ixn);
+}
+
+/// The first top-level number named `key` in the loadgen's JSON summary (0 if absent).
+fn json_number(text: &str, key: &str) -> f64 {
+    text.split(&format!("\"{key}\": "))
+        .nth(1)
+        .and_then(|r| r.split([',', '\n']).next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// CPU (user + system) of this process's reaped children, in nanoseconds.
@@ -365,13 +368,7 @@ fn loadgen_against_client(dur: Duration, rounds: usize) {
             .stdout(Stdio::null())
             .status()
             .expect("target/release/ixn-loadgen (cargo build --release first)");
-        let text = std::fs::read_to_string(&json).unwrap_or_default();
-        let ok: f64 = text
-            .split("\"ok\": ")
-            .nth(1)
-            .and_then(|r| r.split([',', '\n']).next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
+        let ok = json_number(&std::fs::read_to_string(&json).unwrap_or_default(), "ok");
         let us = (children_cpu_ns() - c0) as f64 / 1000.0 / ok.max(1.0);
         println!("  ixn-loadgen          {:>9.0} reg/s  {us:>6.2} client CPU µs/reg  (TIME_WAIT before: {tw}; exit {:?})", ok / secs, status.code());
         lg.push(us);
@@ -914,13 +911,7 @@ fn storm(dur: Duration) {
     let _ = lg.wait();
     let text = std::fs::read_to_string(&json).unwrap_or_default();
     let _ = std::fs::remove_file(&json);
-    let field = |k: &str| {
-        text.split(&format!("\"{k}\": "))
-            .nth(1)
-            .and_then(|r| r.split([',', '\n']).next())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let field = |k: &str| json_number(&text, k);
     println!(
         "  storm: {sn} answers, p50 {s50:.0} µs, p99 {s99:.0} µs ({:.2}x the quiet p99); the storm: {:.0} connections served, {:.0} refused or failed",
         s99 / q99,

@@ -3,21 +3,9 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Connects to `to` from the loopback address `from`.
-fn connect_from(from: &str, to: SocketAddr) -> Client {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    Client::from_stream(s)
-}
 
 #[test]
 fn per_address_cap_refuses_exactly_the_excess_and_frees_on_close() {

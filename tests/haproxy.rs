@@ -4,22 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Connects to `to` from the local address `from`.
-fn connect_from(from: &str, to: SocketAddr) -> Client {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: std::net::TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    Client::from_stream(s)
-}
 
 #[test]
 fn two_instances_behind_haproxy_send_proxy_v2() {

@@ -524,16 +524,6 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-fn connect_from(from: &str, to: SocketAddr) -> Client {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let src: SocketAddr = format!("{from}:0").parse().unwrap();
-    sock.bind(&src.into()).unwrap();
-    sock.connect(&to.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    Client::from_stream(s)
-}
-
 // Item 6: outside an entry's `allow` networks, a wrong and a right credential get the same
 // answer, 5: the address is checked before the secret.
 #[test]

@@ -120,22 +120,6 @@ fn answer(t: &mut Tls) -> Option<Ans> {
     Some(decode_answer(&frame))
 }
 
-fn decode_answer(frame: &[u8]) -> Ans {
-    use ixn::protocol::{decode, Message, DEFAULT_MAX_FRAME_LEN};
-    let f = decode(frame, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
-    match f.message {
-        Message::EventAck(a) => Ans::Ack {
-            rid: a.reference_id,
-            id: a.proxy_client_id,
-        },
-        Message::EventError(e) => Ans::Err {
-            rid: e.reference_id,
-            code: e.error_code,
-        },
-        other => panic!("server sent {other:?}"),
-    }
-}
-
 const REGISTRY: &str = r#"
 [[client]]
 name = "MediaServer_email"

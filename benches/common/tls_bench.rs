@@ -182,76 +182,83 @@ pub fn start_ixn_tls(certs: &Certs, engine: &str) -> (super::common::Proc, Socke
     (p, addr)
 }
 
-/// Redis 7 with only a TLS port, `requirepass`, the same certificate, pinned to CPU 0.
-pub struct Redis(pub Child, pub SocketAddr);
+/// A server under comparison (Redis, NATS), pinned to CPU 0, killed on drop.
+pub struct Peer(pub Child, pub SocketAddr);
 
-impl Redis {
-    pub fn start(certs: &Certs) -> Option<Redis> {
+impl Peer {
+    /// Runs `program` with `args(port)` on a free loopback port; `None` if it is not
+    /// installed.
+    fn start(program: &str, args: impl FnOnce(&str) -> Vec<String>) -> Option<Peer> {
         let port = free_port();
         let child = Command::new("taskset")
-            .args(["-c", "0", "redis-server", "--port", "0"])
-            .args(["--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &certs.cert, "--tls-key-file", &certs.key])
-            .args([
+            .args(["-c", "0", program])
+            .args(args(&port.to_string()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_listening(addr);
+        Some(Peer(child, addr))
+    }
+
+    /// Redis 7 with only a TLS port, `requirepass` and the same certificate.
+    pub fn redis(certs: &Certs) -> Option<Peer> {
+        Self::start("redis-server", |port| {
+            let c = &certs.cert;
+            let k = &certs.key;
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                port,
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                c,
+                "--tls-key-file",
+                k,
                 "--tls-ca-cert-file",
-                &certs.cert,
+                c,
                 "--tls-auth-clients",
                 "no",
-            ])
-            .args([
                 "--requirepass",
                 "s3cret",
                 "--save",
                 "",
                 "--appendonly",
                 "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_listening(addr);
-        Some(Redis(child, addr))
+            ]
+            .map(String::from)
+            .to_vec()
+        })
     }
-}
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// NATS 2.9 with TLS required, a user and password, the same certificate, pinned to CPU 0.
-pub struct Nats(pub Child, pub SocketAddr);
-
-impl Nats {
-    pub fn start(certs: &Certs) -> Option<Nats> {
-        let port = free_port();
-        let child = Command::new("taskset")
-            .args([
-                "-c",
-                "0",
-                "nats-server",
+    /// NATS 2.9 with TLS required, a user and password, and the same certificate.
+    pub fn nats(certs: &Certs) -> Option<Peer> {
+        Self::start("nats-server", |port| {
+            [
                 "-a",
                 "127.0.0.1",
                 "-p",
-                &port.to_string(),
-            ])
-            .args(["--tls", "--tlscert", &certs.cert, "--tlskey", &certs.key])
-            .args(["--user", "u", "--pass", "s3cret"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_listening(addr);
-        Some(Nats(child, addr))
+                port,
+                "--tls",
+                "--tlscert",
+                &certs.cert,
+                "--tlskey",
+                &certs.key,
+                "--user",
+                "u",
+                "--pass",
+                "s3cret",
+            ]
+            .map(String::from)
+            .to_vec()
+        })
     }
 }
 
-impl Drop for Nats {
+impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -280,7 +287,7 @@ pub fn run(dur: Duration, idle: usize) {
         println!("  ixn-server v2, {name:<18} {rate:>8.0} reg/s  {us:>7.1} server CPU µs/reg");
     }
     drop(p);
-    match Redis::start(&certs) {
+    match Peer::redis(&certs) {
         Some(r) => {
             let pid = r.0.id();
             for (name, resume) in [("full handshake", false), ("resumed (tickets)", true)] {
@@ -302,7 +309,7 @@ pub fn run(dur: Duration, idle: usize) {
             "  (redis-server not installed: apt-get install redis-server for the comparison)"
         ),
     }
-    match Nats::start(&certs) {
+    match Peer::nats(&certs) {
         Some(n) => {
             let pid = n.0.id();
             for (name, resume) in [("full handshake", false), ("resumed (tickets)", true)] {

@@ -271,21 +271,7 @@ impl Client {
     }
 
     pub fn answer(&mut self) -> Option<Ans> {
-        let raw = self.read_raw()?;
-        let f = decode(&raw, DEFAULT_MAX_FRAME_LEN)
-            .expect("server frame decodes")
-            .unwrap();
-        Some(match f.message {
-            Message::EventAck(a) => Ans::Ack {
-                rid: a.reference_id,
-                id: a.proxy_client_id,
-            },
-            Message::EventError(e) => Ans::Err {
-                rid: e.reference_id,
-                code: e.error_code,
-            },
-            other => panic!("server sent {other:?}"),
-        })
+        Some(decode_answer(&self.read_raw()?))
     }
 
     /// Waits for end of stream; returns the time since connect. Panics on more data.
@@ -408,4 +394,33 @@ pub fn loadgen_bin() -> std::path::PathBuf {
         assert!(ok.success());
     }
     p
+}
+
+/// Decodes one raw server frame as an answer (panics on anything else).
+pub fn decode_answer(raw: &[u8]) -> Ans {
+    let f = decode(raw, DEFAULT_MAX_FRAME_LEN)
+        .expect("server frame decodes")
+        .unwrap();
+    match f.message {
+        Message::EventAck(a) => Ans::Ack {
+            rid: a.reference_id,
+            id: a.proxy_client_id,
+        },
+        Message::EventError(e) => Ans::Err {
+            rid: e.reference_id,
+            code: e.error_code,
+        },
+        other => panic!("server sent {other:?}"),
+    }
+}
+
+/// Connects to `to` from the loopback address `from` (any of 127.0.0.0/8).
+pub fn connect_from(from: &str, to: SocketAddr) -> Client {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    Client::from_stream(s)
 }
