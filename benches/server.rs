@@ -816,7 +816,7 @@ fn main() {
         storm(Duration::from_secs(3));
     }
     if run("tls") {
-        tls_bench::run(dur, if quick { 1000 } else { 5000 });
+        tls_bench::run(dur, if quick { 1000 } else { 10_000 });
     }
     if run("bulk") {
         bulk_drop(if quick { 2000 } else { 10_000 }, if quick { 1 } else { 3 });
