@@ -255,7 +255,8 @@ pub struct Args {
     /// Longest wait for registered clients to receive EventError{11} on drain [default: 5s].
     #[arg(long, env = "IXN_DRAIN_TIMEOUT", value_name = "DUR")]
     pub drain_timeout: Option<Dur>,
-    /// io_uring setup of each worker's ring [default: coop-taskrun].
+    /// io_uring setup of engine v1's rings (v2 always uses SINGLE_ISSUER | DEFER_TASKRUN)
+    /// [default: coop-taskrun].
     #[arg(long, env = "IXN_RING_SETUP", value_enum)]
     pub ring_setup: Option<RingSetup>,
     /// Pin each worker thread to one CPU [default: true].
