@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(f.frame_len >= 8 && f.frame_len <= rest.len() && f.frame_len <= max);
                 let mut again = Vec::new();
                 if encode(&f.message, &mut again).is_ok() {
-                    let g = decode(&again, usize::MAX).expect("re-encoded frame decodes").expect("complete");
+                    let g = decode(&again, usize::MAX)
+                        .expect("re-encoded frame decodes")
+                        .expect("complete");
                     assert_eq!(g.message, f.message);
                 }
                 rest = &rest[f.frame_len..];

@@ -10,11 +10,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ixn::connection::{Action, ConnConfig, Connection, Env, TimerChange};
+use ixn::connection::{Action, ConnConfig, Connection, Env};
 use ixn::protocol::{decode, Message};
 use ixn::registry::Registry;
 use ixn::session::{IdAllocator, State};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
 
 /// Parsed once: parsing per input took most of each run.
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -42,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
     let mut errors_when_rejected = 0usize;
     for chunk in data.chunks(read_size) {
         let mut out = Vec::new();
-        let mut env = Env { registry, ids: &mut ids, config: &config, gate: None };
+        let mut env = Env {
+            registry,
+            ids: &mut ids,
+            config: &config,
+            gate: None,
+        };
         let was_rejected = c.session().state() == State::Rejected;
         let p = match chunk.first() {
             Some(&DEADLINE) => match c.armed() {
@@ -54,25 +62,17 @@ fuzz_target!(|data: &[u8]| {
                 now += Duration::from_millis(u64::from(chunk.len() as u8) * 40);
                 continue;
             }
-            _ => {
-                pending.extend_from_slice(chunk);
-                let p = c.on_bytes(now, &pending, &mut env, &mut out, |_| {});
-                assert!(p.consumed <= pending.len());
-                pending.drain(..p.consumed);
-                p
-            }
+            _ => common::feed(&mut c, now, &mut pending, chunk, &mut env, &mut out),
         };
-        match p.timer {
-            TimerChange::Arm(t, _) => assert_eq!(c.armed(), Some(t)),
-            TimerChange::Cancel => assert_eq!(c.armed(), None),
-            TimerChange::Keep => {}
-        }
+        common::check_timer(&c, &p);
         if decided {
             assert!(out.is_empty(), "answered after the close was decided");
         }
         let mut rest = &out[..];
         while !rest.is_empty() {
-            let f = decode(rest, usize::MAX).expect("answers decode").expect("complete answers");
+            let f = decode(rest, usize::MAX)
+                .expect("answers decode")
+                .expect("complete answers");
             if matches!(f.message, Message::EventError(_))
                 && (was_rejected || c.session().state() == State::Rejected)
             {
@@ -89,5 +89,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert!(errors_when_rejected <= 16, "{errors_when_rejected} errors to a rejected connection");
+    assert!(
+        errors_when_rejected <= 16,
+        "{errors_when_rejected} errors to a rejected connection"
+    );
 });

@@ -9,10 +9,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use ixn::connection::{Action, ConnConfig, Connection, Env, TimerChange};
+use ixn::connection::{Action, ConnConfig, Connection, Env};
 use ixn::registry::Registry;
 use ixn::session::{CloseReason, IdAllocator};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 /// A self-signed certificate made once: building it per input would dominate each run.
@@ -58,24 +61,21 @@ fuzz_target!(|data: &[u8]| {
     let mut decided = false;
     for chunk in data.chunks(read_size) {
         let mut out = Vec::new();
-        let mut env = Env { registry, ids: &mut ids, config: &config, gate: None };
+        let mut env = Env {
+            registry,
+            ids: &mut ids,
+            config: &config,
+            gate: None,
+        };
         let p = if chunk.first() == Some(&DEADLINE) {
             match c.armed() {
                 Some(t) => c.on_deadline(t),
                 None => continue,
             }
         } else {
-            pending.extend_from_slice(chunk);
-            let p = c.on_bytes(now, &pending, &mut env, &mut out, |_| {});
-            assert!(p.consumed <= pending.len());
-            pending.drain(..p.consumed);
-            p
+            common::feed(&mut c, now, &mut pending, chunk, &mut env, &mut out)
         };
-        match p.timer {
-            TimerChange::Arm(t, _) => assert_eq!(c.armed(), Some(t)),
-            TimerChange::Cancel => assert_eq!(c.armed(), None),
-            TimerChange::Keep => {}
-        }
+        common::check_timer(&c, &p);
         if decided {
             assert!(out.is_empty(), "wrote after the close was decided");
         }
