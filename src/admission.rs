@@ -292,6 +292,23 @@ impl Admission {
         self.bans.load(Ordering::Acquire)
     }
 
+    /// The bans in force at `now`, for the admin API.
+    pub fn bans(&self, now: Instant) -> Vec<Ban> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(s.bans.iter().filter(|(_, (until, _))| *until > now).map(
+                |(ip, (until, failures))| Ban {
+                    address: *ip,
+                    until: *until,
+                    failures: *failures,
+                },
+            ));
+        }
+        all.sort_by_key(|b| (b.until, b.address));
+        all
+    }
+
     /// Lifts the ban on `ip`; whether there was one.
     pub fn lift(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
@@ -423,8 +440,16 @@ mod tests {
             a.failed(x, after);
         }
         assert_eq!(a.check(x, after), Err(Refusal::Banned));
+        let listed = a.bans(after);
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].address, listed[0].failures), (x, 3));
+        assert!(
+            a.bans(after + Duration::from_secs(60)).is_empty(),
+            "expired: not listed"
+        );
         assert!(a.lift(x));
         assert!(!a.lift(x));
+        assert!(a.bans(after).is_empty());
         assert!(a.check(x, after).is_ok());
     }
 

@@ -219,6 +219,13 @@ pub struct Args {
     /// [default: 0s].
     #[arg(long, env = "IXN_LAME_DUCK_GRACE", value_name = "DUR")]
     pub lame_duck_grace: Option<Dur>,
+    /// Admin API (IXN1.md section 10): list and close clients, list and lift bans.
+    #[arg(long, env = "IXN_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the admin API (the file's content without its trailing newline);
+    /// required when --admin-listen is not loopback.
+    #[arg(long, env = "IXN_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Worker threads, one io_uring event loop each [default: number of CPUs].
     #[arg(long, env = "IXN_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -350,6 +357,10 @@ pub struct Config {
     pub lame_duck_duration: Duration,
     /// Drain: the wait before the spread.
     pub lame_duck_grace: Duration,
+    /// Admin API listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token file.
+    pub admin_token_file: Option<PathBuf>,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -414,6 +425,8 @@ impl Args {
             ban_duration,
             lame_duck_duration,
             lame_duck_grace,
+            admin_listen,
+            admin_token_file,
             workers,
             registry,
             registration_timeout,
@@ -461,6 +474,8 @@ impl Args {
             ban_duration: self.ban_duration.or(ban_duration),
             lame_duck_duration: self.lame_duck_duration.or(lame_duck_duration),
             lame_duck_grace: self.lame_duck_grace.or(lame_duck_grace),
+            admin_listen: self.admin_listen.or(admin_listen),
+            admin_token_file: self.admin_token_file.or(admin_token_file),
             workers: self.workers.or(workers),
             registry: self.registry.or(registry),
             registration_timeout: self.registration_timeout.or(registration_timeout),
@@ -530,6 +545,8 @@ impl Args {
             },
             lame_duck_duration: d(args.lame_duck_duration, def::LAME_DUCK_DURATION),
             lame_duck_grace: d(args.lame_duck_grace, def::LAME_DUCK_GRACE),
+            admin_listen: args.admin_listen,
+            admin_token_file: args.admin_token_file,
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
                 def::PROXY_PROTOCOL_TRUSTED
                     .iter()
@@ -616,6 +633,27 @@ impl Config {
         }
     }
 
+    /// The admin API's bearer token: the `--admin-token-file`'s content without its
+    /// trailing newline; a file that cannot be read or holds no token is refused.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let token = text.strip_suffix('\n').unwrap_or(&text);
+        let token = token.strip_suffix('\r').unwrap_or(token);
+        if token.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "--admin-token-file {}: the file holds no token",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_string()))
+    }
+
     /// The durations served by the timer wheel, by flag name: each must lie in
     /// [`MIN_DURATION`]`..=`[`MAX_DURATION`] and be at least one timer tick.
     fn wheel_timeouts(&self) -> [(&'static str, Duration); 5] {
@@ -696,6 +734,13 @@ impl Config {
         }
         if self.tls.require_client_cert && self.tls.client_ca.is_none() {
             return bad("--tls-require-client-cert true needs --tls-client-ca".into());
+        }
+        if let Some(addr) = self.admin_listen {
+            if self.admin_token()?.is_none() && !addr.ip().is_loopback() {
+                return bad(format!(
+                    "--admin-listen {addr} is not loopback: it needs --admin-token-file"
+                ));
+            }
         }
         if self.backlog == 0 {
             return bad("--backlog must be at least 1".into());

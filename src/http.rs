@@ -134,6 +134,57 @@ pub fn spawn(
     handle: Option<PrometheusHandle>,
     health: Arc<Health>,
 ) -> std::io::Result<SocketAddr> {
+    let upkeep = handle.clone();
+    let limit = health.clone();
+    let handler: Handler = Arc::new(move |req, _peer| {
+        let r = respond(req.method(), req.uri().path(), handle.as_ref(), &health);
+        Box::pin(async move { r })
+    });
+    serve(
+        addr,
+        (
+            "metrics",
+            "--metrics-max-connections, and the descriptor limit",
+        ),
+        move || limit.max_connections.load(Ordering::Relaxed),
+        handler,
+        move || {
+            // The exporter's upkeep keeps histogram memory bounded without scrapes.
+            if let Some(upkeep) = upkeep {
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        every.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// An HTTP endpoint's answer to one request from `peer`.
+pub type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            SocketAddr,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Binds `addr` now and serves `handler` on a thread of its own (`ixn-{what}`), with the
+/// bounds of [`spawn`]: at most `max_connections()` connections (what sets them is named
+/// in the warning when they are full), bounded request heads and connection lifetimes.
+/// `start` runs once inside the thread's runtime.
+pub fn serve(
+    addr: SocketAddr,
+    (what, limit_name): (&'static str, &'static str),
+    max_connections: impl Fn() -> usize + Send + 'static,
+    handler: Handler,
+    start: impl FnOnce() + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
@@ -141,25 +192,17 @@ pub fn spawn(
         .enable_all()
         .build()?;
     std::thread::Builder::new()
-        .name("ixn-http".into())
+        .name(format!("ixn-{what}"))
         .spawn(move || {
             rt.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!("metrics listener: {e}");
+                        tracing::error!("{what} listener: {e}");
                         return;
                     }
                 };
-                if let Some(upkeep) = handle.clone() {
-                    tokio::spawn(async move {
-                        let mut every = tokio::time::interval(Duration::from_secs(5));
-                        loop {
-                            every.tick().await;
-                            upkeep.run_upkeep();
-                        }
-                    });
-                }
+                start();
                 let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let mut accept_warn = RateLimitedWarn::default();
                 let mut full_warn = RateLimitedWarn::default();
@@ -167,30 +210,28 @@ pub fn spawn(
                     let (stream, peer) = match listener.accept().await {
                         Ok(s) => s,
                         Err(e) => {
-                            accept_warn.warn(format_args!("metrics accept: {e}"));
+                            accept_warn.warn(format_args!("{what} accept: {e}"));
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
-                    let max = health.max_connections.load(Ordering::Relaxed);
+                    let max = max_connections();
                     if open.load(Ordering::Relaxed) >= max {
                         // Closed at once: the descriptor is back before the next accept.
                         drop(stream);
                         full_warn.warn(format_args!(
-                            "metrics listener: {max} connections open (--metrics-max-connections, and the descriptor limit); refused {peer}"
+                            "{what} listener: {max} connections open ({limit_name}); refused {peer}"
                         ));
                         continue;
                     }
                     open.fetch_add(1, Ordering::Relaxed);
                     let guard = OpenGuard(open.clone());
-                    let handle = handle.clone();
-                    let health = health.clone();
+                    let handler = handler.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let r =
-                                respond(req.method(), req.uri().path(), handle.as_ref(), &health);
-                            async move { Ok::<_, Infallible>(r) }
+                            let r = handler(req, peer);
+                            async move { Ok::<_, Infallible>(r.await) }
                         });
                         let io = hyper_util::rt::TokioIo::new(stream);
                         let conn = hyper::server::conn::http1::Builder::new()
@@ -206,7 +247,7 @@ pub fn spawn(
     Ok(local)
 }
 
-/// Counts one open metrics connection until dropped (also when its task is cancelled).
+/// Counts one open connection until dropped (also when its task is cancelled).
 struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for OpenGuard {

@@ -4,6 +4,7 @@
 //! `ixn-proto` crate and is re-exported here; this crate feeds it bytes and time from
 //! sockets and clocks, and adds configuration, metrics and the HTTP endpoint.
 
+pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod http;
@@ -11,4 +12,4 @@ pub mod metrics;
 pub mod runtime;
 pub mod tls;
 
-pub use ixn_proto::{connection, protocol, proxy, registry, session, timer_wheel};
+pub use ixn_proto::{connection, names, protocol, proxy, registry, session, timer_wheel};

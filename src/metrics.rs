@@ -26,6 +26,10 @@ pub const REFUSED: &str = "ixn_connections_refused_total";
 pub const DRAIN_REMAINING: &str = "ixn_drain_remaining";
 /// `ixn_bans_active`: addresses banned now.
 pub const BANS_ACTIVE: &str = "ixn_bans_active";
+/// `ixn_admin_requests_total{action}`: admin API requests (IXN1.md section 10).
+pub const ADMIN_REQUESTS: &str = "ixn_admin_requests_total";
+/// `ixn_names_held`: ClientNames held under `on_duplicate` reject or replace.
+pub const NAMES_HELD: &str = "ixn_names_held";
 /// `ixn_tls_handshakes_total{result}`
 pub const TLS_HANDSHAKES: &str = "ixn_tls_handshakes_total";
 /// `ixn_tls_handshake_duration_seconds`: from TCP accept to the handshake's end.
@@ -134,6 +138,17 @@ pub fn describe() {
     );
     describe_gauge!(REGISTRY_CLIENTS, "ClientNames in the registry in force.");
     describe_counter!(REGISTRY_RELOADS, "Registry reloads on SIGHUP, by result.");
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Admin API requests, by action (list_clients, kick, list_bans, lift_ban, unauthorized, other)."
+    );
+    describe_gauge!(
+        NAMES_HELD,
+        "ClientNames held under on_duplicate reject or replace (IXN1.md section 7)."
+    );
+    for a in crate::admin::Action::ALL {
+        let _ = counter!(ADMIN_REQUESTS, "action" => a.name());
+    }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let _ = counter!(REGISTRY_RELOADS, "result" => "ok");
     let _ = counter!(REGISTRY_RELOADS, "result" => "error");
@@ -206,6 +221,7 @@ pub struct WorkerMetrics {
     handshakes: Vec<Local>,
     handshake_duration: Histogram,
     bans: Gauge,
+    names_held: Gauge,
     drain_remaining: LocalGauge,
     active: LocalGauge,
     registered: LocalGauge,
@@ -264,6 +280,7 @@ impl WorkerMetrics {
                 .collect(),
             handshake_duration: histogram!(TLS_HANDSHAKE_DURATION),
             bans: gauge!(BANS_ACTIVE),
+            names_held: gauge!(NAMES_HELD),
             drain_remaining: LocalGauge::new(gauge!(DRAIN_REMAINING)),
             active: LocalGauge::new(gauge!(ACTIVE)),
             registered: LocalGauge::new(gauge!(REGISTERED)),
@@ -337,6 +354,11 @@ impl WorkerMetrics {
     /// Addresses banned now (any worker may publish it: it is process-wide).
     pub fn bans_active(&self, n: usize) {
         self.bans.set(n as f64);
+    }
+
+    /// Names held under `on_duplicate` reject or replace, process-wide (set at a tick).
+    pub fn names_held(&self, n: usize) {
+        self.names_held.set(n as f64);
     }
 
     /// One session output.

@@ -104,7 +104,7 @@ proptest! {
         let config = ConnConfig::default();
         let mut now = Instant::now();
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let (mut c, first) = Connection::accept(now, peer, preamble.is_some(), &config);
+        let (mut c, first) = Connection::accept(now, (peer, 40000).into(), preamble.is_some(), &config);
         prop_assert!(matches!(first, TimerChange::Arm(_, _)));
         // The header, split at `header_cut`, goes first.
         let mut chunks: Vec<Vec<u8>> = Vec::new();
@@ -126,7 +126,7 @@ proptest! {
                 break;
             }
             let mut out = Vec::new();
-            let mut env = Env { registry: &registry, ids: &mut ids, config: &config, gate: None };
+            let mut env = Env { registry: &registry, ids: &mut ids, config: &config, gate: None, names: None };
             let before = c.session().state();
             let p = match ev {
                 Event::Later(ms) => {

@@ -90,6 +90,7 @@ proptest! {
                 now: t0 + Duration::from_millis(i as u64 * 10),
                 ids: &mut ids,
                 config,
+                names: None,
             };
             let before = s.state();
             let close = match st {

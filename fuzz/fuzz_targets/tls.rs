@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     let proxy = mode & 1 == 1;
     let read_size = usize::from(mode >> 1).max(1);
     let (mut c, _) =
-        Connection::accept_tls(now, IpAddr::V4(Ipv4Addr::LOCALHOST), proxy, tls, &config)
+        Connection::accept_tls(now, (IpAddr::V4(Ipv4Addr::LOCALHOST), 40000).into(), proxy, tls, &config)
             .expect("a valid config");
     let mut pending = Vec::new();
     let mut decided = false;
@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
             ids: &mut ids,
             config: &config,
             gate: None,
+            names: None,
         };
         let p = if chunk.first() == Some(&DEADLINE) {
             match c.armed() {

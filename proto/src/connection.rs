@@ -18,15 +18,16 @@
 //! end of stream or the linger deadline. So no answer is ever lost to a reset.
 #![forbid(unsafe_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 
+use crate::names::Claims;
 use crate::protocol::ErrorCode;
 use crate::registry::Registry;
 use crate::session::{
-    deadline, Close, CloseReason, Ctx, IdAllocator, Input, Output, Registration, Session,
+    deadline, Close, CloseReason, Ctx, IdAllocator, Input, Kick, Output, Registration, Session,
     SessionConfig, State, Timer, TimerAction, TimerKind,
 };
 use crate::tls::{Handshake, HandshakeResult, ServerTls, TlsError, TlsPeer};
@@ -67,6 +68,9 @@ pub struct Env<'a> {
     /// the header has arrived: `Err` is the EventError to refuse with (the connection then
     /// closes once it is written; on TLS, at once and without a byte). `None` admits.
     pub gate: Option<&'a dyn Fn(IpAddr) -> Result<(), ErrorCode>>,
+    /// The process's held names as this connection sees them (`on_duplicate`, IXN1.md
+    /// section 7); `None` treats every entry as `allow`.
+    pub names: Option<Claims<'a>>,
 }
 
 impl std::fmt::Debug for Env<'_> {
@@ -77,6 +81,15 @@ impl std::fmt::Debug for Env<'_> {
             .field("gate", &self.gate.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// What an engine tells a connection from outside its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The server drains ([`Connection::on_drain`]).
+    Drain,
+    /// An operator or a newer registration closes it ([`Connection::on_kick`]).
+    Kick(Kick),
 }
 
 /// What the engine does with the connection's one timer.
@@ -145,6 +158,8 @@ enum Phase {
 pub struct Connection {
     session: Session,
     peer: IpAddr,
+    /// The peer's port (kept apart from `peer` for size: a `SocketAddr` is 32 bytes).
+    peer_port: u16,
     accepted_at: Instant,
     awaiting_proxy: bool,
     phase: Phase,
@@ -153,6 +168,8 @@ pub struct Connection {
     tls: Option<Box<ServerTls>>,
     /// Counted by the engine's admission control (which must release it at close).
     admitted: bool,
+    /// Milliseconds from accept to its registration (saturating), for the admin API.
+    registered_after_ms: u32,
 }
 
 impl Connection {
@@ -161,20 +178,22 @@ impl Connection {
     /// `peer`.
     pub fn accept(
         now: Instant,
-        peer: IpAddr,
+        peer: SocketAddr,
         proxy_preamble: bool,
         config: &ConnConfig,
     ) -> (Self, TimerChange) {
         let (session, arm) = Session::accept(now, config.session);
         let mut c = Self {
             session,
-            peer,
+            peer: peer.ip(),
+            peer_port: peer.port(),
             accepted_at: now,
             awaiting_proxy: proxy_preamble,
             phase: Phase::Open,
             armed: None,
             tls: None,
             admitted: false,
+            registered_after_ms: 0,
         };
         let timer = c.timer_change(arm);
         (c, timer)
@@ -184,7 +203,7 @@ impl Connection {
     /// are TLS records, and the registration deadline covers the handshake.
     pub fn accept_tls(
         now: Instant,
-        peer: IpAddr,
+        peer: SocketAddr,
         proxy_preamble: bool,
         tls: std::sync::Arc<rustls::ServerConfig>,
         config: &ConnConfig,
@@ -226,7 +245,7 @@ impl Connection {
         config: &ConnConfig,
         out: &mut impl BufMut,
     ) -> (Self, Progress) {
-        let (mut c, _) = Self::accept(now, peer, false, config);
+        let (mut c, _) = Self::accept(now, SocketAddr::new(peer, 0), false, config);
         crate::protocol::encode_event_error(out, 0, code);
         let reason = if code == ErrorCode::AddressTemporarilyRefused {
             CloseReason::Banned
@@ -247,9 +266,21 @@ impl Connection {
         self.peer
     }
 
+    /// The client's address and port (the PROXY header's source once it has arrived).
+    pub fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.peer, self.peer_port)
+    }
+
     /// When it was accepted.
     pub fn accepted_at(&self) -> Instant {
         self.accepted_at
+    }
+
+    /// When it registered (to the millisecond), once it has.
+    pub fn registered_at(&self) -> Option<Instant> {
+        self.session
+            .registered_as()
+            .map(|_| self.accepted_at + Duration::from_millis(self.registered_after_ms.into()))
     }
 
     /// The timer the engine should have armed for it, if any.
@@ -328,6 +359,7 @@ impl Connection {
                     self.awaiting_proxy = false;
                     if let Some(src) = header.source {
                         self.peer = src.ip();
+                        self.peer_port = src.port();
                     }
                     skip = header.len;
                     if let Some(gate) = env.gate {
@@ -424,6 +456,7 @@ impl Connection {
             now,
             ids: env.ids,
             config: env.config.session,
+            names: env.names,
         };
         let fed = self
             .session
@@ -434,6 +467,10 @@ impl Connection {
                 each(o);
             });
         let logical_delta = self.session.logical_clients() as i64 - logical_before;
+        if registered {
+            let after = now.saturating_duration_since(self.accepted_at).as_millis();
+            self.registered_after_ms = u32::try_from(after).unwrap_or(u32::MAX);
+        }
         let mut progress = Progress {
             consumed: fed.consumed,
             timer: self.timer_change(fed.timer),
@@ -524,6 +561,50 @@ impl Connection {
         now: Instant,
         env: &mut Env<'_>,
         out: &mut impl BufMut,
+        each: impl FnMut(&Output),
+    ) -> Progress {
+        self.tell(now, Input::Drain, env, out, each)
+    }
+
+    /// An operator closes it, or a newer registration of its name replaces it: a
+    /// registered connection gets EventError{0, 15} and closes once written (IXN1.md
+    /// section 6); any other is left alone.
+    pub fn on_kick(
+        &mut self,
+        now: Instant,
+        kick: Kick,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
+        each: impl FnMut(&Output),
+    ) -> Progress {
+        if self.session.state() != State::Registered {
+            return Progress::NOTHING;
+        }
+        self.tell(now, Input::Kick(kick), env, out, each)
+    }
+
+    /// The drain or a kick, whichever `notice` says.
+    pub fn on_notice(
+        &mut self,
+        now: Instant,
+        notice: Notice,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
+        each: impl FnMut(&Output),
+    ) -> Progress {
+        match notice {
+            Notice::Drain => self.on_drain(now, env, out, each),
+            Notice::Kick(k) => self.on_kick(now, k, env, out, each),
+        }
+    }
+
+    /// The drain or a kick, told while no frame is being read.
+    fn tell(
+        &mut self,
+        now: Instant,
+        input: Input<'_>,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
         mut each: impl FnMut(&Output),
     ) -> Progress {
         if self.phase != Phase::Open {
@@ -540,11 +621,12 @@ impl Connection {
                 now,
                 ids: env.ids,
                 config: env.config.session,
+                names: env.names,
             };
             if tls.is_some() {
-                self.session.handle(Input::Drain, &mut ctx, &mut answers)
+                self.session.handle(input, &mut ctx, &mut answers)
             } else {
-                self.session.handle(Input::Drain, &mut ctx, out)
+                self.session.handle(input, &mut ctx, out)
             }
         };
         if let Some(t) = tls.as_deref_mut() {
@@ -557,15 +639,17 @@ impl Connection {
         }
         self.tls = tls;
         each(&o);
+        let reason = self.session.close_reason().unwrap_or(CloseReason::Drain);
         match was {
-            State::Registered | State::Rejected => self.flush_then_close(CloseReason::Drain),
-            _ => self.close_now(CloseReason::Drain),
+            State::Registered | State::Rejected => self.flush_then_close(reason),
+            _ => self.close_now(reason),
         }
     }
 
-    /// Gives back every ProxyClientId the connection holds; call once, when it is gone.
-    pub fn release_ids(&mut self, ids: &mut IdAllocator) {
-        self.session.release_ids(ids);
+    /// Gives back every ProxyClientId and claimed name the connection holds; call once,
+    /// when it is gone.
+    pub fn release(&mut self, ids: &mut IdAllocator, names: Option<Claims<'_>>) {
+        self.session.release(ids, names);
     }
 }
 

@@ -21,7 +21,7 @@ impl H {
     fn new(proxy: bool) -> (Self, TimerChange) {
         let now = Instant::now();
         let config = ConnConfig::default();
-        let (c, t) = Connection::accept(now, LOOPBACK, proxy, &config);
+        let (c, t) = Connection::accept(now, SocketAddr::new(LOOPBACK, 40000), proxy, &config);
         (
             Self {
                 c,
@@ -44,6 +44,7 @@ impl H {
             ids: &mut self.ids,
             config: &self.config,
             gate: None,
+            names: None,
         };
         let p = self
             .c
@@ -58,6 +59,7 @@ impl H {
             ids: &mut self.ids,
             config: &self.config,
             gate: None,
+            names: None,
         };
         self.c.on_drain(self.now, &mut env, &mut self.out, |_| {})
     }
@@ -538,7 +540,7 @@ fn a_refused_proxy_address_gets_the_gates_error_then_closes_once_written() {
         seen.set(Some(ip));
         Err(crate::protocol::ErrorCode::AddressTemporarilyRefused)
     };
-    let (mut c, _) = Connection::accept(now, LOOPBACK, true, &config);
+    let (mut c, _) = Connection::accept(now, SocketAddr::new(LOOPBACK, 40000), true, &config);
     let mut input = b"PROXY TCP4 192.0.2.7 127.0.0.1 5000 7400\r\n".to_vec();
     input.extend(rrc(1, "MediaServer_email", 1));
     let mut out = Vec::new();
@@ -547,6 +549,7 @@ fn a_refused_proxy_address_gets_the_gates_error_then_closes_once_written() {
         ids: &mut ids,
         config: &config,
         gate: Some(&gate),
+        names: None,
     };
     let p = c.on_bytes(now, &input, &mut env, &mut out, |_| {});
     assert_eq!(
@@ -565,13 +568,14 @@ fn a_refused_proxy_address_gets_the_gates_error_then_closes_once_written() {
     assert_eq!(c.on_eof(), CloseReason::Banned);
     // Admitted: counted, and the request behind the header is served.
     let ok = |_: IpAddr| Ok(());
-    let (mut c, _) = Connection::accept(now, LOOPBACK, true, &config);
+    let (mut c, _) = Connection::accept(now, SocketAddr::new(LOOPBACK, 40000), true, &config);
     let mut out = Vec::new();
     let mut env = Env {
         registry: &reg,
         ids: &mut ids,
         config: &config,
         gate: Some(&ok),
+        names: None,
     };
     let _ = c.on_bytes(now, &input, &mut env, &mut out, |_| {});
     assert!(c.admitted());

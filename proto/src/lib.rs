@@ -12,6 +12,8 @@
 
 /// Declares a label enumeration once: the enum, `ALL`, and for each value its label
 /// (`name`) and dense `index`, so metrics, docs tests and logs all derive from one list.
+/// Exported so the server declares its own labels the same way.
+#[macro_export]
 macro_rules! label_enum {
     (
         $(#[$meta:meta])*
@@ -46,6 +48,7 @@ macro_rules! label_enum {
 
 pub mod connection;
 pub mod defaults;
+pub mod names;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;

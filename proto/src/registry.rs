@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -39,9 +40,29 @@ pub enum RegistryError {
     },
 }
 
+label_enum! {
+    /// What a registration does when its ClientName is already registered (IXN1.md
+    /// section 7, `on_duplicate`).
+    pub enum OnDuplicate {
+        /// Both stay registered (the default).
+        Allow => "allow",
+        /// The newer one is refused with EventError 14.
+        Reject => "reject",
+        /// The newer one is acknowledged; the older connection gets EventError 15 and closes.
+        Replace => "replace",
+    }
+}
+
+/// A ClientName shared by the registry entry and every connection registered under it:
+/// cloned without allocating, and one pointer wide (every idle connection carries one; an
+/// `Arc<str>` is two).
+pub type SharedName = Arc<Box<str>>;
+
 /// One registered ClientName.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientEntry {
+    /// The ClientName, shared (not copied) by every connection registered under it.
+    name: SharedName,
     types: u8,
     credential_sha256: Option<[u8; 32]>,
     allow: Vec<IpNet>,
@@ -51,9 +72,21 @@ pub struct ClientEntry {
     /// Certificate identities (`dns:`, `uri:`, `ip:`, `cn:`), one of which the client's
     /// verified certificate must carry (4 otherwise); empty: no certificate asked for.
     tls_identities: Vec<Box<str>>,
+    /// The duplicate-name policy.
+    on_duplicate: OnDuplicate,
 }
 
 impl ClientEntry {
+    /// The ClientName (a reference-counted copy costs no allocation).
+    pub fn name(&self) -> &SharedName {
+        &self.name
+    }
+
+    /// The duplicate-name policy.
+    pub fn on_duplicate(&self) -> OnDuplicate {
+        self.on_duplicate
+    }
+
     /// Whether `t` is among the entry's allowed types.
     pub fn allows_type(&self, t: ClientType) -> bool {
         self.types & t.bit() != 0
@@ -93,6 +126,8 @@ struct RawClient {
     require_tls: bool,
     #[serde(default)]
     tls_identities: Option<toml::Spanned<Vec<String>>>,
+    #[serde(default)]
+    on_duplicate: Option<toml::Spanned<String>>,
 }
 
 /// The kinds of certificate identity `tls_identities` may name (IXN1.md section 7).
@@ -190,7 +225,25 @@ impl Registry {
                     ids.into_iter().map(String::into_boxed_str).collect()
                 }
             };
+            let on_duplicate =
+                match c.on_duplicate {
+                    None => OnDuplicate::Allow,
+                    Some(p) => OnDuplicate::ALL
+                        .into_iter()
+                        .find(|o| o.name() == p.get_ref())
+                        .ok_or_else(|| {
+                            invalid(
+                                p.span().start,
+                                format!(
+                                "field `on_duplicate` of client {name:?}: {:?} is not one of {}",
+                                p.get_ref(),
+                                OnDuplicate::ALL.map(|o| format!("{:?}", o.name())).join(", ")
+                            ),
+                            )
+                        })?,
+                };
             let entry = ClientEntry {
+                name: Arc::new(name.clone().into_boxed_str()),
                 types,
                 credential_sha256: c.credential_sha256,
                 allow,
@@ -198,6 +251,7 @@ impl Registry {
                 // Identities can only come from TLS, so they imply it.
                 require_tls: c.require_tls || !tls_identities.is_empty(),
                 tls_identities,
+                on_duplicate,
             };
             if clients
                 .insert(name.clone().into_boxed_str(), entry)
@@ -526,5 +580,33 @@ tls_identities = ["dns:media1.example.com", "cn:Media One"]
             let e = Registry::parse(&text, "r.toml").unwrap_err().to_string();
             assert!(e.starts_with("r.toml:4:") && e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn on_duplicate_parses_each_policy_and_refuses_others_with_their_line() {
+        for p in OnDuplicate::ALL {
+            let text = format!(
+                "[[client]]\nname = \"X\"\ntypes = [\"MediaServer\"]\non_duplicate = \"{}\"\n",
+                p.name()
+            );
+            let r = Registry::parse(&text, "r.toml").unwrap();
+            assert_eq!(r.get("X").map(ClientEntry::on_duplicate), Some(p));
+        }
+        let r = Registry::parse("[[client]]\nname = \"X\"\ntypes = [\"Proxy\"]\n", "r").unwrap();
+        assert_eq!(
+            r.get("X").map(ClientEntry::on_duplicate),
+            Some(OnDuplicate::Allow)
+        );
+        assert_eq!(r.get("X").map(|e| &***e.name()), Some("X"));
+        let e = Registry::parse(
+            "[[client]]\nname = \"X\"\ntypes = [\"Proxy\"]\non_duplicate = \"kick\"\n",
+            "r.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("r.toml:4:") && e.contains("\"reject\""),
+            "{e}"
+        );
     }
 }

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 
+use crate::names::Claims;
 use crate::protocol::{
     encode_event_ack, encode_event_error, ClientType, ErrorCode, FramingError, Malformed, Message,
     RegisterClient, UnregisterClient,
 };
-use crate::registry::Registry;
+use crate::registry::{ClientEntry, OnDuplicate, Registry, SharedName};
 
 /// Longest timeout a deadline is ever armed with: the 7 days the settings allow
 /// (IXN1.md section 8). [`deadline`] clamps to it, so no `Instant + Duration` can overflow
@@ -113,6 +114,18 @@ pub enum Input<'a> {
     Deadline(TimerKind),
     /// The server is draining (SIGTERM).
     Drain,
+    /// The connection is closed by an operator or replaced (EventError 15); only a
+    /// registered connection answers to it.
+    Kick(Kick),
+}
+
+/// Why a registered connection is closed with EventError 15 (IXN1.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Through the admin API (section 10).
+    Operator,
+    /// A newer connection registered its ClientName under `on_duplicate = "replace"`.
+    Replaced,
 }
 
 /// What the caller must do about the connection's deadline.
@@ -166,6 +179,10 @@ label_enum! {
         Tls => "tls_error",
         /// Refused at admission because its address is banned (EventError 16).
         Banned => "banned",
+        /// Closed by an operator through the admin API (EventError 15).
+        Operator => "operator",
+        /// Replaced by a newer registration of its ClientName (EventError 15).
+        Replaced => "replaced",
     }
 }
 
@@ -307,6 +324,9 @@ pub struct Ctx<'a> {
     pub ids: &'a mut IdAllocator,
     /// Timeouts (kept here, not in every session, to keep sessions small).
     pub config: SessionConfig,
+    /// The process's held names, for `on_duplicate` (IXN1.md section 7); `None` treats
+    /// every entry as `allow`.
+    pub names: Option<Claims<'a>>,
 }
 
 /// One connection's registration state.
@@ -314,15 +334,30 @@ pub struct Ctx<'a> {
 pub struct Session {
     state: State,
     errors_sent: u8,
-    is_proxy: bool,
     own_id: i32,
     max_logical: u32,
-    /// A Proxy's logical clients' ids. Boxed: only Proxies have any, and every idle
+    /// The ClientName it registered under (shared with the registry entry: no copy), for
+    /// the admin API's listing and to give a claimed name back.
+    name: Option<SharedName>,
+    /// Its ClientType's wire code once registered, 0 before (one byte: a `ClientType` is
+    /// an `i32`, and every idle connection carries this field).
+    client_type: u8,
+    /// Its own name is entered in the process's name table (`on_duplicate` not `allow`).
+    claimed: bool,
+    /// A Proxy's logical clients. Boxed: only Proxies have any, and every idle
     /// connection carries this field (8 bytes instead of a `Vec`'s 24: the extra
     /// allocation is paid by Proxies only, and kept idle memory at its 2026-11-24 figure).
     #[allow(clippy::box_collection)]
-    logical: Option<Box<Vec<i32>>>,
+    logical: Option<Box<Vec<Logical>>>,
     closed_by: Option<CloseReason>,
+}
+
+/// One logical client of a Proxy connection.
+#[derive(Debug, Clone)]
+struct Logical {
+    id: i32,
+    /// Its name, kept only when it is entered in the name table (to give it back).
+    claimed: Option<SharedName>,
 }
 
 impl Session {
@@ -331,9 +366,11 @@ impl Session {
         let s = Self {
             state: State::Unregistered,
             errors_sent: 0,
-            is_proxy: false,
             own_id: 0,
             max_logical: 0,
+            name: None,
+            client_type: 0,
+            claimed: false,
             logical: None,
             closed_by: None,
         };
@@ -366,15 +403,27 @@ impl Session {
         self.logical.as_ref().map_or(0, |l| l.len())
     }
 
+    /// The ClientName and ClientType it registered with, once registered.
+    pub fn registered_as(&self) -> Option<(&str, ClientType)> {
+        let ty = ClientType::from_i32(self.client_type.into())?;
+        self.name.as_deref().map(|n| (&**n, ty))
+    }
+
+    fn is_proxy(&self) -> bool {
+        self.client_type == ClientType::Proxy.code() as u8
+    }
+
     /// Gives back every ProxyClientId the connection holds (its own and its logical
-    /// clients'); the caller does this once, when the connection is gone.
-    pub fn release_ids(&mut self, ids: &mut IdAllocator) {
+    /// clients') and every name it claimed; the caller does this once, when the
+    /// connection is gone.
+    pub fn release(&mut self, ids: &mut IdAllocator, names: Option<Claims<'_>>) {
+        self.release_names(names);
         if self.own_id != 0 {
             ids.release(self.own_id);
             self.own_id = 0;
         }
-        for id in self.logical.take().into_iter().flat_map(|l| *l) {
-            ids.release(id);
+        for l in self.logical.take().into_iter().flat_map(|l| *l) {
+            ids.release(l.id);
         }
     }
 
@@ -383,6 +432,36 @@ impl Session {
         if self.state == State::Closing {
             return Output::NOTHING;
         }
+        let o = self.handle_open(input, ctx, out);
+        if self.state == State::Closing {
+            // Unregistered, kicked or drained: its names are free from now on, not from
+            // when the socket is finally gone (which may be a linger later).
+            self.release_names(ctx.names);
+        }
+        o
+    }
+
+    /// Gives back the names it claimed (the ids stay until [`Session::release`]).
+    fn release_names(&mut self, names: Option<Claims<'_>>) {
+        let Some(names) = names else { return };
+        if std::mem::take(&mut self.claimed) {
+            if let Some(name) = &self.name {
+                names.release(name, self.own_id);
+            }
+        }
+        for l in self.logical.iter_mut().flat_map(|l| l.iter_mut()) {
+            if let Some(name) = l.claimed.take() {
+                names.release(&name, l.id);
+            }
+        }
+    }
+
+    fn handle_open(
+        &mut self,
+        input: Input<'_>,
+        ctx: &mut Ctx<'_>,
+        out: &mut impl BufMut,
+    ) -> Output {
         match input {
             Input::FramingError(_) => {
                 self.close(CloseReason::FramingError);
@@ -395,6 +474,7 @@ impl Session {
                 }
             }
             Input::Drain => self.drain(out),
+            Input::Kick(kick) => self.kick(kick, out),
             Input::Deadline(kind) => self.expire(kind),
             Input::Malformed(m) => {
                 let reference_id = m.reference_id.unwrap_or(0);
@@ -474,6 +554,23 @@ impl Session {
         }
     }
 
+    fn kick(&mut self, kick: Kick, out: &mut impl BufMut) -> Output {
+        if self.state != State::Registered {
+            return Output::NOTHING;
+        }
+        self.close(match kick {
+            Kick::Operator => CloseReason::Operator,
+            Kick::Replaced => CloseReason::Replaced,
+        });
+        encode_event_error(out, 0, ErrorCode::ClientDisconnected);
+        Output {
+            answer: Some(Answer::Error(ErrorCode::ClientDisconnected)),
+            registration: None,
+            timer: TimerAction::Cancel,
+            close: Close::AfterWrite,
+        }
+    }
+
     fn reject(
         &mut self,
         code: ErrorCode,
@@ -527,10 +624,23 @@ impl Session {
                         ..self.reject(ErrorCode::ServerOverloaded, req.reference_id, ctx, out)
                     };
                 };
+                let claimed = match claim(ctx, entry, id) {
+                    Ok(c) => c,
+                    Err(code) => {
+                        ctx.ids.release(id);
+                        return Output {
+                            registration: Some(Err(code)),
+                            ..self.reject(code, req.reference_id, ctx, out)
+                        };
+                    }
+                };
                 self.state = State::Registered;
                 self.own_id = id;
-                self.is_proxy = ty == ClientType::Proxy;
-                self.max_logical = if self.is_proxy {
+                self.name = Some(entry.name().clone());
+                self.claimed = claimed;
+                // ClientType codes are 1..=5: the byte holds them.
+                self.client_type = ty.code() as u8;
+                self.max_logical = if self.is_proxy() {
                     entry.max_logical_clients()
                 } else {
                     0
@@ -560,7 +670,7 @@ impl Session {
         ctx: &mut Ctx<'_>,
         out: &mut impl BufMut,
     ) -> Output {
-        let result = if !self.is_proxy {
+        let result = if !self.is_proxy() {
             Err(ErrorCode::AlreadyRegistered)
         } else {
             ctx.registry
@@ -571,19 +681,29 @@ impl Session {
                     ctx.peer,
                     ctx.tls,
                 )
-                .map(|_| ())
-                .and_then(|()| {
+                .and_then(|(entry, _)| {
                     if self.logical_clients() as u64 >= u64::from(self.max_logical) {
                         Err(ErrorCode::TooManyClients)
                     } else {
-                        Ok(())
+                        Ok(entry)
                     }
                 })
         };
-        let result = result.and_then(|()| ctx.ids.next_id().ok_or(ErrorCode::ServerOverloaded));
+        let result = result.and_then(|entry| {
+            let id = ctx.ids.next_id().ok_or(ErrorCode::ServerOverloaded)?;
+            match claim(ctx, entry, id) {
+                Ok(claimed) => Ok((id, claimed.then(|| entry.name().clone()))),
+                Err(code) => {
+                    ctx.ids.release(id);
+                    Err(code)
+                }
+            }
+        });
         match result {
-            Ok(id) => {
-                self.logical.get_or_insert_with(Box::default).push(id);
+            Ok((id, claimed)) => {
+                self.logical
+                    .get_or_insert_with(Box::default)
+                    .push(Logical { id, claimed });
                 encode_event_ack(out, req.reference_id, Some(id));
                 Output {
                     answer: Some(Answer::Ack),
@@ -612,9 +732,13 @@ impl Session {
             Some(id) if id == self.own_id => {}
             Some(id) => {
                 let logical = self.logical.as_deref_mut();
-                return match logical.and_then(|l| l.iter().position(|&x| x == id).map(|i| (l, i))) {
+                return match logical.and_then(|l| l.iter().position(|x| x.id == id).map(|i| (l, i)))
+                {
                     Some((l, i)) => {
-                        l.swap_remove(i);
+                        let gone = l.swap_remove(i);
+                        if let (Some(names), Some(name)) = (ctx.names, &gone.claimed) {
+                            names.release(name, id);
+                        }
                         ctx.ids.release(id);
                         encode_event_ack(out, req.reference_id, None);
                         Output {
@@ -688,6 +812,15 @@ impl Session {
             fed.close = o.close;
         }
         fed
+    }
+}
+
+/// Enters `entry`'s name for registration `id` under its `on_duplicate` policy: whether
+/// it was entered (and must be given back), or the EventError that refuses it (14).
+fn claim(ctx: &Ctx<'_>, entry: &ClientEntry, id: i32) -> Result<bool, ErrorCode> {
+    match (entry.on_duplicate(), ctx.names) {
+        (OnDuplicate::Allow, _) | (_, None) => Ok(false),
+        (policy, Some(names)) => names.claim(entry.name(), policy, id).map(|()| true),
     }
 }
 

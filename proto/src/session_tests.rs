@@ -3,6 +3,7 @@
 use super::*;
 use crate::protocol::{decode, encode, EventAck, EventError, Message as M, UnregisterClient as U};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MAX: usize = crate::protocol::DEFAULT_MAX_FRAME_LEN;
@@ -15,6 +16,8 @@ struct H {
     now: Instant,
     peer: IpAddr,
     outputs: Vec<Output>,
+    /// The process's name table and this session's connection, when a test shares one.
+    names: Option<(Arc<crate::names::NameTable>, crate::names::ConnKey)>,
 }
 
 fn cfg() -> SessionConfig {
@@ -37,6 +40,7 @@ impl H {
             now: t0,
             peer: LOOPBACK,
             outputs: Vec::new(),
+            names: None,
         }
     }
 
@@ -64,6 +68,10 @@ impl H {
             now: self.now,
             ids: &mut self.ids,
             config: cfg(),
+            names: self
+                .names
+                .as_ref()
+                .map(|(table, conn)| Claims { table, conn: *conn }),
         };
         let outputs = &mut self.outputs;
         let fed = self
@@ -81,6 +89,10 @@ impl H {
             now: self.now,
             ids: &mut self.ids,
             config: cfg(),
+            names: self
+                .names
+                .as_ref()
+                .map(|(table, conn)| Claims { table, conn: *conn }),
         };
         let o = self.s.handle(input, &mut ctx, &mut out);
         (answers(&out), o)
@@ -711,7 +723,7 @@ fn a_full_id_space_answers_server_overloaded() {
     let (a, _) = other.send(&[rrc(3, "MediaServer_email", 1, None)]);
     assert_eq!(a, vec![err(3, ErrorCode::ServerOverloaded)]);
     assert_eq!(other.s.state(), State::Rejected);
-    h.s.release_ids(&mut h.ids);
+    h.s.release(&mut h.ids, None);
     assert_eq!(h.ids.live(), 0);
 }
 
@@ -747,4 +759,139 @@ fn deadlines_never_overflow_whatever_the_config() {
         deadline(t0, Duration::from_millis(5)),
         t0 + Duration::from_millis(5)
     );
+}
+
+/// Two connections of a process sharing one name table, with a registry of policies.
+fn pair(replaced: Arc<std::sync::Mutex<Vec<crate::names::Holder>>>) -> (H, H) {
+    let text = "[[client]]\nname = \"Rej\"\ntypes = [\"MediaServer\", \"Proxy\"]\non_duplicate = \"reject\"\n\
+                [[client]]\nname = \"Rep\"\ntypes = [\"MediaServer\", \"Proxy\"]\non_duplicate = \"replace\"\n\
+                [[client]]\nname = \"All\"\ntypes = [\"MediaServer\"]\n";
+    let table = Arc::new(crate::names::NameTable::new(2, move |h| {
+        replaced.lock().unwrap().push(h)
+    }));
+    let mk = |worker| {
+        let mut h = H::new();
+        h.reg = Registry::parse(text, "dup.toml").unwrap();
+        h.ids = IdAllocator::new(worker + 1, 2);
+        h.names = Some((
+            table.clone(),
+            crate::names::ConnKey {
+                worker,
+                slot: 0,
+                generation: 1,
+            },
+        ));
+        h
+    };
+    (mk(0), mk(1))
+}
+
+// Row: Unregistered | valid RRC, ClientName registered elsewhere, reject | EventError{14} | Rejected.
+#[test]
+fn reject_refuses_a_second_holder_until_the_first_is_gone() {
+    let seen = Arc::default();
+    let (mut a, mut b) = pair(Arc::clone(&seen));
+    let (ans, _) = a.send(&[rrc(1, "Rej", 1, None)]);
+    assert!(matches!(ans[..], [Answer2::Ack { .. }]), "{ans:?}");
+    let (ans, fed) = b.send(&[rrc(2, "Rej", 1, None)]);
+    assert_eq!(ans, vec![err(2, ErrorCode::DuplicateClient)]);
+    assert_eq!(b.s.state(), State::Rejected);
+    assert_eq!(fed.timer, error_deadline(&b));
+    assert_eq!(
+        b.outputs.last().and_then(|o| o.registration),
+        Some(Err(ErrorCode::DuplicateClient))
+    );
+    assert_eq!(
+        b.ids.live(),
+        0,
+        "the refused registration's id is given back"
+    );
+    // `allow` names never enter the table.
+    let (ans, _) = a.send(&[rrc(3, "All", 1, None)]);
+    assert_eq!(ans, vec![err(3, ErrorCode::AlreadyRegistered)]);
+    let table = a.names.as_ref().unwrap().0.clone();
+    assert_eq!(table.len(), 1);
+    // The holder unregisters: the name is free at once (not when its socket is gone).
+    let (ans, _) = a.send(&[unreg(5, None)]);
+    assert!(matches!(ans[..], [Answer2::Ack { .. }]), "{ans:?}");
+    assert!(table.is_empty());
+    a.s.release(
+        &mut a.ids,
+        a.names.as_ref().map(|(t, c)| Claims { table: t, conn: *c }),
+    );
+    assert!(table.is_empty());
+    let mut c = pair(Arc::clone(&seen)).0;
+    c.names = Some((table.clone(), c.names.unwrap().1));
+    let (ans, _) = c.send(&[rrc(4, "Rej", 1, None)]);
+    assert!(matches!(ans[..], [Answer2::Ack { .. }]), "{ans:?}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn replace_acknowledges_the_newer_and_names_the_older() {
+    let seen: Arc<std::sync::Mutex<Vec<crate::names::Holder>>> = Arc::default();
+    let (mut a, mut b) = pair(Arc::clone(&seen));
+    let (ans, _) = a.send(&[rrc(1, "Rep", 1, None)]);
+    let Answer2::Ack {
+        proxy_client_id: Some(a_id),
+        ..
+    } = ans[0]
+    else {
+        panic!("{ans:?}")
+    };
+    let (ans, _) = b.send(&[rrc(2, "Rep", 1, None)]);
+    assert!(matches!(ans[..], [Answer2::Ack { .. }]), "{ans:?}");
+    let older = seen.lock().unwrap().clone();
+    assert_eq!(older.len(), 1);
+    assert_eq!((older[0].conn.worker, older[0].id), (0, a_id));
+    // The older one is told: EventError{0, 15}, close once written.
+    let (ans, o) = a.event(Input::Kick(Kick::Replaced));
+    assert_eq!(ans, vec![err(0, ErrorCode::ClientDisconnected)]);
+    assert_eq!(o.close, Close::AfterWrite);
+    assert_eq!(a.s.close_reason(), Some(CloseReason::Replaced));
+}
+
+#[test]
+fn a_proxy_s_logical_clients_follow_the_policy_and_give_their_names_back() {
+    let seen = Arc::default();
+    let (mut p, mut b) = pair(seen);
+    let _ = p.send(&[rrc(1, "Rep", 3, None)]);
+    let (ans, _) = p.send(&[rrc(2, "Rej", 1, None)]);
+    let Answer2::Ack {
+        proxy_client_id: Some(logical),
+        ..
+    } = ans[0]
+    else {
+        panic!("{ans:?}")
+    };
+    let (ans, _) = b.send(&[rrc(3, "Rej", 1, None)]);
+    assert_eq!(ans, vec![err(3, ErrorCode::DuplicateClient)]);
+    // A second logical client under the same name on the same Proxy: refused too.
+    let (ans, _) = p.send(&[rrc(4, "Rej", 1, None)]);
+    assert_eq!(ans, vec![err(4, ErrorCode::DuplicateClient)]);
+    assert_eq!(p.s.state(), State::Registered);
+    let (ans, _) = p.send(&[unreg(5, Some(logical))]);
+    assert!(matches!(ans[..], [Answer2::Ack { .. }]), "{ans:?}");
+    let table = p.names.as_ref().unwrap().0.clone();
+    assert!(
+        table.holders("Rej").is_empty(),
+        "unregistering gives the name back"
+    );
+    assert_eq!(table.len(), 1, "the Proxy's own name stays");
+}
+
+// Row: Registered | an operator closes it | EventError{0, 15}; close once written.
+#[test]
+fn only_a_registered_connection_answers_a_kick() {
+    let mut h = H::new();
+    let (ans, o) = h.event(Input::Kick(Kick::Operator));
+    assert!(ans.is_empty());
+    assert_eq!((o.close, h.s.state()), (Close::No, State::Unregistered));
+    let mut h = H::registered("MediaServer_email", 1, None);
+    let (ans, o) = h.event(Input::Kick(Kick::Operator));
+    assert_eq!(ans, vec![err(0, ErrorCode::ClientDisconnected)]);
+    assert_eq!((o.close, o.timer), (Close::AfterWrite, TimerAction::Cancel));
+    assert_eq!(h.s.close_reason(), Some(CloseReason::Operator));
+    let (name, ty) = h.s.registered_as().unwrap();
+    assert_eq!((name, ty), ("MediaServer_email", ClientType::MediaServer));
 }

@@ -19,6 +19,25 @@ pub struct ConnHandle {
     generation: u32,
 }
 
+impl ConnHandle {
+    /// The process-wide key of this handle's connection on worker `worker`.
+    pub fn key(self, worker: u32) -> ixn_proto::names::ConnKey {
+        ixn_proto::names::ConnKey {
+            worker,
+            slot: self.index,
+            generation: self.generation,
+        }
+    }
+
+    /// The handle a key names (its worker is the caller's).
+    pub fn from_key(key: ixn_proto::names::ConnKey) -> Self {
+        Self {
+            index: key.slot,
+            generation: key.generation,
+        }
+    }
+}
+
 /// One live connection: its protocol state and what the runtime needs to drive it.
 #[derive(Debug)]
 pub struct Conn {
@@ -42,8 +61,8 @@ pub enum Signal {
     /// Close now with this reason (the worker has shut the socket down, which completes a
     /// pending read).
     Close(CloseReason),
-    /// Feed the session `Input::Drain` once the write in flight completes.
-    Drain,
+    /// Tell the connection of the drain or a kick once the write in flight completes.
+    Tell(ixn_proto::connection::Notice),
 }
 
 /// The slab.
@@ -103,6 +122,19 @@ impl Conns {
         self.slab.is_empty()
     }
 
+    /// Every live connection with its handle.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnHandle, &Conn)> {
+        self.slab.iter().map(|(i, c)| {
+            (
+                ConnHandle {
+                    index: i as u32,
+                    generation: c.generation,
+                },
+                c,
+            )
+        })
+    }
+
     /// Handles of every live connection.
     pub fn handles(&self) -> Vec<ConnHandle> {
         self.slab
@@ -125,14 +157,16 @@ mod tests {
     #[test]
     fn a_slab_entry_stays_small() {
         // Every idle connection pays for one (docs/BENCHMARKS.md, idle memory). The TLS
-        // state is one boxed pointer (8 bytes; 104 and 64 before TLS).
+        // state is one boxed pointer (8 bytes; 104 and 64 before TLS). The admin API and
+        // `on_duplicate` added 16 (the registered name, one pointer; its port and
+        // registration time; 112 and 72 before).
         assert!(
-            std::mem::size_of::<Conn>() <= 112,
+            std::mem::size_of::<Conn>() <= 128,
             "Conn is {} bytes",
             std::mem::size_of::<Conn>()
         );
         assert!(
-            std::mem::size_of::<Connection>() <= 72,
+            std::mem::size_of::<Connection>() <= 88,
             "Connection is {} bytes",
             std::mem::size_of::<Connection>()
         );
@@ -143,7 +177,7 @@ mod tests {
         let mut c = Conns::default();
         let now = Instant::now();
         let peer = IpAddr::from([127, 0, 0, 1]);
-        let conn = || Connection::accept(now, peer, false, &ConnConfig::default()).0;
+        let conn = || Connection::accept(now, (peer, 1).into(), false, &ConnConfig::default()).0;
         let a = c.insert(conn(), -1);
         assert!(c.remove(a).is_some());
         let b = c.insert(conn(), -1);

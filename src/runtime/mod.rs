@@ -47,6 +47,45 @@ pub struct Shared {
     pub admission: crate::admission::Admission,
     /// A second SIGTERM: finish the lame-duck spread at once.
     pub hurry: std::sync::atomic::AtomicBool,
+    /// ClientNames held under `on_duplicate` reject or replace, across workers.
+    pub names: ixn_proto::names::NameTable,
+    /// The admin API's (and the name table's) commands to each worker.
+    pub inboxes: Arc<crate::admin::Inboxes>,
+    /// The start, on both clocks: admin ids count from it, and wall times derive from it.
+    pub origin: (Instant, std::time::SystemTime),
+}
+
+/// Shards of the name table: enough that two workers registering at once rarely meet.
+const NAME_SHARDS: usize = 64;
+
+impl Shared {
+    /// Shared state for `config`, with `registry` in force and nothing running yet.
+    pub fn new(config: Config, registry: Registry, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let now = Instant::now();
+        let inboxes = Arc::new(crate::admin::Inboxes::new(config.workers));
+        let posts = inboxes.clone();
+        Self {
+            health: Arc::new(Health::new(config.workers, config.metrics_max_connections)),
+            max_clients: AtomicUsize::new(config.max_connections),
+            admission: crate::admission::Admission::new(config.admission, now),
+            config,
+            registry: ArcSwap::from_pointee(registry),
+            active: AtomicUsize::new(0),
+            tls: ArcSwapOption::new(tls),
+            hurry: std::sync::atomic::AtomicBool::new(false),
+            names: ixn_proto::names::NameTable::new(NAME_SHARDS, move |h| posts.replaced(h.conn)),
+            inboxes,
+            origin: (now, std::time::SystemTime::now()),
+        }
+    }
+
+    /// The name table as connection `conn` sees it.
+    pub fn claims(&self, conn: ixn_proto::names::ConnKey) -> ixn_proto::names::Claims<'_> {
+        ixn_proto::names::Claims {
+            table: &self.names,
+            conn,
+        }
+    }
 }
 
 impl Shared {
@@ -55,7 +94,7 @@ impl Shared {
     pub fn open(
         &self,
         now: Instant,
-        peer: std::net::IpAddr,
+        peer: SocketAddr,
         kind: ListenerKind,
         cfg: &ixn_proto::connection::ConnConfig,
     ) -> Option<(
@@ -179,6 +218,9 @@ pub enum StartError {
     /// A TLS certificate, key or CA file.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsConfigError),
+    /// A setting read at start (the admin token file).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Thread creation or signal set-up.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -361,17 +403,15 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
     let (listeners, bound) = bind_all(&config)?;
-    let admission = crate::admission::Admission::new(config.admission, Instant::now());
-    let shared = Arc::new(Shared {
-        health: Arc::new(Health::new(config.workers, config.metrics_max_connections)),
-        max_clients: AtomicUsize::new(config.max_connections),
-        config,
-        registry: ArcSwap::from_pointee(registry),
-        active: AtomicUsize::new(0),
-        tls: ArcSwapOption::new(tls),
-        admission,
-        hurry: std::sync::atomic::AtomicBool::new(false),
-    });
+    let admin_token = config.admin_token()?;
+    let shared = Arc::new(Shared::new(config, registry, tls));
+    let admin_addr = match shared.config.admin_listen {
+        Some(addr) => Some(
+            crate::admin::spawn(addr, admin_token, shared.clone())
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let metrics_addr =
         crate::http::spawn(shared.config.metrics_listen, handle, shared.health.clone()).map_err(
             |source| StartError::Bind {
@@ -390,7 +430,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     if let Some(limit) = nofile {
         share_descriptors(&shared, limit);
     }
-    log_started(&shared, &features, &bound, metrics_addr);
+    log_started(&shared, &features, &bound, metrics_addr, admin_addr);
     // systemd Type=notify: ready once every worker listens (a no-op outside systemd).
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::debug!("sd_notify READY: {e}");
@@ -515,6 +555,7 @@ fn log_started(
     features: &str,
     bound: &[(SocketAddr, ListenerKind)],
     metrics_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
 ) {
     let config = &shared.config;
     tracing::info!(
@@ -542,6 +583,12 @@ fn log_started(
                 "listening with PROXY protocol and TLS on {a}"
             ),
         }
+    }
+    if let Some(a) = admin_addr {
+        tracing::info!(
+            token = config.admin_token_file.is_some(),
+            "admin API on {a}"
+        );
     }
     tracing::info!("metrics on {metrics_addr}");
 }

@@ -26,7 +26,9 @@
 //!
 //! The tick is a timeout operation in the ring, so the worker waits in `io_uring_enter`
 //! for one completion with no timeout of its own, and deadlines, metrics flushes and the
-//! drain flag are served from the same loop. The clock is read once per wake-up.
+//! drain flag are served from the same loop. The clock is read once per wake-up. The
+//! admin API's commands (and kicks of replaced names) are taken at each tick, so they wait
+//! at most one tick.
 //!
 //! # Completion queue
 //!
@@ -52,10 +54,11 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::Shared;
+use crate::admin::Command;
 use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
-use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Progress, TimerChange};
+use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Notice, Progress, TimerChange};
 use ixn_proto::tls::ListenerKind;
 
 /// Provided buffers per worker.
@@ -190,6 +193,8 @@ struct Conn {
 }
 
 struct Worker {
+    /// This worker's number (the `worker` of its connections' `ConnKey`s).
+    index: u32,
     shared: Arc<Shared>,
     cfg: ConnConfig,
     ids: IdAllocator,
@@ -295,6 +300,7 @@ pub(super) fn thread_main(
     };
     let origin = Instant::now();
     let mut w = Worker {
+        index: index as u32,
         cfg: shared.config.conn_config(),
         ids: IdAllocator::with_last(
             index as u32 + 1,
@@ -442,8 +448,10 @@ impl Worker {
                     break;
                 }
             }
+            self.commands(now);
             self.metrics
                 .bans_active(self.shared.admission.bans_active());
+            self.metrics.names_held(self.shared.names.len());
             self.metrics.flush();
         }
         self.metrics.flush();
@@ -529,7 +537,7 @@ impl Worker {
             }
             super::Admission::Refused(r) => self.refuse(fd, peer, now, kind, r),
             super::Admission::Admitted { counted } => {
-                let Some((mut conn, t)) = self.shared.open(now, peer.ip(), kind, &self.cfg) else {
+                let Some((mut conn, t)) = self.shared.open(now, peer, kind, &self.cfg) else {
                     self.metrics.accept_error();
                     self.shared.active.fetch_sub(1, Ordering::AcqRel);
                     if counted {
@@ -675,6 +683,7 @@ impl Worker {
             ids: &mut self.ids,
             config: &self.cfg,
             gate: Some(&gate),
+            names: Some(shared.claims(key(self.index, i, c.generation))),
         };
         let failures = std::cell::Cell::new(0);
         let each = |o: &crate::session::Output| {
@@ -854,7 +863,8 @@ impl Worker {
         self.close_fd(c.fd);
         let was_registered = c.conn.session().proxy_client_id().is_some();
         let logical = c.conn.session().logical_clients();
-        c.conn.release_ids(&mut self.ids);
+        let names = self.shared.claims(key(self.index, i, c.generation));
+        c.conn.release(&mut self.ids, Some(names));
         if c.counted {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             self.metrics.closed(reason, was_registered, logical);
@@ -914,7 +924,7 @@ impl Worker {
                 if c.conn.session().state() == crate::session::State::Registered {
                     registered.push((i, c.generation));
                 } else {
-                    self.drain_conn(i, now);
+                    self.notify(i, now, Notice::Drain);
                 }
             }
             self.metrics.drain_remaining(registered.len() as i64);
@@ -928,15 +938,16 @@ impl Worker {
                 .get(i)
                 .is_some_and(|c| c.generation == generation)
             {
-                self.drain_conn(i, now);
+                self.notify(i, now, Notice::Drain);
             }
         }
         d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
     }
 
-    /// Drains one connection: registered, EventError 11 and close once written;
-    /// unregistered, close now.
-    fn drain_conn(&mut self, i: usize, now: Instant) {
+    /// Tells one connection of the drain (registered: EventError 11 and close once
+    /// written; unregistered: close now) or of a kick (registered: EventError 15 and close
+    /// once written).
+    fn notify(&mut self, i: usize, now: Instant, notice: Notice) {
         let registry = self.shared.registry.load();
         let c = &mut self.conns[i];
         if c.conn.is_closing() || c.hard.is_some() {
@@ -948,12 +959,54 @@ impl Worker {
             ids: &mut self.ids,
             config: &self.cfg,
             gate: None,
+            names: Some(self.shared.claims(key(self.index, i, c.generation))),
         };
         let metrics = &self.metrics;
         let p = c
             .conn
-            .on_drain(now, &mut env, &mut answers, |o| metrics.output(o));
+            .on_notice(now, notice, &mut env, &mut answers, |o| metrics.output(o));
         c.later = answers;
         self.carry_out(i, p);
+    }
+
+    /// The admin API's commands (and replaced names' kicks), taken at each tick.
+    fn commands(&mut self, now: Instant) {
+        for command in self.shared.inboxes.take(self.index as usize) {
+            match command {
+                Command::List { query, done } => {
+                    let w = self.index;
+                    let conns = self
+                        .conns
+                        .iter()
+                        .filter(|(_, c)| c.hard.is_none())
+                        .map(|(i, c)| (key(w, i, c.generation), &c.conn));
+                    let _ = done.send(crate::admin::list(conns, &query, self.shared.origin.0));
+                }
+                Command::Kick { conn, kick, done } => {
+                    let i = conn.slot as usize;
+                    let live = self.conns.get(i).is_some_and(|c| {
+                        c.generation == conn.generation
+                            && c.hard.is_none()
+                            && !c.conn.is_closing()
+                            && c.conn.session().state() == crate::session::State::Registered
+                    });
+                    if live {
+                        self.notify(i, now, Notice::Kick(kick));
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(live);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The process-wide key of this worker's connection in slot `i`.
+fn key(worker: u32, i: usize, generation: u32) -> ixn_proto::names::ConnKey {
+    ixn_proto::names::ConnKey {
+        worker,
+        slot: i as u32,
+        generation,
     }
 }

@@ -51,11 +51,12 @@ use tokio_uring::net::TcpStream;
 
 use super::conns::{Conn, ConnHandle, Conns, Signal};
 use super::Shared;
+use crate::admin::Command;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{encode_event_error, ErrorCode};
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::TimerWheel;
-use ixn_proto::connection::{Action, ConnConfig, Env, Progress, TimerChange};
+use ixn_proto::connection::{Action, ConnConfig, Env, Notice, Progress, TimerChange};
 use ixn_proto::tls::ListenerKind;
 
 /// Initial (and idle) read buffer per connection.
@@ -78,6 +79,8 @@ const IDLE_TASKS_MAX: usize = 1024;
 pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
 
 struct Worker {
+    /// This worker's number (the `worker` of its connections' `ConnKey`s).
+    index: u32,
     shared: Arc<Shared>,
     conns: RefCell<Conns>,
     wheel: RefCell<TimerWheel<(ConnHandle, Timer)>>,
@@ -130,6 +133,7 @@ async fn run(
     let origin = Instant::now();
     let tick = shared.config.timer_tick;
     let w = Rc::new(Worker {
+        index: index as u32,
         conns: RefCell::new(Conns::default()),
         wheel: RefCell::new(TimerWheel::new(origin, tick, WHEEL_SLOTS)),
         cfg: shared.config.conn_config(),
@@ -173,7 +177,9 @@ async fn run(
             drain = Some(super::Drain::new(now, &w.shared.config));
         }
         let stop = drain.as_mut().is_some_and(|d| w.drain_tick(d, now));
+        w.commands(now);
         w.metrics.bans_active(w.shared.admission.bans_active());
+        w.metrics.names_held(w.shared.names.len());
         w.metrics.flush();
         if stop {
             break;
@@ -284,7 +290,7 @@ impl Worker {
             }
             super::Admission::Admitted { counted } => counted,
         };
-        let Some((mut conn, arm)) = w.shared.open(now, peer.ip(), kind, &w.cfg) else {
+        let Some((mut conn, arm)) = w.shared.open(now, peer, kind, &w.cfg) else {
             w.metrics.accept_error();
             w.shared.active.fetch_sub(1, Ordering::AcqRel);
             if counted {
@@ -553,13 +559,13 @@ impl Worker {
                 }
             }
             drop(conns);
-            self.drain_conns(&others, now);
+            self.notify(&others, now, Notice::Drain);
             self.metrics.drain_remaining(registered.len() as i64);
             d.begin(registered);
         }
         let due = d.due(now, hurry);
         self.metrics.drain_remaining(-(due.len() as i64));
-        self.drain_conns(&due, now);
+        self.notify(&due, now, Notice::Drain);
         d.done(
             now,
             self.conns.borrow().is_empty(),
@@ -567,9 +573,10 @@ impl Worker {
         )
     }
 
-    /// Tells these connections of the drain; a registered one's EventError 11 is sent from
-    /// here with one non-blocking send(2) while its task waits in a read.
-    fn drain_conns(&self, handles: &[ConnHandle], now: Instant) {
+    /// Tells these connections of the drain or a kick; a registered one's EventError (11
+    /// or 15) is sent from here with one non-blocking send(2) while its task waits in a
+    /// read.
+    fn notify(&self, handles: &[ConnHandle], now: Instant, notice: Notice) {
         let registry = self.shared.registry.load();
         let mut ids = self.ids.borrow_mut();
         let mut conns = self.conns.borrow_mut();
@@ -582,7 +589,7 @@ impl Worker {
             }
             if c.write_timer.is_some() {
                 // Its task answers once the write in flight completes.
-                c.signal = Some(Signal::Drain);
+                c.signal = Some(Signal::Tell(notice));
                 continue;
             }
             let mut env = Env {
@@ -590,20 +597,51 @@ impl Worker {
                 ids: &mut ids,
                 config: &self.cfg,
                 gate: None,
+                names: Some(self.shared.claims(h.key(self.index))),
             };
             answer.clear();
-            let p = c
-                .conn
-                .on_drain(now, &mut env, &mut answer, |o| self.metrics.output(o));
+            let p = c.conn.on_notice(now, notice, &mut env, &mut answer, |o| {
+                self.metrics.output(o)
+            });
             if !answer.is_empty() {
                 if matches!(send_fd(c.fd, &answer), Ok(n) if n == answer.len()) {
                     self.metrics.bytes_out(answer.len());
                 } else {
-                    close_hard(c, CloseReason::Drain);
+                    close_hard(c, c.conn.on_eof());
                     continue;
                 }
             }
             self.carry_out(&mut wheel, c, h, &p, now);
+        }
+    }
+
+    /// The admin API's commands (and replaced names' kicks), taken at each tick.
+    fn commands(&self, now: Instant) {
+        for command in self.shared.inboxes.take(self.index as usize) {
+            match command {
+                Command::List { query, done } => {
+                    let conns = self.conns.borrow();
+                    let live = conns
+                        .iter()
+                        .filter(|(_, c)| c.signal.is_none())
+                        .map(|(h, c)| (h.key(self.index), &c.conn));
+                    let _ = done.send(crate::admin::list(live, &query, self.shared.origin.0));
+                }
+                Command::Kick { conn, kick, done } => {
+                    let h = ConnHandle::from_key(conn);
+                    let live = self.conns.borrow_mut().get_mut(h).is_some_and(|c| {
+                        c.signal.is_none()
+                            && !c.conn.is_closing()
+                            && c.conn.session().state() == crate::session::State::Registered
+                    });
+                    if live {
+                        self.notify(&[h], now, Notice::Kick(kick));
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(live);
+                    }
+                }
+            }
         }
     }
 
@@ -616,8 +654,8 @@ impl Worker {
         }
     }
 
-    /// The drain, for a connection whose write was in flight when it began.
-    fn drain_step(&self, h: ConnHandle, out: &mut Vec<u8>) -> Step {
+    /// The drain or a kick, for a connection whose write was in flight when it came.
+    fn tell_step(&self, h: ConnHandle, notice: Notice, out: &mut Vec<u8>) -> Step {
         let mut conns = self.conns.borrow_mut();
         let Some(c) = conns.get_mut(h) else {
             return Step::Close(CloseReason::Peer);
@@ -628,10 +666,13 @@ impl Worker {
             ids: &mut self.ids.borrow_mut(),
             config: &self.cfg,
             gate: None,
+            names: Some(self.shared.claims(h.key(self.index))),
         };
         let p = c
             .conn
-            .on_drain(Instant::now(), &mut env, out, |o| self.metrics.output(o));
+            .on_notice(Instant::now(), notice, &mut env, out, |o| {
+                self.metrics.output(o)
+            });
         apply_timer(&mut self.wheel.borrow_mut(), c, h, p.timer);
         Step::from_progress(&p)
     }
@@ -645,9 +686,9 @@ impl Worker {
         };
         match c.signal.take() {
             Some(Signal::Close(r)) => return Step::Close(r),
-            Some(Signal::Drain) => {
+            Some(Signal::Tell(notice)) => {
                 drop(conns);
-                return self.drain_step(h, out);
+                return self.tell_step(h, notice, out);
             }
             None => {}
         }
@@ -665,6 +706,7 @@ impl Worker {
             ids: &mut self.ids.borrow_mut(),
             config: &self.cfg,
             gate: Some(&gate),
+            names: Some(self.shared.claims(h.key(self.index))),
         };
         let peer = c.conn.peer();
         let mut failures = 0;
@@ -749,7 +791,8 @@ impl Worker {
         };
         let was_registered = c.conn.session().proxy_client_id().is_some();
         let logical = c.conn.session().logical_clients();
-        c.conn.release_ids(&mut self.ids.borrow_mut());
+        let names = self.shared.claims(h.key(self.index));
+        c.conn.release(&mut self.ids.borrow_mut(), Some(names));
         self.shared.release(&c.conn);
         let mut wheel = self.wheel.borrow_mut();
         for k in [c.timer, c.write_timer].into_iter().flatten() {
@@ -826,7 +869,7 @@ async fn connection(w: &Worker, h: ConnHandle, stream: &TcpStream, b: &mut Buffe
     loop {
         let step = match w.take_signal(h) {
             Some(Signal::Close(r)) => return r,
-            Some(Signal::Drain) => w.drain_step(h, &mut b.out),
+            Some(Signal::Tell(notice)) => w.tell_step(h, notice, &mut b.out),
             None => {
                 if b.read.len() == b.read.capacity() {
                     // The decoder asked for more of a frame it knows is at most `max` bytes.

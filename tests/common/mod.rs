@@ -22,6 +22,8 @@ pub struct Server {
     /// The PROXY-then-TLS listener, when `--proxy-tls-listen` was given.
     pub proxy_tls_addr: Option<SocketAddr>,
     pub metrics: SocketAddr,
+    /// The admin API, when `--admin-listen` was given.
+    pub admin: Option<SocketAddr>,
     pub logs: mpsc::Receiver<String>,
     /// Log lines up to the one saying where metrics are served.
     pub startup: Vec<String>,
@@ -61,7 +63,7 @@ impl Server {
             }
         });
         let (mut addr, mut metrics, mut proxy_addr) = (None, None, None);
-        let (mut tls_addr, mut proxy_tls_addr) = (None, None);
+        let (mut tls_addr, mut proxy_tls_addr, mut admin) = (None, None, None);
         let mut startup = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while addr.is_none() || metrics.is_none() {
@@ -80,6 +82,9 @@ impl Server {
             if let Some(a) = line.split("PROXY protocol and TLS on ").nth(1) {
                 proxy_tls_addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            if let Some(a) = line.split("admin API on ").nth(1) {
+                admin = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
             if let Some(a) = line.split("metrics on ").nth(1) {
                 metrics = Some(a.trim().parse().unwrap());
             }
@@ -92,6 +97,7 @@ impl Server {
             tls_addr,
             proxy_tls_addr,
             metrics: metrics.unwrap(),
+            admin,
             logs: rx,
             startup,
         }
@@ -114,22 +120,14 @@ impl Server {
 
     /// GET `path` on the metrics listener: (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.metrics).expect("metrics connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        http(self.metrics, "GET", path, &[])
+    }
+
+    /// `method path` on the admin API, with `token` as its bearer token: (status, body).
+    pub fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+        http(self.admin.expect("--admin-listen"), method, path, &headers)
     }
 
     /// The value of one series in `/metrics` (0 if absent).
@@ -251,6 +249,11 @@ impl Client {
 
     pub fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).unwrap();
+    }
+
+    /// The client's own address and port (the server's `peer`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.s.local_addr().unwrap()
     }
 
     /// Reads exactly one frame's raw bytes (None at end of stream).
@@ -423,4 +426,26 @@ pub fn connect_from(from: &str, to: SocketAddr) -> Client {
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     Client::from_stream(s)
+}
+
+/// One HTTP/1.1 request to `addr` with extra header lines: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("http connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
 }
