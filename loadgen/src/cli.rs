@@ -21,6 +21,11 @@ pub enum Scenario {
     Invalid,
     /// A weighted mix of churn, invalid and silent (`--mix`).
     Mix,
+    /// A reconnection storm: hold --connections registered clients on --target, wait for
+    /// its drain (or start it with --drain-pid), then reconnect each to
+    /// --reconnect-targets with exponential backoff and full jitter until all are
+    /// registered again.
+    Storm,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -151,6 +156,21 @@ pub struct Args {
     /// Name the server's certificate must carry [default: the target's address].
     #[arg(long)]
     pub tls_server_name: Option<String>,
+    /// storm: where dropped clients reconnect, round robin from each client's own
+    /// starting point (e.g. a second instance, or HAProxy) [default: --target].
+    #[arg(long, value_delimiter = ',')]
+    pub reconnect_targets: Vec<SocketAddr>,
+    /// storm: send SIGTERM to this process (the server behind --target) once every client
+    /// is registered; without it the storm waits for the drain to come from elsewhere.
+    #[arg(long)]
+    pub drain_pid: Option<i32>,
+    /// storm: first backoff after a failed reconnection; it doubles with each failure,
+    /// and each wait is drawn uniformly below it (full jitter).
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    pub backoff: Duration,
+    /// storm: the backoff's ceiling.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub backoff_max: Duration,
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,

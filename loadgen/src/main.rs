@@ -53,8 +53,11 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
     };
     let start = Instant::now();
     let measure_from = start + args.warmup;
-    if args.stages.is_some() && (args.rate.is_some() || args.scenario == Scenario::Hold) {
-        anyhow::bail!("--stages is an open-loop rate profile: not with --rate or --scenario hold");
+    let holds = matches!(args.scenario, Scenario::Hold | Scenario::Storm);
+    if args.stages.is_some() && (args.rate.is_some() || holds) {
+        anyhow::bail!(
+            "--stages is an open-loop rate profile: not with --rate or --scenario hold/storm"
+        );
     }
     if let Some(s) = &args.stages {
         if s.total() <= args.warmup {
@@ -64,7 +67,7 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
     let measure_until = if let Some(s) = &args.stages {
         // The profile is the run: warm-up included, it ends with the last stage.
         start + s.total()
-    } else if args.count.is_some() && args.scenario != Scenario::Hold {
+    } else if args.count.is_some() && !holds {
         // --count ends the run; the duration is only a safety net.
         measure_from + Duration::from_secs(24 * 3600)
     } else {
@@ -93,10 +96,15 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
     // Progress once a second, and the per-second series for --plot.
     let mut series: Vec<Second> = Vec::new();
     let mut next = start + Duration::from_secs(1);
+    let mut storm = report::StormPeaks::default();
     loop {
         let done = handles.iter().all(std::thread::JoinHandle::is_finished);
         let now = Instant::now();
-        if args.scenario == Scenario::Hold && now >= measure_until {
+        if holds && now >= measure_until {
+            shared.stop.store(true, Ordering::Release);
+        }
+        if args.scenario == Scenario::Storm && storm.watch(&args, &shared.storm)? {
+            // Every dropped client is registered again: the storm is over.
             shared.stop.store(true, Ordering::Release);
         }
         if now >= next || done {
@@ -147,6 +155,7 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
             if now >= measure_from {
                 series.push(s);
             }
+            storm.second(&shared.storm);
             next += Duration::from_secs(1);
         }
         if done {
@@ -175,7 +184,10 @@ fn run_all(args: Args) -> anyhow::Result<ExitCode> {
         .min(measure_until)
         .saturating_duration_since(measure_from)
         .max(Duration::from_millis(1));
-    let summary = Summary::new(&args, threads, measured, &totals, series);
+    let mut summary = Summary::new(&args, threads, measured, &totals, series);
+    if args.scenario == Scenario::Storm {
+        summary.storm = Some(storm.report(&args, &shared.storm));
+    }
     summary.print();
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&summary)?)?;

@@ -72,7 +72,89 @@ pub struct Summary {
     pub phases: Phases,
     pub silent: Option<Deadline>,
     pub invalid: Option<Deadline>,
+    /// The storm scenario's outcome; `null` for the others.
+    pub storm: Option<StormReport>,
     pub series: Vec<Second>,
+}
+
+/// What a reconnection storm did (scenario `storm`).
+#[derive(Debug, serde::Serialize)]
+pub struct StormReport {
+    /// Clients asked for (`--connections`).
+    pub clients: usize,
+    /// Clients that registered on the first target before the drain.
+    pub registered_initially: u64,
+    /// Seconds from the start to the first drop (the drain reaching the clients).
+    pub drained_at_s: Option<f64>,
+    /// Seconds from the first drop until every dropped client was registered again;
+    /// `null` if the run ended first.
+    pub all_back_after_s: Option<f64>,
+    /// Clients registered again after their drop.
+    pub reregistered: u64,
+    /// Connection attempts after drops, failed ones included.
+    pub attempts: u64,
+    /// Most reconnection attempts in one second: the rate the targets absorbed.
+    pub peak_attempts_per_s: u64,
+    /// Most re-registrations in one second.
+    pub peak_registrations_per_s: u64,
+}
+
+/// The storm's per-second peaks, and the SIGTERM of `--drain-pid`, kept by the main loop.
+#[derive(Debug, Default)]
+pub struct StormPeaks {
+    signalled: bool,
+    last_attempts: u64,
+    last_back: u64,
+    peak_attempts: u64,
+    peak_back: u64,
+}
+
+impl StormPeaks {
+    /// Sends `--drain-pid` its SIGTERM once every client is registered; whether every
+    /// dropped client is back (the storm is over).
+    pub fn watch(&mut self, args: &Args, s: &crate::stats::Storm) -> anyhow::Result<bool> {
+        use std::sync::atomic::Ordering;
+        let registered = s.registered.load(Ordering::Acquire);
+        if let Some(pid) = args.drain_pid {
+            if !self.signalled && registered >= args.connections as u64 {
+                // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+                if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                    anyhow::bail!("--drain-pid {pid}: {}", std::io::Error::last_os_error());
+                }
+                self.signalled = true;
+            }
+        }
+        Ok(s.all_back_ns.load(Ordering::Acquire) != 0)
+    }
+
+    /// One second passed: the attempts and re-registrations in it.
+    pub fn second(&mut self, s: &crate::stats::Storm) {
+        use std::sync::atomic::Ordering;
+        let attempts = s.attempts.load(Ordering::Acquire);
+        let back = s.reregistered.load(Ordering::Acquire);
+        self.peak_attempts = self.peak_attempts.max(attempts - self.last_attempts);
+        self.peak_back = self.peak_back.max(back - self.last_back);
+        (self.last_attempts, self.last_back) = (attempts, back);
+    }
+
+    /// The report, at the end of the run.
+    pub fn report(&mut self, args: &Args, s: &crate::stats::Storm) -> StormReport {
+        use std::sync::atomic::Ordering;
+        self.second(s);
+        let drained = s.drained_ns.load(Ordering::Acquire);
+        let back = s.all_back_ns.load(Ordering::Acquire);
+        StormReport {
+            clients: args.connections,
+            registered_initially: s.registered_initially.load(Ordering::Acquire),
+            drained_at_s: crate::stats::Storm::secs(drained),
+            all_back_after_s: (drained != 0 && back != 0)
+                .then(|| back.saturating_sub(drained) as f64 / 1e9),
+            reregistered: s.reregistered.load(Ordering::Acquire),
+            attempts: s.attempts.load(Ordering::Acquire),
+            peak_attempts_per_s: self.peak_attempts,
+            peak_registrations_per_s: self.peak_back,
+        }
+    }
 }
 
 impl Summary {
@@ -123,6 +205,7 @@ impl Summary {
                 drop_us: Percentiles::of(&t.error_close),
                 classes: t.error_drops,
             }),
+            storm: None,
             series,
         }
     }
@@ -184,6 +267,20 @@ impl Summary {
                     d.deadline_ms, d.window_ms, d.classes.before, d.classes.within, d.classes.after
                 );
             }
+        }
+        if let Some(s) = &self.storm {
+            let secs = |v: Option<f64>| v.map_or("never".into(), |v| format!("{v:.2} s"));
+            println!(
+                "  storm: {} of {} clients registered, first drop at {}, all back after {}",
+                s.registered_initially,
+                s.clients,
+                secs(s.drained_at_s),
+                secs(s.all_back_after_s)
+            );
+            println!(
+                "  storm: {} re-registrations in {} attempts; peak {} attempts/s, {} registrations/s (latency above: drop to registered again)",
+                s.reregistered, s.attempts, s.peak_attempts_per_s, s.peak_registrations_per_s
+            );
         }
     }
 }

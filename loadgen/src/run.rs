@@ -45,6 +45,8 @@ enum Kind {
     Hold,
     Silent,
     Invalid(InvalidCase),
+    /// A storm client registered again after its drop.
+    Storm,
 }
 
 /// The invalid clients the `invalid` scenario rotates through, each declared once with
@@ -124,6 +126,7 @@ impl Kind {
             Kind::Hold => "hold",
             Kind::Silent => "silent",
             Kind::Invalid(_) => "invalid",
+            Kind::Storm => "storm",
         }
     }
 }
@@ -206,7 +209,7 @@ async fn run(t: Rc<Thread>) {
         let (n, i) = (t.plan.threads, t.plan.index);
         total / n + usize::from(i < total % n)
     };
-    if args.scenario == Scenario::Hold {
+    if matches!(args.scenario, Scenario::Hold | Scenario::Storm) {
         // Open connections at this thread's share of --connect-rate, then hold them.
         let n = share(args.connections);
         let per_sec = (args.connect_rate / t.plan.threads as f64).max(0.001);
@@ -217,7 +220,12 @@ async fn run(t: Rc<Thread>) {
             }
             let at = start + Duration::from_secs_f64(k as f64 / per_sec);
             tokio::time::sleep_until(at.into()).await;
-            spawn_counted(&t, one(t.clone(), Kind::Hold, at));
+            if args.scenario == Scenario::Storm {
+                let client = k * t.plan.threads + t.plan.index;
+                spawn_counted(&t, storm_client(t.clone(), client));
+            } else {
+                spawn_counted(&t, one(t.clone(), Kind::Hold, at));
+            }
         }
         while !t.shared.stop.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -328,7 +336,7 @@ impl Thread {
         };
         match self.plan.args.scenario {
             Scenario::Churn => Kind::Churn,
-            Scenario::Hold => Kind::Hold,
+            Scenario::Hold | Scenario::Storm => Kind::Hold,
             Scenario::Silent => Kind::Silent,
             Scenario::Invalid => invalid(),
             Scenario::Mix => {
@@ -616,45 +624,11 @@ async fn scenario(
     let a = &t.plan.args;
     // Before connect(2): the server cannot accept, and start its deadline, any earlier.
     let connect_started = Instant::now();
-    let s = match start_connect(a.target, t.source(), a.reset_close) {
-        Ok(s) => Rc::new(s),
-        Err(e) => {
-            if let Some(why) = is_fatal(&e) {
-                t.shared.fail(why);
-            }
-            return Err(err::CONNECT);
-        }
-    };
-    let mut c = Conn {
-        s,
-        buf: Vec::with_capacity(128),
-        tls: match &t.plan.tls {
-            None => None,
-            Some((cfg, name)) => Some(Box::new(
-                rustls::ClientConnection::new(cfg.clone(), name.clone()).map_err(|_| err::TLS)?,
-            )),
-        },
-    };
-    if c.tls.is_some() && kind != Kind::Silent {
-        c.handshake().await.map_err(|_| err::TLS)?;
-        if measured {
-            let took = connect_started.elapsed();
-            record(&mut t.totals.borrow_mut().handshake, took);
-            if let Ok(mut w) = t.shared.windows[t.plan.index].lock() {
-                record(&mut w.handshake, took);
-            }
-        }
-    }
+    let mut c = t.connect(a.target, kind != Kind::Silent, measured).await?;
     let rid = (t.rand() & 0x7fff_ffff) as i32;
-    let io = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::ConnectionRefused {
-            err::CONNECT
-        } else {
-            err::IO
-        }
-    };
     match kind {
-        Kind::Churn | Kind::Hold => {
+        // Storm clients run `storm_client`; were one started here it would be a churn.
+        Kind::Churn | Kind::Hold | Kind::Storm => {
             let request = rrc(rid, &a.client_name, a.client_type, a.credential.as_deref());
             let exchange = async {
                 c.send(request).await.map_err(io)?;
@@ -671,17 +645,7 @@ async fn scenario(
                 exchange.await?
             };
             let done = Instant::now();
-            match answer {
-                Some(Answer::Ack {
-                    rid: r,
-                    id: Some(id),
-                }) if r == rid && id != 0 => {}
-                Some(Answer::Error { code: 10, .. }) => return Err(err::OVERLOADED),
-                Some(Answer::Error { code: 11, .. }) => return Err(err::SHUTTING_DOWN),
-                Some(Answer::Error { .. }) => return Err(err::REJECTED),
-                Some(_) => return Err(err::BAD_ANSWER),
-                None => return Err(err::CLOSED),
-            }
+            acknowledged(answer, rid)?;
             if measured {
                 let mut tot = t.totals.borrow_mut();
                 record(&mut tot.connect, connected.saturating_duration_since(at));
@@ -769,5 +733,159 @@ async fn scenario(
             }
             Ok(answered.saturating_duration_since(at))
         }
+    }
+}
+
+/// Maps an I/O error to its error kind.
+fn io(e: std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        err::CONNECT
+    } else {
+        err::IO
+    }
+}
+
+/// Whether `answer` is the EventAck of registration `rid`, else which error it is.
+fn acknowledged(answer: Option<Answer>, rid: i32) -> Result<(), &'static str> {
+    match answer {
+        Some(Answer::Ack {
+            rid: r,
+            id: Some(id),
+        }) if r == rid && id != 0 => Ok(()),
+        Some(Answer::Error { code: 10, .. }) => Err(err::OVERLOADED),
+        Some(Answer::Error { code: 11, .. }) => Err(err::SHUTTING_DOWN),
+        Some(Answer::Error { .. }) => Err(err::REJECTED),
+        Some(_) => Err(err::BAD_ANSWER),
+        None => Err(err::CLOSED),
+    }
+}
+
+impl Thread {
+    /// Connects to `target` from the next source and, with `--tls` and `handshake`, runs
+    /// the TLS handshake (timed when `measured`).
+    async fn connect(
+        &self,
+        target: SocketAddr,
+        handshake: bool,
+        measured: bool,
+    ) -> Result<Conn, &'static str> {
+        let a = &self.plan.args;
+        let connect_started = Instant::now();
+        let s = match start_connect(target, self.source(), a.reset_close) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                if let Some(why) = is_fatal(&e) {
+                    self.shared.fail(why);
+                }
+                return Err(err::CONNECT);
+            }
+        };
+        let mut c = Conn {
+            s,
+            buf: Vec::with_capacity(128),
+            tls: match &self.plan.tls {
+                None => None,
+                Some((cfg, name)) => Some(Box::new(
+                    rustls::ClientConnection::new(cfg.clone(), name.clone())
+                        .map_err(|_| err::TLS)?,
+                )),
+            },
+        };
+        if c.tls.is_some() && handshake {
+            c.handshake().await.map_err(|_| err::TLS)?;
+            if measured {
+                let took = connect_started.elapsed();
+                record(&mut self.totals.borrow_mut().handshake, took);
+                if let Ok(mut w) = self.shared.windows[self.plan.index].lock() {
+                    record(&mut w.handshake, took);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Connects to `target` and registers, within --io-timeout.
+    async fn register_on(&self, target: SocketAddr) -> Result<Conn, &'static str> {
+        let a = &self.plan.args;
+        let attempt = async {
+            let mut c = self.connect(target, true, true).await?;
+            let rid = (self.rand() & 0x7fff_ffff) as i32;
+            c.send(rrc(
+                rid,
+                &a.client_name,
+                a.client_type,
+                a.credential.as_deref(),
+            ))
+            .await
+            .map_err(io)?;
+            acknowledged(c.answer().await.map_err(io)?, rid)?;
+            Ok(c)
+        };
+        tokio::time::timeout(a.io_timeout, attempt)
+            .await
+            .map_err(|_| err::TIMEOUT)?
+    }
+
+    /// The wait before reconnection attempt `attempt` (0 after the first failure):
+    /// uniform below `--backoff` × 2^attempt, capped at `--backoff-max` (full jitter, so
+    /// clients dropped together spread out instead of retrying in step).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let a = &self.plan.args;
+        let cap = a
+            .backoff
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(a.backoff_max);
+        let unit = (self.rand() >> 11) as f64 / (1u64 << 53) as f64;
+        cap.mul_f64(unit)
+    }
+}
+
+/// One client of the storm scenario: registers on --target and holds; once dropped, it
+/// reconnects to --reconnect-targets (round robin from its own starting point) with
+/// backoff until registered again, and holds again, until the run ends.
+async fn storm_client(t: Rc<Thread>, client: usize) {
+    let a = &t.plan.args;
+    let storm = &t.shared.storm;
+    let mut c = match t.register_on(a.target).await {
+        Ok(c) => c,
+        Err(kind) => return t.error(true, kind),
+    };
+    storm.registered_initially.fetch_add(1, Ordering::AcqRel);
+    storm.registered.fetch_add(1, Ordering::AcqRel);
+    let targets: Vec<SocketAddr> = if a.reconnect_targets.is_empty() {
+        vec![a.target]
+    } else {
+        a.reconnect_targets.clone()
+    };
+    let mut next = client % targets.len();
+    let mut first = true;
+    loop {
+        t.held.borrow_mut().push(c.s.clone());
+        // Held until the run ends (its pending read is shut down) or the server drops it.
+        let _ = c.answer().await;
+        if t.shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        storm.dropped(std::mem::take(&mut first));
+        let dropped_at = Instant::now();
+        let mut attempt = 0;
+        c = loop {
+            if t.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            storm.attempts.fetch_add(1, Ordering::AcqRel);
+            let target = targets[next];
+            next = (next + 1) % targets.len();
+            match t.register_on(target).await {
+                Ok(c) => break c,
+                Err(kind) => {
+                    t.error(true, kind);
+                    tokio::time::sleep(t.backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        };
+        storm.back(a.connections as u64);
+        t.ok(true, Kind::Storm, dropped_at.elapsed());
     }
 }

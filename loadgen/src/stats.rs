@@ -55,6 +55,82 @@ pub struct Shared {
     pub fatal: Mutex<Option<String>>,
     /// One window per thread.
     pub windows: Vec<Mutex<Window>>,
+    /// The storm scenario's progress.
+    pub storm: Storm,
+}
+
+/// The storm scenario's shared progress; times are nanoseconds from `origin`, 0 = not
+/// yet.
+#[derive(Debug)]
+pub struct Storm {
+    pub origin: std::time::Instant,
+    /// Clients registered now.
+    pub registered: AtomicU64,
+    /// Clients that registered on the first target.
+    pub registered_initially: AtomicU64,
+    /// Connection attempts after a drop (what the reconnect targets saw).
+    pub attempts: AtomicU64,
+    /// Registrations after a drop.
+    pub reregistered: AtomicU64,
+    /// Clients dropped now and not yet registered again.
+    pub away: AtomicI64,
+    /// Clients dropped at least once.
+    pub dropped_clients: AtomicU64,
+    /// The first drop.
+    pub drained_ns: AtomicU64,
+    /// Every dropped client registered again.
+    pub all_back_ns: AtomicU64,
+}
+
+impl Default for Storm {
+    fn default() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            registered: AtomicU64::new(0),
+            registered_initially: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            reregistered: AtomicU64::new(0),
+            away: AtomicI64::new(0),
+            dropped_clients: AtomicU64::new(0),
+            drained_ns: AtomicU64::new(0),
+            all_back_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Storm {
+    fn now_ns(&self) -> u64 {
+        (self.origin.elapsed().as_nanos() as u64).max(1)
+    }
+
+    /// A held client was dropped (`first`: for the first time).
+    pub fn dropped(&self, first: bool) {
+        self.registered.fetch_sub(1, Ordering::AcqRel);
+        self.away.fetch_add(1, Ordering::AcqRel);
+        if first {
+            self.dropped_clients.fetch_add(1, Ordering::AcqRel);
+        }
+        let _ =
+            self.drained_ns
+                .compare_exchange(0, self.now_ns(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A dropped client registered again. The storm is over when every client has been
+    /// dropped (a lame duck spreads the drops out) and none is away any more.
+    pub fn back(&self, clients: u64) {
+        self.registered.fetch_add(1, Ordering::AcqRel);
+        self.reregistered.fetch_add(1, Ordering::AcqRel);
+        if self.away.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.dropped_clients.load(Ordering::Acquire) >= clients
+        {
+            self.all_back_ns.store(self.now_ns(), Ordering::Release);
+        }
+    }
+
+    /// Seconds from `origin` of a recorded time, if it happened.
+    pub fn secs(ns: u64) -> Option<f64> {
+        (ns != 0).then(|| ns as f64 / 1e9)
+    }
 }
 
 impl Shared {

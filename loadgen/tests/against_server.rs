@@ -36,6 +36,11 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+/// Like [`start`], with more server flags.
+fn start_with(extra: &[&str]) -> Server {
     let mut child = Command::new(server_bin())
         .args([
             "--listen",
@@ -51,6 +56,7 @@ fn start() -> Server {
             "--timer-tick",
             "20ms",
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -476,4 +482,47 @@ fn open_loop_against_a_stalled_server_accounts_for_every_start() {
     );
     assert_eq!(n(&v, &["errors", "timeout"]), accepted, "{v:#}");
     assert_eq!(n(&v, &["error_total"]), accepted, "{v:#}");
+}
+
+#[test]
+fn storm_moves_every_client_to_the_other_instance_after_the_drain() {
+    // A drains as a lame duck, spreading EventError 11 over 500 ms; B takes them all.
+    let mut a = start_with(&["--lame-duck-duration", "500ms"]);
+    let b = start();
+    let pid = a.child.id().to_string();
+    let v = loadgen(
+        &a,
+        &[
+            "--scenario",
+            "storm",
+            "--connections",
+            "200",
+            "--connect-rate",
+            "4000",
+            "--reconnect-targets",
+            &b.addr.to_string(),
+            "--drain-pid",
+            &pid,
+            "--duration",
+            "20s",
+            "--backoff",
+            "20ms",
+        ],
+    );
+    let storm = &v["storm"];
+    assert_eq!(n(storm, &["registered_initially"]), 200.0, "{v:#}");
+    assert_eq!(n(storm, &["reregistered"]), 200.0, "{v:#}");
+    assert_eq!(n(storm, &["attempts"]), 200.0, "B refused nobody: {v:#}");
+    // The drain's spread shows in the time until all are back.
+    let back = n(storm, &["all_back_after_s"]);
+    assert!((0.35..10.0).contains(&back), "{v:#}");
+    assert!(n(storm, &["peak_attempts_per_s"]) >= 1.0);
+    assert_eq!(n(&v, &["ok_by_kind", "storm"]), 200.0);
+    assert!(n(&v, &["latency_us", "p50"]) > 0.0);
+    assert_eq!(
+        b.wait("ixn_registrations_total{result=\"ok\"}", 200.0),
+        200.0
+    );
+    let status = a.child.wait().unwrap();
+    assert!(status.success(), "A exits 0 after its drain: {status:?}");
 }
