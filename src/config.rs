@@ -108,7 +108,20 @@ pub enum RingSetup {
     Plain,
 }
 
-/// Which engine drives the client sockets.
+/// Which kind of engine drives the client sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// io_uring where it is allowed, else epoll with a warning.
+    #[default]
+    Auto,
+    /// io_uring (`--io-engine` says which); refuses to start where it is not allowed.
+    Uring,
+    /// epoll (mio): for hosts and containers that refuse io_uring.
+    Epoll,
+}
+
+/// Which io_uring engine drives the client sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IoEngine {
@@ -290,7 +303,11 @@ pub struct Args {
     /// [default: 64].
     #[arg(long, env = "IXN_METRICS_MAX_CONNECTIONS", value_name = "N")]
     pub metrics_max_connections: Option<usize>,
-    /// Engine for the client sockets [default: auto].
+    /// io_uring or epoll for the client sockets; auto: io_uring where it is allowed, else
+    /// epoll with a warning [default: auto].
+    #[arg(long, env = "IXN_ENGINE", value_enum)]
+    pub engine: Option<Engine>,
+    /// Which io_uring engine [default: auto].
     #[arg(long, env = "IXN_IO_ENGINE", value_enum)]
     pub io_engine: Option<IoEngine>,
     /// Validate the configuration and the registry, then exit.
@@ -399,7 +416,9 @@ pub struct Config {
     pub socket_send_buffer: usize,
     /// Concurrent metrics-listener connections.
     pub metrics_max_connections: usize,
-    /// Engine for the client sockets.
+    /// io_uring or epoll.
+    pub engine: Engine,
+    /// Which io_uring engine.
     pub io_engine: IoEngine,
 }
 
@@ -447,6 +466,7 @@ impl Args {
             close_linger,
             socket_send_buffer,
             metrics_max_connections,
+            engine,
             io_engine,
             check_config: _,
         } = file;
@@ -496,6 +516,7 @@ impl Args {
             close_linger: self.close_linger.or(close_linger),
             socket_send_buffer: self.socket_send_buffer.or(socket_send_buffer),
             metrics_max_connections: self.metrics_max_connections.or(metrics_max_connections),
+            engine: self.engine.or(engine),
             io_engine: self.io_engine.or(io_engine),
             config: self.config,
             check_config: self.check_config,
@@ -584,6 +605,7 @@ impl Args {
             metrics_max_connections: args
                 .metrics_max_connections
                 .unwrap_or(def::METRICS_MAX_CONNECTIONS),
+            engine: args.engine.unwrap_or_default(),
             io_engine: args.io_engine.unwrap_or_default(),
         };
         cfg.validate()?;

@@ -28,6 +28,9 @@ pub const DRAIN_REMAINING: &str = "ixn_drain_remaining";
 pub const BANS_ACTIVE: &str = "ixn_bans_active";
 /// `ixn_admin_requests_total{action}`: admin API requests (IXN1.md section 10).
 pub const ADMIN_REQUESTS: &str = "ixn_admin_requests_total";
+/// `ixn_engine_info{engine}`: 1 for the engine running (`io_uring_v2`, `io_uring_v1`,
+/// `epoll`).
+pub const ENGINE_INFO: &str = "ixn_engine_info";
 /// `ixn_names_held`: ClientNames held under `on_duplicate` reject or replace.
 pub const NAMES_HELD: &str = "ixn_names_held";
 /// `ixn_tls_handshakes_total{result}`
@@ -141,6 +144,10 @@ pub fn describe() {
     describe_counter!(
         ADMIN_REQUESTS,
         "Admin API requests, by action (list_clients, kick, list_bans, lift_ban, unauthorized, other)."
+    );
+    describe_gauge!(
+        ENGINE_INFO,
+        "1 for the engine driving the client sockets (io_uring_v2, io_uring_v1, epoll)."
     );
     describe_gauge!(
         NAMES_HELD,

@@ -1,6 +1,7 @@
 //! Deployment contract: systemd `Type=notify` readiness and stopping notifications, the
-//! shipped unit file passing `systemd-analyze verify`, and a clear refusal to start where a
-//! seccomp profile or an old kernel takes io_uring away.
+//! shipped unit file passing `systemd-analyze verify`, and where a seccomp profile or an
+//! old kernel takes io_uring away: the epoll engine under `--engine auto`, a clear refusal
+//! to start under `--engine uring`.
 
 mod common;
 
@@ -68,10 +69,14 @@ fn unit_file_verifies() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts the server with `io_uring_setup(2)` failing with `errno` (a seccomp filter set in
-/// the child before exec, as a container runtime or systemd's `SystemCallFilter=` would)
-/// and returns its exit code and stderr.
-fn start_without_io_uring(errno: i32) -> (Option<i32>, String) {
+/// `io_uring_setup`'s number, the same on every architecture (added after the tables were
+/// unified).
+const SYS_IO_URING_SETUP: i64 = 425;
+
+/// The server binary with `--listen`/`--metrics-listen` on ephemeral ports and `extra`,
+/// whose `io_uring_setup(2)` fails with `errno` (a seccomp filter set in the child before
+/// exec, as a container runtime or systemd's `SystemCallFilter=` would).
+fn without_io_uring(errno: i32, extra: &[&str]) -> std::process::Command {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
     use std::os::unix::process::CommandExt;
     let filter = SeccompFilter::new(
@@ -86,36 +91,60 @@ fn start_without_io_uring(errno: i32) -> (Option<i32>, String) {
     let program: BpfProgram = filter.try_into().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ixn-server"));
     cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(extra)
         .stdin(std::process::Stdio::null());
     // SAFETY: runs in the forked child before exec; it only calls prctl(2) and seccomp(2)
     // on a program built before the fork, and touches no lock another thread could hold.
     unsafe {
         cmd.pre_exec(move || seccompiler::apply_filter(&program).map_err(std::io::Error::other));
     }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cmd
 }
 
-/// `io_uring_setup`'s number, the same on every architecture (added after the tables were
-/// unified).
-const SYS_IO_URING_SETUP: i64 = 425;
-
 #[test]
-fn refuses_to_start_without_io_uring_and_says_why() {
-    for (errno, why) in [
-        (1, "seccomp"),     // EPERM: a filter refused it
-        (38, "Linux 5.11"), // ENOSYS: no io_uring in this kernel
-    ] {
-        let (code, stderr) = start_without_io_uring(errno);
-        assert_eq!(code, Some(1), "errno {errno}: exit code; stderr: {stderr}");
-        assert!(
-            stderr.contains("io_uring") && stderr.contains(why),
-            "errno {errno}: stderr should name the cause ({why}): {stderr}"
+fn engine_uring_refuses_to_start_without_io_uring_and_says_why() {
+    // EPERM: a filter refused it. ENOSYS: a filter (the container runtimes' default
+    // profiles answer ENOSYS) on this kernel, which has io_uring.
+    for errno in [1, 38] {
+        let out = without_io_uring(errno, &["--engine", "uring"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "errno {errno}: stderr: {stderr}"
         );
+        for needle in ["io_uring", "seccomp", "--engine epoll"] {
+            assert!(
+                stderr.contains(needle),
+                "errno {errno}: no {needle:?}: {stderr}"
+            );
+        }
         assert!(!stderr.contains("panicked"), "errno {errno}: {stderr}");
         assert!(!stderr.contains("listening on"), "errno {errno}: {stderr}");
     }
+    let out = without_io_uring(38, &["--engine", "uring"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deploy/seccomp/ixn-server.json"));
+}
+
+#[test]
+fn engine_auto_runs_on_epoll_where_io_uring_is_refused() {
+    let mut cmd = without_io_uring(1, &["--workers", "2"]);
+    cmd.env_remove("IXN_ENGINE").env_remove("IXN_IO_ENGINE");
+    let s = Server::start_command(cmd);
+    assert!(
+        s.startup
+            .iter()
+            .any(|l| l.contains("running the epoll engine")),
+        "{:?}",
+        s.startup
+    );
+    let mut c = s.connect();
+    c.send(&rrc(1, "MediaServer_email", 1, None));
+    assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+    assert_eq!(s.metric("ixn_engine_info{engine=\"epoll\"}"), 1.0);
+    assert_eq!(s.metric("ixn_engine_info{engine=\"io_uring_v2\"}"), 0.0);
 }

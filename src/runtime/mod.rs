@@ -8,6 +8,7 @@
 
 mod conns;
 mod debug;
+mod epoll;
 mod uring_v2;
 mod worker;
 
@@ -202,7 +203,7 @@ impl Shared {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// io_uring is not usable on this host.
-    #[error("io_uring is not available: {0}")]
+    #[error("io_uring is not available: {0} (or run without it: --engine epoll)")]
     IoUring(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -271,6 +272,7 @@ pub fn probe_io_uring(setup: RingSetup) -> Result<(RingSetup, String), StartErro
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .unwrap_or(0);
             let why = match e.raw_os_error() {
+                Some(libc::ENOSYS) if kernel_has_io_uring() => "io_uring_setup returned ENOSYS on a kernel that has io_uring: a seccomp profile blocks it (the default profiles of Docker, containerd and Podman do); run with deploy/seccomp/ixn-server.json, which allows io_uring_setup, io_uring_enter and io_uring_register".to_string(),
                 Some(libc::ENOSYS) => "the kernel has no io_uring (needs Linux 5.11 or later, built with CONFIG_IO_URING)".to_string(),
                 Some(libc::EPERM) if disabled > 0 => format!(
                     "kernel.io_uring_disabled = {disabled}; set it to 0 (or 1 and run as a member of kernel.io_uring_group): sysctl -w kernel.io_uring_disabled=0"
@@ -282,6 +284,17 @@ pub fn probe_io_uring(setup: RingSetup) -> Result<(RingSetup, String), StartErro
             Err(StartError::IoUring(why))
         }
     }
+}
+
+/// Whether this kernel is new enough to have io_uring (5.11, the oldest the engines
+/// support), so an ENOSYS from `io_uring_setup` means a filter, not a missing feature.
+fn kernel_has_io_uring() -> bool {
+    let release = kernel_release();
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (5, 11)
 }
 
 /// One listening socket with `SO_REUSEPORT`, so each worker can have its own.
@@ -378,6 +391,20 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// `ixn_engine_info{engine}` of each engine.
+const EPOLL: &str = "epoll";
+const URING_V1: &str = "io_uring_v1";
+const URING_V2: &str = "io_uring_v2";
+
+/// The engine a resolved configuration runs, by its metric label.
+pub fn engine_name(config: &Config) -> &'static str {
+    match (config.engine, config.io_engine) {
+        (crate::config::Engine::Epoll, _) => EPOLL,
+        (_, crate::config::IoEngine::V2) => URING_V2,
+        _ => URING_V1,
+    }
+}
+
 /// The engine to run: v2 if asked for (refusing to start without what it needs), and for
 /// `auto` whenever this kernel offers it.
 fn choose_engine(asked: crate::config::IoEngine) -> Result<crate::config::IoEngine, StartError> {
@@ -396,9 +423,27 @@ fn choose_engine(asked: crate::config::IoEngine) -> Result<crate::config::IoEngi
 /// Runs the server until SIGTERM/SIGINT has drained it. Logs `listening on ADDR` for every
 /// client listener and `metrics on ADDR` once they accept.
 pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
-    let (ring_setup, features) = probe_io_uring(config.ring_setup)?;
-    config.ring_setup = ring_setup;
-    config.io_engine = choose_engine(config.io_engine)?;
+    use crate::config::Engine;
+    let features = match config.engine {
+        Engine::Epoll => String::new(),
+        asked => match probe_io_uring(config.ring_setup) {
+            Ok((ring_setup, features)) => {
+                config.ring_setup = ring_setup;
+                config.io_engine = choose_engine(config.io_engine)?;
+                config.engine = Engine::Uring;
+                features
+            }
+            Err(StartError::IoUring(why)) if asked == Engine::Auto => {
+                tracing::warn!(
+                    "io_uring is not available: {why}; running the epoll engine instead \
+                     (say --engine epoll to silence this, or allow io_uring)"
+                );
+                config.engine = Engine::Epoll;
+                String::new()
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let tls = config.tls.load()?;
     let handle = install_metrics(&config, &registry)?;
     let nofile = raise_nofile_limit();
@@ -469,6 +514,7 @@ fn install_metrics(
         .install_recorder()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     crate::metrics::describe();
+    metrics::gauge!(crate::metrics::ENGINE_INFO, "engine" => engine_name(config)).set(1.0);
     metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
     Ok(Some(handle))
 }
@@ -487,16 +533,14 @@ fn start_workers(
             .pin_workers
             .then(|| cores.get(index % cores.len().max(1)).copied())
             .flatten();
-        let v2 = shared.config.io_engine == crate::config::IoEngine::V2;
+        let engine = engine_name(&shared.config);
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ixn-worker-{index}"))
-                .spawn(move || {
-                    if v2 {
-                        uring_v2::thread_main(index, l, shared, core);
-                    } else {
-                        worker::thread_main(index, l, shared, core);
-                    }
+                .spawn(move || match engine {
+                    EPOLL => epoll::thread_main(index, l, shared, core),
+                    URING_V2 => uring_v2::thread_main(index, l, shared, core),
+                    _ => worker::thread_main(index, l, shared, core),
                 })?,
         );
     }
@@ -561,7 +605,7 @@ fn log_started(
     tracing::info!(
         workers = config.workers,
         kernel = %kernel_release(),
-        engine = ?config.io_engine,
+        engine = engine_name(config),
         ring = ?config.ring_setup,
         io_uring_features = %features,
         listeners = bound.len(),
