@@ -705,7 +705,7 @@ fn bulk_drop(n: usize, rounds: usize) {
 /// machine's drift over all of them), then the median of each server's rate and CPU.
 fn churn_rounds(threads: usize, dur: Duration, rounds: usize) {
     type Start = fn() -> Proc;
-    let servers: [(&str, Start); 4] = [
+    let servers: [(&str, Start); 5] = [
         ("epoll baseline (mio, 1 thread)", start_baseline),
         ("raw io_uring yardstick", start_uring_baseline),
         ("ixn-server, engine v2", || {
@@ -713,6 +713,9 @@ fn churn_rounds(threads: usize, dur: Duration, rounds: usize) {
         }),
         ("ixn-server, engine v1", || {
             start_ixn(&["--io-engine", "v1", "--ring-setup", "coop-taskrun"])
+        }),
+        ("ixn-server, epoll engine", || {
+            start_ixn(&["--engine", "epoll"])
         }),
     ];
     let mut runs = vec![Vec::new(); servers.len()];
@@ -772,6 +775,7 @@ fn main() {
             start_uring_baseline(),
             start_ixn(&["--io-engine", "v1"]),
             start_ixn(&["--io-engine", "v2"]),
+            start_ixn(&["--engine", "epoll"]),
         ] {
             let n = churn(p.addr, 2, Duration::from_millis(200));
             assert!(n > 0, "no registration completed");

@@ -56,6 +56,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS_PER_IP: u32 = 0;
     /// `--ban-failures` (off).
     pub const BAN_FAILURES: u32 = 0;
+    /// `--registry-watch`.
+    pub const REGISTRY_WATCH: bool = true;
     /// `--ban-window`.
     pub const BAN_WINDOW: Duration = Duration::from_secs(60);
     /// `--ban-duration`.
@@ -239,6 +241,11 @@ pub struct Args {
     /// required when --admin-listen is not loopback.
     #[arg(long, env = "IXN_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Reload the registry file when it changes (a Kubernetes ConfigMap's symlink swap
+    /// included), debounced, with the same refuse-and-keep rules as SIGHUP; only when
+    /// --registry is a file [default: true].
+    #[arg(long, env = "IXN_REGISTRY_WATCH", value_name = "BOOL")]
+    pub registry_watch: Option<bool>,
     /// Worker threads, one io_uring event loop each [default: number of CPUs].
     #[arg(long, env = "IXN_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -378,6 +385,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// The admin API's bearer token file.
     pub admin_token_file: Option<PathBuf>,
+    /// Reload the registry file when it changes.
+    pub registry_watch: bool,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -446,6 +455,7 @@ impl Args {
             lame_duck_grace,
             admin_listen,
             admin_token_file,
+            registry_watch,
             workers,
             registry,
             registration_timeout,
@@ -496,6 +506,7 @@ impl Args {
             lame_duck_grace: self.lame_duck_grace.or(lame_duck_grace),
             admin_listen: self.admin_listen.or(admin_listen),
             admin_token_file: self.admin_token_file.or(admin_token_file),
+            registry_watch: self.registry_watch.or(registry_watch),
             workers: self.workers.or(workers),
             registry: self.registry.or(registry),
             registration_timeout: self.registration_timeout.or(registration_timeout),
@@ -568,6 +579,7 @@ impl Args {
             lame_duck_grace: d(args.lame_duck_grace, def::LAME_DUCK_GRACE),
             admin_listen: args.admin_listen,
             admin_token_file: args.admin_token_file,
+            registry_watch: args.registry_watch.unwrap_or(def::REGISTRY_WATCH),
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
                 def::PROXY_PROTOCOL_TRUSTED
                     .iter()

@@ -148,3 +148,87 @@ fn engine_auto_runs_on_epoll_where_io_uring_is_refused() {
     assert_eq!(s.metric("ixn_engine_info{engine=\"epoll\"}"), 1.0);
     assert_eq!(s.metric("ixn_engine_info{engine=\"io_uring_v2\"}"), 0.0);
 }
+
+/// Lays out `dir` as the kubelet does a ConfigMap volume: the data in a timestamped
+/// directory, `..data` a symlink to it, and each key a symlink through `..data`. An update
+/// writes a new directory and swaps `..data` with one rename.
+fn configmap_swap(dir: &std::path::Path, version: u32, registry: &str) {
+    let data = dir.join(format!("..2026_11_27_v{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("registry.toml"), registry).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(data.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let key = dir.join("registry.toml");
+    if std::fs::symlink_metadata(&key).is_err() {
+        std::os::unix::fs::symlink("..data/registry.toml", &key).unwrap();
+    }
+}
+
+fn registers(s: &Server, name: &str) -> Option<Ans> {
+    let mut c = s.connect();
+    c.send(&rrc(1, name, 1, None));
+    c.answer()
+}
+
+#[test]
+fn registry_watch_follows_a_configmap_swap_and_refuses_a_broken_one() {
+    let dir = std::env::temp_dir().join(format!("ixn-configmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
+    configmap_swap(&dir, 1, &entry("Alpha"));
+    let reg = dir.join("registry.toml");
+    let s = Server::start(&["--registry", reg.to_str().unwrap()]);
+    assert!(
+        s.startup.iter().any(|l| l.contains("for changes")),
+        "{:?}",
+        s.startup
+    );
+    assert!(matches!(registers(&s, "Alpha"), Some(Ans::Ack { .. })));
+    assert_eq!(registers(&s, "Beta"), Some(err(1, 2)));
+
+    configmap_swap(&dir, 2, &entry("Beta"));
+    s.wait_log("registry reloaded");
+    assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
+    assert_eq!(registers(&s, "Alpha"), Some(err(1, 2)));
+
+    // A broken file is refused and the registry in force kept, as on SIGHUP.
+    configmap_swap(&dir, 3, "[[client]]\nname = \"Gamma\"\n");
+    s.wait_log("refused");
+    assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
+    assert_eq!(s.metric("ixn_registry_reloads_total{result=\"ok\"}"), 1.0);
+    assert_eq!(
+        s.metric("ixn_registry_reloads_total{result=\"error\"}"),
+        1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn registry_watch_false_leaves_reloads_to_sighup() {
+    let dir = std::env::temp_dir().join(format!("ixn-nowatch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg = dir.join("registry.toml");
+    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
+    std::fs::write(&reg, entry("Alpha")).unwrap();
+    let s = Server::start(&[
+        "--registry",
+        reg.to_str().unwrap(),
+        "--registry-watch",
+        "false",
+    ]);
+    std::fs::write(&reg, entry("Beta")).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        registers(&s, "Beta"),
+        Some(err(1, 2)),
+        "not reloaded without SIGHUP"
+    );
+    s.signal("HUP");
+    s.wait_log("registry reloaded");
+    assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
+    let _ = std::fs::remove_dir_all(&dir);
+}

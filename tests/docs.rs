@@ -153,6 +153,11 @@ fn documented_defaults_are_the_ones_in_force() {
         ),
         ("--metrics", c.metrics.to_string(), def::METRICS.to_string()),
         (
+            "--registry-watch",
+            c.registry_watch.to_string(),
+            def::REGISTRY_WATCH.to_string(),
+        ),
+        (
             "--frame-timeout",
             dur(c.frame_timeout),
             dur(def::FRAME_TIMEOUT),

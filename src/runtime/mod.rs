@@ -471,6 +471,9 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         signal_hook::consts::SIGINT,
     ])?;
     let threads = start_workers(&shared, listeners)?;
+    if shared.config.registry_watch {
+        watch_registry(shared.clone());
+    }
     // Every descriptor the server needs for itself is open now: the limit is shared out.
     if let Some(limit) = nofile {
         share_descriptors(&shared, limit);
@@ -753,8 +756,17 @@ impl FdBudget {
 
 fn reload(shared: &Shared) {
     reload_tls(shared);
-    let Some(path) = &shared.config.registry else {
+    if shared.config.registry.is_none() {
         tracing::info!("SIGHUP: the embedded registry is in use; nothing to reload");
+        return;
+    }
+    reload_registry(shared, "SIGHUP");
+}
+
+/// Re-reads the registry file (on SIGHUP, or when `--registry-watch` saw it change): a
+/// file that fails is refused and the registry in force kept.
+fn reload_registry(shared: &Shared, why: &str) {
+    let Some(path) = &shared.config.registry else {
         return;
     };
     match crate::config::load_registry(path) {
@@ -763,12 +775,82 @@ fn reload(shared: &Shared) {
             shared.registry.store(Arc::new(r));
             metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(n as f64);
             metrics::counter!(crate::metrics::REGISTRY_RELOADS, "result" => "ok").increment(1);
-            tracing::info!(clients = n, "registry reloaded from {}", path.display());
+            tracing::info!(
+                clients = n,
+                "{why}: registry reloaded from {}",
+                path.display()
+            );
         }
         Err(e) => {
             metrics::counter!(crate::metrics::REGISTRY_RELOADS, "result" => "error").increment(1);
-            tracing::error!("registry reload refused, keeping the old one: {e}");
+            tracing::error!("{why}: registry reload refused, keeping the old one: {e}");
         }
+    }
+}
+
+/// Quiet time after a change before the registry is read: an editor's or a ConfigMap's
+/// update is several events (write, rename, symlink swap) that end as one reload.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// `--registry-watch`: watches the registry file's directory (and, if the file is a
+/// symlink, its target's), and reloads once a burst of changes is over and the file's
+/// content differs from what was last read. A Kubernetes ConfigMap updates by swapping a
+/// `..data` symlink in the directory, which a watch on the file itself would miss.
+fn watch_registry(shared: Arc<Shared>) {
+    use notify::Watcher;
+    let Some(path) = shared.config.registry.clone() else {
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = match notify::recommended_watcher(tx) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("--registry-watch: cannot watch: {e}; reload with SIGHUP");
+            return;
+        }
+    };
+    let mut dirs: Vec<std::path::PathBuf> = [Some(path.clone()), std::fs::canonicalize(&path).ok()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            p.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    ".".into()
+                } else {
+                    d.to_path_buf()
+                }
+            })
+        })
+        .collect();
+    dirs.dedup();
+    for d in &dirs {
+        if let Err(e) = watcher.watch(d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "--registry-watch: cannot watch {}: {e}; reload with SIGHUP",
+                d.display()
+            );
+            return;
+        }
+    }
+    let shown = path.display().to_string();
+    let spawned = std::thread::Builder::new()
+        .name("ixn-registry-watch".into())
+        .spawn(move || {
+            // Kept alive by this thread: dropping it ends the watch.
+            let _watcher = watcher;
+            let mut last = std::fs::read(&path).ok();
+            while rx.recv().is_ok() {
+                while rx.recv_timeout(WATCH_DEBOUNCE).is_ok() {}
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last {
+                    reload_registry(&shared, "registry file changed");
+                    last = now;
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => tracing::info!("watching {shown} for changes"),
+        Err(e) => tracing::warn!("--registry-watch: {e}; reload with SIGHUP"),
     }
 }
 
