@@ -321,6 +321,12 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub check_config: bool,
+    /// Start the drain of the server with this PID (SIGTERM) and wait until it has
+    /// exited, then exit: a Kubernetes preStop hook (`--signal-drain 1`) that holds the
+    /// kubelet's own SIGTERM back until the lame duck is over.
+    #[arg(long, value_name = "PID")]
+    #[serde(skip)]
+    pub signal_drain: Option<i32>,
 }
 
 /// A setting that cannot be used.
@@ -479,6 +485,7 @@ impl Args {
             engine,
             io_engine,
             check_config: _,
+            signal_drain: _,
         } = file;
         fn list<T>(mine: Vec<T>, theirs: Vec<T>) -> Vec<T> {
             if mine.is_empty() {
@@ -531,6 +538,7 @@ impl Args {
             io_engine: self.io_engine.or(io_engine),
             config: self.config,
             check_config: self.check_config,
+            signal_drain: self.signal_drain,
         }
     }
 

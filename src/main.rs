@@ -43,9 +43,32 @@ fn abort_on_panic() {
     }));
 }
 
+/// `--signal-drain PID`: SIGTERM to the server, then wait for it to exit (checked every
+/// 200 ms). In a container the server is PID 1 and this hook dies with it.
+fn signal_drain(pid: i32) -> ExitCode {
+    let alive = |sig| {
+        // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+        unsafe { libc::kill(pid, sig) == 0 }
+    };
+    if !alive(libc::SIGTERM) {
+        eprintln!(
+            "ixn-server: --signal-drain {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::from(1);
+    }
+    while alive(0) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     abort_on_panic();
     let args = Args::parse();
+    if let Some(pid) = args.signal_drain {
+        return signal_drain(pid);
+    }
     let check_only = args.check_config;
     let config = match args.resolve() {
         Ok(c) => c,

@@ -73,4 +73,74 @@ register "$c" "the io_uring engine"
 [ "$(metric "$m" 'ixn_engine_info{engine="io_uring_v2"}')" = 1 ] || fail "not io_uring v2"
 "${P[@]}" stop -t 10 ixn-test-ours >/dev/null
 
+step "5. podman kube play: the Deployment"
+# What podman 4.3 cannot take from deploy/kubernetes is adapted, and nothing else: host
+# networking (so no ports), no probes (podman turns them into in-container curl checks),
+# the TLS Secret as a host directory, the seccomp profile by its older annotation, a short
+# drain, and one replica on ephemeral ports. The ConfigMap, image, arguments, security
+# context and preStop command are the manifests' own.
+kp=$(mktemp -d)
+trap '"${P[@]}" kube down "$kp/play.yaml" >/dev/null 2>&1 || true; rm -rf "$kp"' EXIT
+mkdir -p "$kp/seccomp" "$kp/tls"
+cp deploy/seccomp/ixn-server.json "$kp/seccomp/"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=ixn-server -keyout "$kp/tls/tls.key" -out "$kp/tls/tls.crt" 2>/dev/null
+chmod 0644 "$kp/tls/"*
+c=$(port); t=$(port); m=$(port)
+python3 - "$kp" "$c" "$t" "$m" <<'PY'
+import sys, yaml
+kp, c, t, m = sys.argv[1:]
+load = lambda f: [d for d in yaml.safe_load_all(open(f"deploy/kubernetes/{f}")) if d]
+cm, dep = load("configmap.yaml")[0], load("deployment.yaml")[0]
+pod = dep["spec"]["template"]
+dep["spec"]["replicas"] = 1
+pod["metadata"]["annotations"] = {
+    "seccomp.security.alpha.kubernetes.io/pod": "localhost/ixn-server.json"}
+ctr = pod["spec"]["containers"][0]
+ctr["image"] = "localhost/ixn-server:test"
+for k in ["ports", "startupProbe", "readinessProbe", "livenessProbe"]:
+    ctr.pop(k)
+env = {"IXN_LISTEN": f"127.0.0.1:{c}", "IXN_METRICS_LISTEN": f"127.0.0.1:{m}"}
+for e in ctr["env"]:
+    e["value"] = env.get(e["name"], e["value"])
+short = {"--lame-duck-grace": "1s", "--lame-duck-duration": "2s",
+         "--tls-listen": f"127.0.0.1:{t}"}
+ctr["args"] = [a for a in ctr["args"] if not a.startswith("--proxy")]
+ctr["args"] = [f"{a.split('=')[0]}={short[a.split('=')[0]]}" if a.split("=")[0] in short
+               else a for a in ctr["args"]]
+for v in pod["spec"]["volumes"]:
+    if "secret" in v:
+        del v["secret"]
+        v["hostPath"] = {"path": f"{kp}/tls", "type": "Directory"}
+yaml.safe_dump_all([cm, dep], open(f"{kp}/play.yaml", "w"))
+PY
+printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n' \
+  "$(ulimit -Hn)" "$(ulimit -Hn)" > "$kp/containers.conf"
+CONTAINERS_CONF="$kp/containers.conf" podman kube play --network host \
+  --seccomp-profile-root "$kp/seccomp" "$kp/play.yaml" >/dev/null
+wait_ready "$m" 200 || fail "the pod never became ready"
+[ "$(metric "$m" 'ixn_engine_info{engine="io_uring_v2"}')" = 1 ] \
+  || fail "the pod does not run io_uring under deploy/seccomp/ixn-server.json"
+register "$c" "the pod"
+# Clients held through the pod until its drain ends them.
+"$LOADGEN" --target "127.0.0.1:$c" --scenario hold --connections 20 --duration 60s \
+  --threads 1 -q --json "$kp/hold.json" >/dev/null 2>&1 &
+held=$!
+for _ in $(seq 100); do
+  [ "$(metric "$m" ixn_clients_registered)" = 20 ] && break
+  sleep 0.1
+done
+[ "$(metric "$m" ixn_clients_registered)" = 20 ] || fail "the held clients did not register"
+# The preStop hook, as the kubelet runs it.
+ctr=$("${P[@]}" ps --format '{{.Names}}' | grep ixn-server-pod)
+hook=$(echo "$ctr" | head -1)
+"${P[@]}" exec "$hook" /usr/local/bin/ixn-server --signal-drain 1 >/dev/null 2>&1 &
+wait_ready "$m" 503 || fail "/ready did not turn 503 on the preStop drain"
+wait "$held" || true
+python3 - "$kp/hold.json" <<'PY' || fail "the held clients were not drained with EventError 11"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["errors"].get("server_shutting_down") == 20, d["errors"]
+PY
+
 step "ok"
