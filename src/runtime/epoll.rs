@@ -10,7 +10,9 @@
 //! # Readiness and buffers
 //!
 //! Sockets are registered edge-triggered. A readable connection is read until the kernel
-//! says `WouldBlock`, into one receive buffer per worker ([`RECV_BUF`] bytes), handed to
+//! says `WouldBlock` or a read comes back short (the socket is empty then, and later bytes
+//! are a new edge: one `read(2)` per request instead of two), into one receive buffer per
+//! worker ([`RECV_BUF`] bytes), handed to
 //! [`Connection::on_bytes`] in place; only the tail of a frame split across reads is
 //! copied, into the connection's `pending`. To stay fair, one connection gets at most
 //! [`READS_PER_EVENT`] reads per wake-up; the rest waits in the worker's `again` list.
@@ -426,7 +428,9 @@ impl Worker {
                     if let Some(p) = self.feed(i, n) {
                         self.carry_out(i, p);
                     }
-                    if !self.live(i, generation) {
+                    if !self.live(i, generation) || n < RECV_BUF {
+                        // A short read emptied the socket: what arrives later is a new edge,
+                        // so the read that would only say `WouldBlock` is saved.
                         return;
                     }
                 }
