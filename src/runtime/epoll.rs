@@ -44,12 +44,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::glue;
 use super::Shared;
-use crate::admin::Command;
 use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
-use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Notice, Progress, TimerChange};
+use ixn_proto::connection::{Action, ConnConfig, Connection, Notice, Progress, TimerChange};
 use ixn_proto::tls::ListenerKind;
 
 /// Bytes of the worker's receive buffer: a registration request is about 60 bytes; a
@@ -311,18 +311,11 @@ impl Worker {
             }
             super::Admission::Refused(r) => self.refuse(stream, peer, now, kind, r),
             super::Admission::Admitted { counted } => {
-                let Some((mut conn, t)) = self.shared.open(now, peer, kind, &self.cfg) else {
-                    self.metrics.accept_error();
-                    self.shared.active.fetch_sub(1, Ordering::AcqRel);
-                    if counted {
-                        self.shared.admission.released(peer.ip());
-                    }
+                let (shared, metrics) = (&self.shared, &self.metrics);
+                let opened = glue::open(shared, metrics, now, peer, kind, &self.cfg, counted);
+                let Some((conn, t)) = opened else {
                     return;
                 };
-                if counted {
-                    conn.mark_admitted();
-                }
-                self.metrics.accepted(kind);
                 // Bytes that came with the handshake are reported by the first wait.
                 if let Some(i) = self.insert(conn, stream, true) {
                     self.apply_timer(i, t);
@@ -393,20 +386,7 @@ impl Worker {
 
     fn apply_timer(&mut self, i: usize, change: TimerChange) {
         let c = &mut self.conns[i];
-        match change {
-            TimerChange::Keep => {}
-            TimerChange::Cancel => {
-                if let Some(k) = c.timer.take() {
-                    self.wheel.cancel(k);
-                }
-            }
-            TimerChange::Arm(t, at) => {
-                if let Some(k) = c.timer.take() {
-                    self.wheel.cancel(k);
-                }
-                c.timer = Some(self.wheel.insert(at, (i, c.generation, t)));
-            }
-        }
+        glue::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
     }
 
     /// Reads connection `i` until its socket runs dry, it closes, or its turn ends.
@@ -445,60 +425,25 @@ impl Worker {
         self.again.push((i, generation));
     }
 
-    /// Hands `n` received bytes (in the receive buffer) to the connection, in place: only
-    /// the tail of a frame split across reads is copied, into `pending`.
+    /// Hands `n` received bytes (in the receive buffer) to the connection; its answers go
+    /// to `scratch`.
     fn feed(&mut self, i: usize, n: usize) -> Option<Progress> {
-        let data = &self.recv[..n];
-        let registry = self.shared.registry.load();
-        let now = self.now;
         let c = &mut self.conns[i];
-        super::debug::maybe_panic("connection");
         let mut answers = std::mem::take(&mut self.scratch);
         answers.clear();
-        let metrics = &self.metrics;
-        let shared = &self.shared;
-        let gate = |ip| shared.gate(ip, now, metrics);
-        let mut env = Env {
-            registry: &registry,
-            ids: &mut self.ids,
-            config: &self.cfg,
-            gate: Some(&gate),
-            names: Some(shared.claims(key(self.index, i, c.generation))),
-        };
-        let failures = std::cell::Cell::new(0);
-        let each = |o: &crate::session::Output| {
-            metrics.output(o);
-            if crate::admission::is_failure(o) {
-                failures.set(failures.get() + 1);
-            }
-        };
-        let p = if c.pending.is_empty() {
-            let p = c.conn.on_bytes(now, data, &mut env, &mut answers, each);
-            c.pending.extend_from_slice(&data[p.consumed..]);
-            p
-        } else {
-            c.pending.extend_from_slice(data);
-            let p = c
-                .conn
-                .on_bytes(now, &c.pending, &mut env, &mut answers, each);
-            c.pending.drain(..p.consumed);
-            p
-        };
-        if failures.get() > 0 {
-            shared.failed_registrations(c.conn.peer(), failures.get(), now);
-        }
-        if c.pending.is_empty() && c.pending.capacity() > 0 {
-            c.pending = Vec::new();
-        }
+        let cx = glue::cx!(self);
+        let data = &self.recv[..n];
+        let p = glue::feed(
+            cx,
+            i,
+            c.generation,
+            &mut c.conn,
+            &mut c.pending,
+            data,
+            self.now,
+            &mut answers,
+        );
         self.scratch = answers;
-        self.metrics.logical_delta(p.logical_delta);
-        if let Some(h) = p.handshake {
-            self.metrics.handshake(h);
-        }
-        if p.registered {
-            self.metrics
-                .registration_duration(now.saturating_duration_since(c.conn.accepted_at()));
-        }
         Some(p)
     }
 
@@ -611,48 +556,26 @@ impl Worker {
     /// descriptor (which leaves the epoll set with it).
     fn close(&mut self, i: usize, reason: CloseReason) {
         let mut c = self.conns.remove(i);
-        self.shared.release(&c.conn);
         for k in [c.timer, c.write_timer].into_iter().flatten() {
             self.wheel.cancel(k);
         }
-        let was_registered = c.conn.session().proxy_client_id().is_some();
-        let logical = c.conn.session().logical_clients();
-        let names = self.shared.claims(key(self.index, i, c.generation));
-        c.conn.release(&mut self.ids, Some(names));
-        if c.counted {
-            self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.closed(reason, was_registered, logical);
-        } else {
-            self.refusing -= 1;
-        }
+        let cx = glue::cx!(self);
+        let refusing = &mut self.refusing;
+        glue::gone(
+            cx,
+            i,
+            c.generation,
+            &mut c.conn,
+            c.counted,
+            reason,
+            refusing,
+        );
     }
 
     fn expire(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        self.wheel.advance(now, |e| expired.push(e));
-        let mut counts = [0u64; Timer::ALL.len()];
-        for (i, generation, timer) in expired {
-            let Some(c) = self.conns.get_mut(i).filter(|c| c.generation == generation) else {
-                continue;
-            };
-            if timer == Timer::WriteStall {
-                c.write_timer = None;
-            } else {
-                c.timer = None;
-            }
-            let p = c.conn.on_deadline(timer);
-            if p.action != Action::Continue {
-                counts[timer.index()] += 1;
-            }
-            if p.action == Action::CloseAfterWrite && !c.out.is_empty() {
-                // Its answers are not draining: the peer is not reading.
-                let r = c.conn.on_eof();
-                self.close(i, r);
-                continue;
-            }
+        for (i, p) in glue::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
             self.carry_out(i, p);
         }
-        self.metrics.tick_expired(&counts);
     }
 
     fn stop_accepting(&mut self) {
@@ -671,90 +594,51 @@ impl Worker {
     /// may stop.
     fn drain_step(&mut self, d: &mut super::Drain<(usize, u32)>, now: Instant) -> bool {
         let hurry = self.shared.hurry.load(Ordering::Acquire);
-        if d.ready(now, hurry) {
-            let mut registered = Vec::new();
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for i in keys {
-                let c = &self.conns[i];
-                if c.conn.session().state() == crate::session::State::Registered {
-                    registered.push((i, c.generation));
-                } else {
-                    self.notify(i, now, Notice::Drain);
-                }
-            }
-            self.metrics.drain_remaining(registered.len() as i64);
-            d.begin(registered);
-        }
-        let due = d.due(now, hurry);
-        self.metrics.drain_remaining(-(due.len() as i64));
-        for (i, generation) in due {
-            if self.live(i, generation) {
-                self.notify(i, now, Notice::Drain);
-            }
+        for i in glue::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
+            self.notify(i, now, Notice::Drain);
         }
         d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
     }
 
     /// Tells one connection of the drain or a kick.
     fn notify(&mut self, i: usize, now: Instant, notice: Notice) {
-        let registry = self.shared.registry.load();
         let c = &mut self.conns[i];
         if c.conn.is_closing() {
             return;
         }
         let mut answers = std::mem::take(&mut self.scratch);
         answers.clear();
-        let mut env = Env {
-            registry: &registry,
-            ids: &mut self.ids,
-            config: &self.cfg,
-            gate: None,
-            names: Some(self.shared.claims(key(self.index, i, c.generation))),
-        };
-        let metrics = &self.metrics;
-        let p = c
-            .conn
-            .on_notice(now, notice, &mut env, &mut answers, |o| metrics.output(o));
+        let cx = glue::cx!(self);
+        let p = glue::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
         self.scratch = answers;
         self.carry_out(i, p);
     }
 
     /// The admin API's commands (and replaced names' kicks), taken at each tick.
     fn commands(&mut self, now: Instant) {
-        for command in self.shared.inboxes.take(self.index as usize) {
-            match command {
-                Command::List { query, done } => {
-                    let w = self.index;
-                    let conns = self
-                        .conns
-                        .iter()
-                        .map(|(i, c)| (key(w, i, c.generation), &c.conn));
-                    let _ = done.send(crate::admin::list(conns, &query, self.shared.origin.0));
-                }
-                Command::Kick { conn, kick, done } => {
-                    let i = conn.slot as usize;
-                    let live = self.conns.get(i).is_some_and(|c| {
-                        c.generation == conn.generation
-                            && !c.conn.is_closing()
-                            && c.conn.session().state() == crate::session::State::Registered
-                    });
-                    if live {
-                        self.notify(i, now, Notice::Kick(kick));
-                    }
-                    if let Some(done) = done {
-                        let _ = done.send(live);
-                    }
-                }
-            }
+        for k in glue::commands(&self.shared, self.index, &self.conns) {
+            self.notify(k.slot, now, Notice::Kick(k.kick));
         }
     }
 }
 
-/// The process-wide key of this worker's connection in slot `i`.
-fn key(worker: u32, i: usize, generation: u32) -> ixn_proto::names::ConnKey {
-    ixn_proto::names::ConnKey {
-        worker,
-        slot: i as u32,
-        generation,
+impl glue::Slot for Conn {
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+    fn timers(&mut self) -> (&mut Option<TimerKey>, &mut Option<TimerKey>) {
+        (&mut self.timer, &mut self.write_timer)
+    }
+    fn writing(&self) -> bool {
+        !self.out.is_empty()
+    }
+    fn gone(&self) -> bool {
+        false
+    }
+    fn core(&self) -> &Connection {
+        &self.conn
     }
 }

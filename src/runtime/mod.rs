@@ -9,6 +9,7 @@
 mod conns;
 mod debug;
 mod epoll;
+mod glue;
 mod uring_v2;
 mod worker;
 

@@ -53,12 +53,12 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use super::glue;
 use super::Shared;
-use crate::admin::Command;
 use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
-use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Notice, Progress, TimerChange};
+use ixn_proto::connection::{Action, ConnConfig, Connection, Notice, Progress, TimerChange};
 use ixn_proto::tls::ListenerKind;
 
 /// Provided buffers per worker.
@@ -537,19 +537,12 @@ impl Worker {
             }
             super::Admission::Refused(r) => self.refuse(fd, peer, now, kind, r),
             super::Admission::Admitted { counted } => {
-                let Some((mut conn, t)) = self.shared.open(now, peer, kind, &self.cfg) else {
-                    self.metrics.accept_error();
-                    self.shared.active.fetch_sub(1, Ordering::AcqRel);
-                    if counted {
-                        self.shared.admission.released(peer.ip());
-                    }
+                let (shared, metrics) = (&self.shared, &self.metrics);
+                let opened = glue::open(shared, metrics, now, peer, kind, &self.cfg, counted);
+                let Some((conn, t)) = opened else {
                     self.close_fd(fd);
                     return;
                 };
-                if counted {
-                    conn.mark_admitted();
-                }
-                self.metrics.accepted(kind);
                 let i = self.insert(conn, fd, true);
                 self.apply_timer(i, t);
                 self.arm_recv(i);
@@ -606,20 +599,7 @@ impl Worker {
 
     fn apply_timer(&mut self, i: usize, change: TimerChange) {
         let c = &mut self.conns[i];
-        match change {
-            TimerChange::Keep => {}
-            TimerChange::Cancel => {
-                if let Some(k) = c.timer.take() {
-                    self.wheel.cancel(k);
-                }
-            }
-            TimerChange::Arm(t, at) => {
-                if let Some(k) = c.timer.take() {
-                    self.wheel.cancel(k);
-                }
-                c.timer = Some(self.wheel.insert(at, (i, c.generation, t)));
-            }
-        }
+        glue::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
     }
 
     fn received(&mut self, i: usize, res: i32, bid: Option<u16>, more: bool) {
@@ -659,14 +639,10 @@ impl Worker {
     /// Hands received bytes (in the provided buffer at `off`) to the connection, in place:
     /// only the tail of a frame split across receives is copied, into `pending`.
     fn feed(&mut self, i: usize, off: usize, n: usize) -> Option<Progress> {
-        let data = &self.bufs.bufs[off..off + n];
-        let registry = self.shared.registry.load();
-        let now = self.now;
         let c = &mut self.conns[i];
         if c.hard.is_some() {
             return None;
         }
-        super::debug::maybe_panic("connection");
         // Answers go into the worker's scratch buffer unless some already wait for a send
         // in flight: no allocation per registration, and no buffer kept per idle
         // connection (`write` gives it back once sent).
@@ -675,50 +651,19 @@ impl Worker {
         } else {
             std::mem::take(&mut c.later)
         };
-        let metrics = &self.metrics;
-        let shared = &self.shared;
-        let gate = |ip| shared.gate(ip, now, metrics);
-        let mut env = Env {
-            registry: &registry,
-            ids: &mut self.ids,
-            config: &self.cfg,
-            gate: Some(&gate),
-            names: Some(shared.claims(key(self.index, i, c.generation))),
-        };
-        let failures = std::cell::Cell::new(0);
-        let each = |o: &crate::session::Output| {
-            metrics.output(o);
-            if crate::admission::is_failure(o) {
-                failures.set(failures.get() + 1);
-            }
-        };
-        let p = if c.pending.is_empty() {
-            let p = c.conn.on_bytes(now, data, &mut env, &mut answers, each);
-            c.pending.extend_from_slice(&data[p.consumed..]);
-            p
-        } else {
-            c.pending.extend_from_slice(data);
-            let p = c
-                .conn
-                .on_bytes(now, &c.pending, &mut env, &mut answers, each);
-            c.pending.drain(..p.consumed);
-            p
-        };
-        if failures.get() > 0 {
-            shared.failed_registrations(c.conn.peer(), failures.get(), now);
-        }
-        if c.pending.is_empty() && c.pending.capacity() > 0 {
-            c.pending = Vec::new();
-        }
+        let cx = glue::cx!(self);
+        let data = &self.bufs.bufs[off..off + n];
+        let p = glue::feed(
+            cx,
+            i,
+            c.generation,
+            &mut c.conn,
+            &mut c.pending,
+            data,
+            self.now,
+            &mut answers,
+        );
         c.later = answers;
-        self.metrics.logical_delta(p.logical_delta);
-        if let Some(h) = p.handshake {
-            self.metrics.handshake(h);
-        }
-        if p.registered {
-            self.metrics
-                .registration_duration(now.saturating_duration_since(c.conn.accepted_at()));
-        }
         Some(p)
     }
 
@@ -853,7 +798,6 @@ impl Worker {
             return;
         };
         let mut c = self.conns.remove(i);
-        self.shared.release(&c.conn);
         c.later.clear();
         recycle(&mut self.scratch, &mut c.later);
         for k in [c.timer, c.write_timer].into_iter().flatten() {
@@ -861,43 +805,23 @@ impl Worker {
         }
         // Nothing is in flight on the descriptor and the slab entry is gone.
         self.close_fd(c.fd);
-        let was_registered = c.conn.session().proxy_client_id().is_some();
-        let logical = c.conn.session().logical_clients();
-        let names = self.shared.claims(key(self.index, i, c.generation));
-        c.conn.release(&mut self.ids, Some(names));
-        if c.counted {
-            self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.closed(reason, was_registered, logical);
-        } else {
-            self.refusing -= 1;
-        }
+        let cx = glue::cx!(self);
+        let refusing = &mut self.refusing;
+        glue::gone(
+            cx,
+            i,
+            c.generation,
+            &mut c.conn,
+            c.counted,
+            reason,
+            refusing,
+        );
     }
 
     fn expire(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        self.wheel.advance(now, |e| expired.push(e));
-        let mut counts = [0u64; Timer::ALL.len()];
-        for (i, generation, timer) in expired {
-            let Some(c) = self.conns.get_mut(i).filter(|c| c.generation == generation) else {
-                continue;
-            };
-            if timer == Timer::WriteStall {
-                c.write_timer = None;
-            } else {
-                c.timer = None;
-            }
-            let p = c.conn.on_deadline(timer);
-            if p.action != Action::Continue {
-                counts[timer.index()] += 1;
-            }
-            if p.action == Action::CloseAfterWrite && c.sending {
-                let r = c.conn.on_eof();
-                self.close_hard(i, r);
-                continue;
-            }
+        for (i, p) in glue::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
             self.carry_out(i, p);
         }
-        self.metrics.tick_expired(&counts);
     }
 
     fn stop_accepting(&mut self) {
@@ -916,30 +840,8 @@ impl Worker {
     /// may stop.
     fn drain_step(&mut self, d: &mut super::Drain<(usize, u32)>, now: Instant) -> bool {
         let hurry = self.shared.hurry.load(Ordering::Acquire);
-        if d.ready(now, hurry) {
-            let mut registered = Vec::new();
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for i in keys {
-                let c = &self.conns[i];
-                if c.conn.session().state() == crate::session::State::Registered {
-                    registered.push((i, c.generation));
-                } else {
-                    self.notify(i, now, Notice::Drain);
-                }
-            }
-            self.metrics.drain_remaining(registered.len() as i64);
-            d.begin(registered);
-        }
-        let due = d.due(now, hurry);
-        self.metrics.drain_remaining(-(due.len() as i64));
-        for (i, generation) in due {
-            if self
-                .conns
-                .get(i)
-                .is_some_and(|c| c.generation == generation)
-            {
-                self.notify(i, now, Notice::Drain);
-            }
+        for i in glue::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
+            self.notify(i, now, Notice::Drain);
         }
         d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
     }
@@ -948,65 +850,42 @@ impl Worker {
     /// written; unregistered: close now) or of a kick (registered: EventError 15 and close
     /// once written).
     fn notify(&mut self, i: usize, now: Instant, notice: Notice) {
-        let registry = self.shared.registry.load();
         let c = &mut self.conns[i];
         if c.conn.is_closing() || c.hard.is_some() {
             return;
         }
         let mut answers = std::mem::take(&mut c.later);
-        let mut env = Env {
-            registry: &registry,
-            ids: &mut self.ids,
-            config: &self.cfg,
-            gate: None,
-            names: Some(self.shared.claims(key(self.index, i, c.generation))),
-        };
-        let metrics = &self.metrics;
-        let p = c
-            .conn
-            .on_notice(now, notice, &mut env, &mut answers, |o| metrics.output(o));
+        let cx = glue::cx!(self);
+        let p = glue::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
         c.later = answers;
         self.carry_out(i, p);
     }
 
     /// The admin API's commands (and replaced names' kicks), taken at each tick.
     fn commands(&mut self, now: Instant) {
-        for command in self.shared.inboxes.take(self.index as usize) {
-            match command {
-                Command::List { query, done } => {
-                    let w = self.index;
-                    let conns = self
-                        .conns
-                        .iter()
-                        .filter(|(_, c)| c.hard.is_none())
-                        .map(|(i, c)| (key(w, i, c.generation), &c.conn));
-                    let _ = done.send(crate::admin::list(conns, &query, self.shared.origin.0));
-                }
-                Command::Kick { conn, kick, done } => {
-                    let i = conn.slot as usize;
-                    let live = self.conns.get(i).is_some_and(|c| {
-                        c.generation == conn.generation
-                            && c.hard.is_none()
-                            && !c.conn.is_closing()
-                            && c.conn.session().state() == crate::session::State::Registered
-                    });
-                    if live {
-                        self.notify(i, now, Notice::Kick(kick));
-                    }
-                    if let Some(done) = done {
-                        let _ = done.send(live);
-                    }
-                }
-            }
+        for k in glue::commands(&self.shared, self.index, &self.conns) {
+            self.notify(k.slot, now, Notice::Kick(k.kick));
         }
     }
 }
 
-/// The process-wide key of this worker's connection in slot `i`.
-fn key(worker: u32, i: usize, generation: u32) -> ixn_proto::names::ConnKey {
-    ixn_proto::names::ConnKey {
-        worker,
-        slot: i as u32,
-        generation,
+impl glue::Slot for Conn {
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+    fn timers(&mut self) -> (&mut Option<TimerKey>, &mut Option<TimerKey>) {
+        (&mut self.timer, &mut self.write_timer)
+    }
+    fn writing(&self) -> bool {
+        self.sending
+    }
+    fn gone(&self) -> bool {
+        self.hard.is_some()
+    }
+    fn core(&self) -> &Connection {
+        &self.conn
     }
 }

@@ -290,18 +290,11 @@ impl Worker {
             }
             super::Admission::Admitted { counted } => counted,
         };
-        let Some((mut conn, arm)) = w.shared.open(now, peer, kind, &w.cfg) else {
-            w.metrics.accept_error();
-            w.shared.active.fetch_sub(1, Ordering::AcqRel);
-            if counted {
-                w.shared.admission.released(peer.ip());
-            }
+        let Some((conn, arm)) =
+            super::glue::open(&w.shared, &w.metrics, now, peer, kind, &w.cfg, counted)
+        else {
             return;
         };
-        if counted {
-            conn.mark_admitted();
-        }
-        w.metrics.accepted(kind);
         let mut conns = w.conns.borrow_mut();
         let h = conns.insert(conn, stream.as_raw_fd());
         if let Some(c) = conns.get_mut(h) {
