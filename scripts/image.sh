@@ -19,6 +19,8 @@ fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 install -D -m 0755 "$bin" "$root/usr/local/bin/ixn-server"
+# The release profile keeps debug info for profiling; the image does not need it.
+strip --strip-debug "$root/usr/local/bin/ixn-server"
 # The dynamic loader and every library the binary links, at the paths it looks for them.
 for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
   install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
