@@ -549,7 +549,11 @@ fn check_split() {
 }
 
 fn idle_memory(n: usize, engine: &str) {
-    let p = start_ixn(&["--registration-timeout", "120s", "--io-engine", engine]);
+    let (flag, value) = match engine {
+        "epoll" => ("--engine", "epoll"),
+        v => ("--io-engine", v),
+    };
+    let p = start_ixn(&["--registration-timeout", "120s", flag, value]);
     let pid = p.child.id();
     let rrc = hex::decode(RRC).unwrap();
     // Warm the allocator with one round first, so the figure is the steady state.
@@ -812,7 +816,7 @@ fn main() {
         loadgen_against_client(dur, if quick { 1 } else { 3 });
     }
     if run("memory") {
-        for engine in ["v1", "v2"] {
+        for engine in ["v1", "v2", "epoll"] {
             idle_memory(if quick { 2000 } else { 10_000 }, engine);
         }
     }
