@@ -125,11 +125,7 @@ pub(super) fn thread_main(
     index: usize,
     listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     shared: Arc<Shared>,
-    core: Option<core_affinity::CoreId>,
 ) {
-    if let Some(core) = core {
-        let _ = core_affinity::set_for_current(core);
-    }
     let poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {

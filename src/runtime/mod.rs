@@ -541,10 +541,18 @@ fn start_workers(
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ixn-worker-{index}"))
-                .spawn(move || match engine {
-                    EPOLL => epoll::thread_main(index, l, shared, core),
-                    URING_V2 => uring_v2::thread_main(index, l, shared, core),
-                    _ => worker::thread_main(index, l, shared, core),
+                .spawn(move || {
+                    // Pinned here, once for every engine.
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::warn!(worker = index, "could not pin to core {}", core.id);
+                        }
+                    }
+                    match engine {
+                        EPOLL => epoll::thread_main(index, l, shared),
+                        URING_V2 => uring_v2::thread_main(index, l, shared),
+                        _ => worker::thread_main(index, l, shared),
+                    }
                 })?,
         );
     }

@@ -274,11 +274,7 @@ pub(super) fn thread_main(
     index: usize,
     listeners: Vec<(TcpListener, ListenerKind)>,
     shared: Arc<Shared>,
-    core: Option<core_affinity::CoreId>,
 ) {
-    if let Some(core) = core {
-        let _ = core_affinity::set_for_current(core);
-    }
     let ring = match IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()

@@ -104,13 +104,7 @@ pub(super) fn thread_main(
     index: usize,
     listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     shared: Arc<Shared>,
-    core: Option<core_affinity::CoreId>,
 ) {
-    if let Some(core) = core {
-        if !core_affinity::set_for_current(core) {
-            tracing::warn!(worker = index, "could not pin to core {}", core.id);
-        }
-    }
     let mut builder = tokio_uring::builder();
     builder
         .entries(1024)
