@@ -287,6 +287,14 @@ pub fn probe_io_uring(setup: RingSetup) -> Result<(RingSetup, String), StartErro
     }
 }
 
+/// Whether the io_uring engine can run here (the kernel, its settings and the seccomp
+/// profile allow everything it needs); the reason in operator terms if not. The test
+/// harness asks this to run every socket suite on each engine this machine allows.
+pub fn io_uring_allowed() -> Result<(), String> {
+    probe_io_uring(RingSetup::Plain).map_err(|e| e.to_string())?;
+    uring_v2::probe()
+}
+
 /// Whether this kernel is new enough to have io_uring (5.11, the oldest the engines
 /// support), so an ENOSYS from `io_uring_setup` means a filter, not a missing feature.
 fn kernel_has_io_uring() -> bool {

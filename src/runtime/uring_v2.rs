@@ -42,7 +42,8 @@
 //! the socket down (which completes the multishot receive) and closes when that final
 //! completion arrives; a close once written shuts down our sending side and keeps
 //! receiving (and discarding) until the peer's end of stream or the linger deadline.
-//! Shutdowns and closes are operations in the ring, not syscalls of their own.
+//! Closes are operations in the ring; shutdowns are `shutdown(2)` calls, because the ring
+//! runs a shutdown late, on another thread, by descriptor number (see `shutdown`).
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -235,6 +236,15 @@ fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     })
 }
 
+/// Shuts a socket down, now, with `shutdown(2)`; an operation in flight on it completes.
+///
+/// Not through the ring: `IORING_OP_SHUTDOWN` always runs on an io-wq worker thread,
+/// which looks the descriptor number up only when it gets to it, possibly after our
+/// close of that number and the next accept that reused it, so the shutdown landed on
+/// another client's connection (hardening round 3, D2 and N12). The only operations
+/// this engine queues on a connection's descriptor are its receive and its send, both
+/// issued at submission and both tracked (`receiving`, `sending`): the descriptor is
+/// closed only when neither is in flight, so no operation can outlive its number.
 fn shutdown(fd: RawFd, how: std::net::Shutdown) {
     let _ = with_sock(fd, |s| s.shutdown(how));
 }
@@ -342,15 +352,6 @@ impl Worker {
     fn close_fd(&mut self, fd: RawFd) {
         self.push(
             opcode::Close::new(types::Fd(fd))
-                .build()
-                .user_data(ud(IGNORE, 0, 0)),
-        );
-    }
-
-    /// Shuts a socket down through the ring; an operation in flight on it completes.
-    fn shutdown_fd(&mut self, fd: RawFd, how: i32) {
-        self.push(
-            opcode::Shutdown::new(types::Fd(fd), how)
                 .build()
                 .user_data(ud(IGNORE, 0, 0)),
         );
@@ -736,7 +737,7 @@ impl Worker {
             c.half_closed = true;
             let fd = c.fd;
             let t = c.conn.on_flushed(self.now, &self.cfg);
-            self.shutdown_fd(fd, libc::SHUT_WR);
+            shutdown(fd, std::net::Shutdown::Write);
             self.apply_timer(i, t);
         }
         self.arm_recv(i);
@@ -778,7 +779,7 @@ impl Worker {
         if c.hard.is_none() {
             c.hard = Some(reason);
             let fd = c.fd;
-            self.shutdown_fd(fd, libc::SHUT_RDWR);
+            shutdown(fd, std::net::Shutdown::Both);
         }
         self.maybe_close(i);
     }

@@ -11,6 +11,19 @@ use ixn::protocol::{
     decode, encode, Message, RegisterClient, UnregisterClient, DEFAULT_MAX_FRAME_LEN,
 };
 
+/// The `--engine` values every socket suite runs on: `uring` where this kernel (and its
+/// seccomp profile) allows io_uring, and `epoll` always. Where io_uring is refused, the
+/// suite says on stderr that its io_uring half was skipped, and why, rather than passing it.
+pub fn engines() -> Vec<&'static str> {
+    match ixn::runtime::io_uring_allowed() {
+        Ok(()) => vec!["uring", "epoll"],
+        Err(why) => {
+            eprintln!("SKIPPED on the io_uring engine (not allowed here: {why})");
+            vec!["epoll"]
+        }
+    }
+}
+
 /// A running server process.
 pub struct Server {
     pub child: Child,
