@@ -157,3 +157,50 @@ fn n12_a_late_shutdown_never_lands_on_the_next_connection() {
         s.assert_clean(base);
     }
 }
+
+/// D2 (start-up): a server killed with a client's connection just closed, a new one on
+/// the same port, a TCP probe (connect and close, as soon as the port is bound), then a
+/// registration from another address. Before the fix, engine v2 reset that registration
+/// (3 runs of 3).
+#[test]
+fn d2_a_probe_after_a_restart_costs_the_next_client_nothing() {
+    for engine in engines() {
+        for _ in 0..3 {
+            let mut first = server(engine, &[]);
+            let port = first.addr.port();
+            let mut c = first.connect();
+            c.send(&rrc(1, "MediaServer_email", 1, None));
+            assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+            drop(c);
+            first.child.kill().unwrap();
+            first.child.wait().unwrap();
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ixn-server"));
+            cmd.args(["--engine", engine, "--workers", "1"])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--metrics-listen", "127.0.0.1:0"]);
+            // The probe connects as soon as the port is bound, as a load balancer's check
+            // does, before the workers take their first connection.
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let probe = std::thread::spawn(move || loop {
+                if TcpStream::connect(addr).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            });
+            let s = Server::start_command(cmd);
+            probe.join().unwrap();
+            let mut c = connect_from("127.0.0.2", s.addr);
+            c.send(&rrc(1, "MediaServer_email", 1, None));
+            let a = c.answer();
+            assert!(
+                matches!(a, Some(Ans::Ack { rid: 1, .. })),
+                "{engine}: registration lost: {a:?}"
+            );
+            c.send(&other(2));
+            assert!(
+                matches!(c.answer(), Some(Ans::Err { rid: 2, .. })),
+                "{engine}: second answer lost"
+            );
+        }
+    }
+}
