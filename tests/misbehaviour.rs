@@ -204,3 +204,67 @@ fn d2_a_probe_after_a_restart_costs_the_next_client_nothing() {
         }
     }
 }
+
+/// One HTTP/1.1 GET on a connection of its own: the status, or 0 if the server closed or
+/// reset it without an answer.
+fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// D1: under an open-file limit far below `--max-connections` (1,024 against the default
+/// 100,000, as many container runtimes set), the metrics listener keeps its own bound:
+/// with one metrics client stuck mid-request, two scrapes and a liveness probe at once
+/// are all served. Before the fix, clients got every descriptor but one and the metrics
+/// listener had room for one connection: the stuck client held it.
+#[test]
+fn d1_clients_never_starve_the_metrics_listener_of_descriptors() {
+    for engine in engines() {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.args(["--nofile=1024:1024", env!("CARGO_BIN_EXE_ixn-server")])
+            .args(["--engine", engine, "--workers", "1"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+        let s = Server::start_command(cmd);
+        let warning = s
+            .startup
+            .iter()
+            .find(|l| l.contains("room for") && l.contains("client connections"));
+        let warning = warning.expect("the budget is logged");
+        assert!(
+            warning.contains("64 for the metrics listener"),
+            "{engine}: {warning}"
+        );
+        let mut stuck = TcpStream::connect(s.metrics).unwrap();
+        stuck.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let m = s.metrics;
+        let at_once: Vec<_> = ["/metrics", "/metrics", "/live"]
+            .into_iter()
+            .map(|p| std::thread::spawn(move || (p, get_status(m, p))))
+            .collect();
+        for h in at_once {
+            let (path, status) = h.join().unwrap();
+            assert_eq!(
+                status, 200,
+                "{engine}: {path} beside a stuck metrics client"
+            );
+        }
+        // Clients are still served within what is left for them.
+        let mut c = s.connect();
+        c.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+        drop(stuck);
+    }
+}

@@ -377,19 +377,20 @@ mod tests {
     use super::FdBudget;
 
     #[test]
-    fn the_descriptor_limit_goes_to_clients_before_metrics() {
-        // Plenty: both get their maximum.
-        let b = FdBudget::new(20_000, 50, 1000, 64);
+    fn the_descriptor_limit_goes_to_metrics_and_admin_before_clients() {
+        // Plenty: every listener gets its maximum.
+        let b = FdBudget::new(20_000, 50, 1000, 64, 16);
         assert_eq!((b.clients, b.metrics), (1000, 64));
-        // max-connections + 60: every client fits, the metrics listener gets what is left.
-        let b = FdBudget::new(160, 52, 100, 64);
-        assert_eq!((b.clients, b.metrics), (100, 8));
-        assert_eq!(b.wanted, 216);
-        // Too little for the clients: they get all but one, metrics keeps one.
-        let b = FdBudget::new(100, 52, 100, 64);
-        assert_eq!((b.clients, b.metrics), (47, 1));
+        assert_eq!(b.wanted, 50 + 64 + 16 + 1000);
+        // This machine's 20,000 against the default 100,000 clients: the metrics
+        // listener keeps its 64 (it kept 1 before revision 3).
+        let b = FdBudget::new(20_000, 100, 100_000, 64, 0);
+        assert_eq!((b.clients, b.metrics), (20_000 - 100 - 64, 64));
+        // Too little for the clients: metrics and admin first, clients the rest.
+        let b = FdBudget::new(200, 52, 100, 64, 16);
+        assert_eq!((b.clients, b.metrics), (68, 64));
         // Nothing left at all: one of each, and accept(2) failures are backed off.
-        let b = FdBudget::new(40, 52, 100, 64);
+        let b = FdBudget::new(40, 52, 100, 64, 16);
         assert_eq!((b.clients, b.metrics), (1, 1));
     }
 }
@@ -575,24 +576,33 @@ fn start_workers(
     Ok(threads)
 }
 
-/// Shares the descriptor limit out between clients and the metrics listener, and says so
-/// when it is too low for both.
+/// Shares the descriptor limit out: the server's own, the metrics and admin listeners'
+/// bounds, then clients; and says so when it is too low for every client.
 fn share_descriptors(shared: &Shared, limit: usize) {
     let config = &shared.config;
     let reserve =
         open_descriptors() + FD_HEADROOM + worker::REFUSALS_LINGERING_MAX * config.workers;
+    let admin = if config.admin_listen.is_some() {
+        crate::admin::MAX_CONNECTIONS
+    } else {
+        0
+    };
     let b = FdBudget::new(
         limit,
         reserve,
         config.max_connections,
         config.metrics_max_connections,
+        admin,
     );
     if b.clients < config.max_connections {
         tracing::warn!(
             max_connections = config.max_connections,
             nofile = limit,
-            "the descriptor limit leaves room for {} client connections (the rest get ServerOverloaded); raise it to at least {} (LimitNOFILE=)",
+            "the descriptor limit leaves room for {} client connections, after {} for the server itself, {} for the metrics listener and {} for the admin API (the rest get ServerOverloaded); raise it to at least {} (LimitNOFILE=)",
             b.clients,
+            reserve,
+            b.metrics,
+            admin,
             b.wanted
         );
     }
@@ -600,9 +610,8 @@ fn share_descriptors(shared: &Shared, limit: usize) {
         tracing::warn!(
             metrics_max_connections = config.metrics_max_connections,
             nofile = limit,
-            "the descriptor limit leaves room for {} metrics connections beside {} clients; raise it to at least {} (LimitNOFILE=)",
+            "the descriptor limit leaves room for only {} metrics connections; raise it to at least {} (LimitNOFILE=)",
             b.metrics,
-            b.clients,
             b.wanted
         );
     }
@@ -742,31 +751,41 @@ fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// How the descriptor limit is shared out: the server's own descriptors first, then the
-/// clients (up to `--max-connections`), then the metrics listener (up to
-/// `--metrics-max-connections`, at least one). The metrics listener never takes a
-/// descriptor a client could need, and a client over the budget is answered
-/// ServerOverloaded rather than left in the backlog by a failing accept(2).
+/// How the descriptor limit is shared out (the spec's descriptor budget): the server's own
+/// descriptors first, then the metrics listener's bound (`--metrics-max-connections`) and
+/// the admin API's, then clients, up to `--max-connections`. Clients never starve the
+/// listeners operators and their probes depend on (a second scrape, `/live` during a
+/// scrape); a client over the budget is answered ServerOverloaded rather than left in the
+/// backlog by a failing accept(2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdBudget {
     /// Client connections admitted at once.
     pub clients: usize,
     /// Metrics connections served at once.
     pub metrics: usize,
-    /// The limit that would give both their configured maximum.
+    /// The limit that would give every listener its configured maximum.
     pub wanted: usize,
 }
 
 impl FdBudget {
-    /// Shares `limit` descriptors, `reserve` of which the server keeps for itself.
-    pub fn new(limit: usize, reserve: usize, max_clients: usize, max_metrics: usize) -> Self {
+    /// Shares `limit` descriptors, `reserve` of which the server keeps for itself and
+    /// `admin` for the admin API.
+    pub fn new(
+        limit: usize,
+        reserve: usize,
+        max_clients: usize,
+        max_metrics: usize,
+        admin: usize,
+    ) -> Self {
         let room = limit.saturating_sub(reserve);
-        let clients = room.saturating_sub(1).clamp(1, max_clients.max(1));
-        let metrics = room.saturating_sub(clients).clamp(1, max_metrics.max(1));
+        let metrics = max_metrics.clamp(1, room.max(1));
+        let clients = room
+            .saturating_sub(metrics + admin)
+            .clamp(1, max_clients.max(1));
         Self {
             clients,
             metrics,
-            wanted: reserve + max_clients + max_metrics,
+            wanted: reserve + max_metrics + admin + max_clients,
         }
     }
 }
