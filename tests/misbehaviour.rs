@@ -268,3 +268,34 @@ fn d1_clients_never_starve_the_metrics_listener_of_descriptors() {
         drop(stuck);
     }
 }
+
+/// N4: a client registers, sends 6,000 frames and half-closes (FIN) without reading, its
+/// receive buffer 4 KiB; read 0.5 s later, every one of its 6,001 answers arrives, then
+/// the end of stream. Before the fix engine v2 closed at the FIN with answers still
+/// queued: 5,118–5,329 arrived.
+#[test]
+fn n4_a_half_closing_client_gets_every_answer() {
+    for engine in engines() {
+        let s = server(engine, &[]);
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&s.addr.into()).unwrap();
+        let mut c: TcpStream = sock.into();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = rrc(1, "MediaServer_email", 1, None);
+        bytes.extend((0..6000).flat_map(|i| other(2 + i)));
+        c.write_all(&bytes).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = 0;
+        while let Some(a) = read_answer(&mut c) {
+            let want = if got == 0 { 1 } else { got + 1 };
+            match a {
+                Ans::Ack { rid, .. } | Ans::Err { rid, .. } if rid == want => got += 1,
+                other => panic!("{engine}: answer {got}: {other:?}"),
+            }
+        }
+        assert_eq!(got, 6001, "{engine}: answers before the end of stream");
+    }
+}

@@ -648,3 +648,174 @@ fn an_oversized_handshake_message_is_refused_at_once() {
     );
     assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 1.0) >= 1.0);
 }
+
+// Hardening, round 3 (issue 22): each on every engine this machine allows.
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A TLS client registered as MediaServer_email.
+fn registered(s: &Server, ca: &Ca) -> Tls {
+    let mut t = tls_connect(
+        s.tls_addr.unwrap(),
+        client_config(&ca.cert.pem(), None, &[]),
+    );
+    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+    t.flush().unwrap();
+    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+    t
+}
+
+/// N1: after the client's close_notify, whatever it keeps writing is not kept: 64 MiB
+/// sent raised the server's RSS by 64 MiB before the fix (rustls reads nothing after
+/// close_notify, and the engine kept the rest for it, without limit).
+#[test]
+fn n1_bytes_after_close_notify_are_not_kept() {
+    for engine in engines() {
+        let files = Files::new(&format!("n1-{engine}"));
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &["--engine", engine, "--workers", "1"]);
+        let base = rss_kib(s.pid());
+        let mut t = registered(&s, &ca);
+        t.conn.send_close_notify();
+        t.flush().unwrap();
+        let junk = vec![0x17u8; 1 << 20];
+        let mut sent = 0usize;
+        let started = Instant::now();
+        while sent < 64 << 20 && started.elapsed() < Duration::from_secs(20) {
+            match t.sock.write(&junk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        let grown = rss_kib(s.pid()).saturating_sub(base);
+        assert!(
+            grown < 16 * 1024,
+            "{engine}: RSS grew by {grown} KiB after {sent} bytes past close_notify"
+        );
+        // The server answered the close: its own close_notify, then the end of stream.
+        let mut rest = Vec::new();
+        let _ = t.sock.read_to_end(&mut rest);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{engine}: still open"
+        );
+    }
+}
+
+/// N2: 4,096 frames in one write over TLS: every answer arrives, in order. Before the fix
+/// the answers were cut after 65,536 bytes (rustls's buffer limit, the write's error
+/// ignored) and the stream was corrupt.
+#[test]
+fn n2_answers_over_64_kib_to_one_record_all_arrive_in_order() {
+    for engine in engines() {
+        let files = Files::new(&format!("n2-{engine}"));
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &["--engine", engine, "--workers", "1"]);
+        let mut t = registered(&s, &ca);
+        // 8-byte frames (a message with no attribute, each answered with an EventError):
+        // 2,048 to a 16 KiB record, whose answers exceed 64 KiB.
+        let frames: Vec<u8> = (0..4096)
+            .flat_map(|_| [0, 0, 0, 4, 0, 0x10, 0, 0])
+            .collect();
+        t.write_all(&frames).unwrap();
+        t.flush().unwrap();
+        for i in 0..4096 {
+            match answer(&mut t) {
+                Some(Ans::Err { rid: 0, .. }) => {}
+                other => panic!("{engine}: answer {i}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// N3: `--frame-timeout 1s`, a registered TLS client sends a record holding one frame,
+/// all but the record's last byte: it is closed at the frame deadline, as on plain TCP.
+/// Before the fix it stayed open (the frame was inside rustls, not yet plaintext).
+#[test]
+fn n3_a_frame_begun_inside_an_unfinished_record_meets_the_frame_deadline() {
+    for engine in engines() {
+        let files = Files::new(&format!("n3-{engine}"));
+        let ca = Ca::new("test CA");
+        let extra = [
+            "--engine",
+            engine,
+            "--workers",
+            "1",
+            "--frame-timeout",
+            "1s",
+        ];
+        let s = start(&files, &ca, None, &extra);
+        let mut t = registered(&s, &ca);
+        t.conn.writer().write_all(&other(2)).unwrap();
+        let mut record = Vec::new();
+        while t.conn.wants_write() {
+            t.conn.write_tls(&mut record).unwrap();
+        }
+        t.sock.write_all(&record[..record.len() - 1]).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match t.sock.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let held = started.elapsed();
+        assert!(
+            held >= Duration::from_millis(900) && held < Duration::from_secs(3),
+            "{engine}: closed after {held:?}"
+        );
+    }
+}
+
+/// N9: a ClientHello spread over several records (a 58 KiB handshake message) is
+/// refused once it exceeds one record, not held (rustls joins up to 64 KiB).
+#[test]
+fn n9_a_client_hello_over_one_record_is_refused() {
+    for engine in engines() {
+        let files = Files::new(&format!("n9-{engine}"));
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &["--engine", engine, "--workers", "1"]);
+        let mut c = Client::connect(s.tls_addr.unwrap());
+        // A ClientHello (1) of 60 KiB of which 58 KiB are sent, in handshake records of
+        // 16 KiB: an unfinished message rustls would join and hold.
+        let len = 60 * 1024u32;
+        let mut msg = vec![0x01];
+        msg.extend_from_slice(&len.to_be_bytes()[1..]);
+        msg.extend_from_slice(&[0x03, 0x03]);
+        msg.resize(58 * 1024, 0);
+        let mut refused = false;
+        for chunk in msg.chunks(0x4000) {
+            let mut rec = vec![0x16, 0x03, 0x01];
+            rec.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            rec.extend_from_slice(chunk);
+            if c.s.write_all(&rec).is_err() {
+                refused = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match c.s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        assert!(
+            refused || started.elapsed() < Duration::from_millis(700),
+            "{engine}: held until {:?}",
+            started.elapsed()
+        );
+        let failed = "ixn_tls_handshakes_total{result=\"failed\"}";
+        assert_eq!(s.wait_metric(failed, 1.0), 1.0, "{engine}");
+    }
+}

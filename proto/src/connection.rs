@@ -375,11 +375,11 @@ impl Connection {
             }
         }
         let Some(mut tls) = self.tls.take() else {
-            let mut p = self.frames(now, &input[skip..], None, env, out, each);
+            let mut p = self.frames(now, &input[skip..], None, false, env, out, each);
             p.consumed += skip;
             return p;
         };
-        let (taken, received) = tls.receive(&input[skip..], self.accepted_at, now);
+        let (mut taken, received) = tls.receive(&input[skip..], self.accepted_at, now);
         let handshake = match received {
             Ok(h) => h,
             Err(_) => {
@@ -397,9 +397,20 @@ impl Connection {
             }
         };
         let mut answers = Vec::new();
-        let mut p = self.frames(now, tls.plaintext(), tls.peer(), env, &mut answers, each);
+        let mid_record = tls.mid_record();
+        let (plain, peer) = (tls.plaintext(), tls.peer());
+        let mut p = self.frames(now, plain, peer, mid_record, env, &mut answers, each);
         tls.consume(p.consumed);
         tls.send(&answers, out);
+        if tls.peer_closed() {
+            // The peer's close_notify: it sends nothing more (rustls reads nothing after
+            // it, so nothing is kept), and the answers to what came before still go out.
+            if p.action == Action::Continue {
+                let closing = self.flush_then_close(CloseReason::Peer);
+                (p.timer, p.action) = (closing.timer, closing.action);
+            }
+            taken = input.len() - skip;
+        }
         if p.action == Action::CloseAfterWrite {
             // After the last answers: rustls drops plaintext written after close_notify.
             tls.close_notify();
@@ -437,12 +448,15 @@ impl Connection {
     }
 
     /// Frames (plaintext) arrived: runs the session over them. `consumed` in the result is
-    /// relative to `frames`.
+    /// relative to `frames`. `mid_record`: a TLS record has begun and not ended, so a
+    /// frame may have begun inside it (the frame deadline covers it).
+    #[allow(clippy::too_many_arguments)]
     fn frames(
         &mut self,
         now: Instant,
         frames: &[u8],
         tls: Option<&TlsPeer>,
+        mid_record: bool,
         env: &mut Env<'_>,
         out: &mut impl BufMut,
         mut each: impl FnMut(&Output),
@@ -488,7 +502,7 @@ impl Connection {
         }
         if self.session.state() == State::Registered {
             // The frame deadline runs from a frame's first byte to its last.
-            let partial = frames.len() > fed.consumed;
+            let partial = frames.len() > fed.consumed || mid_record;
             let began_now = fed.consumed > 0 || self.armed != Some(Timer::Frame);
             if partial && began_now {
                 progress.timer = self.arm(Timer::Frame, deadline(now, env.config.frame_timeout));

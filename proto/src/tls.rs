@@ -116,6 +116,56 @@ pub enum TlsError {
     /// The handshake or a record was refused; the alert rustls queued is in the output.
     #[error("TLS: {0}")]
     Protocol(#[from] rustls::Error),
+    /// The client's first flight (its ClientHello) did not fit one record: a half-open
+    /// handshake may pin no more than that.
+    #[error("TLS: the ClientHello does not fit one record")]
+    HelloTooLarge,
+    /// rustls refused more ciphertext while the connection was open (its buffer bound).
+    #[error("TLS: {0}")]
+    Refused(String),
+}
+
+/// The largest TLS record on the wire before the server's first flight: a 5-byte header
+/// and 16 KiB of plaintext (a ClientHello is never encrypted).
+pub const HELLO_MAX: usize = 5 + 16 * 1024;
+
+/// Where the ciphertext stream is among TLS records: enough to tell whether a record has
+/// begun and not ended (the frame deadline covers it), without looking inside.
+#[derive(Debug, Default, Clone, Copy)]
+struct Records {
+    /// Header bytes of the next record seen so far (0 to 4).
+    head_len: u8,
+    /// The length field's first byte, once the header's fourth byte has arrived.
+    len_hi: u8,
+    /// Body bytes of the current record not yet seen.
+    body_left: u16,
+}
+
+impl Records {
+    /// Follows `bytes` of the stream.
+    fn track(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let k = bytes.len().min(usize::from(self.body_left));
+                self.body_left -= k as u16;
+                bytes = &bytes[k..];
+                continue;
+            }
+            // Header: type (1), version (2), length (2).
+            match self.head_len {
+                3 => self.len_hi = bytes[0],
+                4 => self.body_left = u16::from_be_bytes([self.len_hi, bytes[0]]),
+                _ => {}
+            }
+            self.head_len = (self.head_len + 1) % 5;
+            bytes = &bytes[1..];
+        }
+    }
+
+    /// Whether a record has begun and not ended.
+    fn mid_record(self) -> bool {
+        self.head_len > 0 || self.body_left > 0
+    }
 }
 
 /// One connection's TLS: rustls's server state, the plaintext not yet framed, and, once
@@ -127,6 +177,14 @@ pub struct ServerTls {
     /// one record: the decoder consumes every complete frame).
     plain: Vec<u8>,
     peer: Option<TlsPeer>,
+    /// Where the client's ciphertext is among records.
+    records: Records,
+    /// Ciphertext taken before the server's first flight (bounded by [`HELLO_MAX`]).
+    hello_bytes: u32,
+    /// The server has answered the ClientHello (or failed it).
+    hello_answered: bool,
+    /// The peer's close_notify has arrived.
+    peer_closed: bool,
 }
 
 impl ServerTls {
@@ -136,6 +194,10 @@ impl ServerTls {
             conn: ServerConnection::new(config)?,
             plain: Vec::new(),
             peer: None,
+            records: Records::default(),
+            hello_bytes: 0,
+            hello_answered: false,
+            peer_closed: false,
         })
     }
 
@@ -145,10 +207,10 @@ impl ServerTls {
     }
 
     /// Takes ciphertext in, decrypts what it can into the plaintext buffer and returns the
-    /// bytes of `input` taken (all of them, unless rustls's own bound on buffered records
-    /// is reached; the engine keeps the rest for the next call). A handshake that ends here
-    /// is returned, accepted at `accepted_at`, finished at `now`. On an error the alert
-    /// rustls queued is left to [`ServerTls::flush`].
+    /// bytes of `input` taken: all of them, unless the peer has sent close_notify (after
+    /// which nothing more is read: see [`ServerTls::peer_closed`]). A handshake that ends
+    /// here is returned, accepted at `accepted_at`, finished at `now`. On an error the
+    /// alert rustls queued is left to [`ServerTls::flush`].
     pub fn receive(
         &mut self,
         mut input: &[u8],
@@ -158,12 +220,40 @@ impl ServerTls {
         let len = input.len();
         let mut done = None;
         while !input.is_empty() {
-            match self.conn.read_tls(&mut input) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let before = input;
+            let limited = !self.hello_answered;
+            if limited {
+                // Before the server's first flight only one record may arrive: a
+                // ClientHello that spans records would let a half-open handshake pin up
+                // to rustls's 64 KiB bound on a handshake message.
+                let room = HELLO_MAX.saturating_sub(self.hello_bytes as usize);
+                if room == 0 {
+                    return (len - input.len(), Err(TlsError::HelloTooLarge));
+                }
+                input = &input[..input.len().min(room)];
             }
-            if let Err(e) = self.conn.process_new_packets() {
-                return (len - input.len(), Err(e.into()));
+            let rest_len = before.len() - input.len();
+            let read = self.conn.read_tls(&mut input);
+            let n = (before.len() - rest_len) - input.len();
+            self.records.track(&before[..n]);
+            if limited {
+                self.hello_bytes += n as u32;
+            }
+            input = &before[n..];
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return (len - input.len(), Err(TlsError::Refused(e.to_string()))),
+            }
+            match self.conn.process_new_packets() {
+                Ok(state) => self.peer_closed = state.peer_has_closed(),
+                Err(e) => {
+                    self.hello_answered = true;
+                    return (len - input.len(), Err(e.into()));
+                }
+            }
+            if self.conn.wants_write() || !self.conn.is_handshaking() {
+                self.hello_answered = true;
             }
             if self.peer.is_none() && !self.conn.is_handshaking() {
                 done = Some(self.finish_handshake(accepted_at, now));
@@ -171,6 +261,18 @@ impl ServerTls {
             self.drain_plaintext();
         }
         (len - input.len(), Ok(done))
+    }
+
+    /// Whether the peer has sent close_notify: it sends nothing more, and any bytes after
+    /// it are not read.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Whether a TLS record has begun arriving and not ended: a frame may be inside it,
+    /// so the frame deadline must run.
+    pub fn mid_record(&self) -> bool {
+        self.records.mid_record()
     }
 
     fn finish_handshake(&mut self, accepted_at: Instant, now: Instant) -> Handshake {
@@ -222,11 +324,19 @@ impl ServerTls {
         }
     }
 
-    /// Encrypts `answers` and appends the records to `out`.
-    pub fn send(&mut self, answers: &[u8], out: &mut impl BufMut) {
-        if !answers.is_empty() {
-            // The writer buffers without limit (none is set), so this cannot fail.
-            let _ = self.conn.writer().write_all(answers);
+    /// Encrypts `answers` and appends the records to `out`, all of them: rustls bounds
+    /// what it holds unsent (64 KiB), so the answers go in as fast as the records come
+    /// out, and `out` (the engine's, written under its own backpressure) takes them.
+    pub fn send(&mut self, mut answers: &[u8], out: &mut impl BufMut) {
+        while !answers.is_empty() {
+            match self.conn.writer().write(answers) {
+                Ok(n) if n > 0 => answers = &answers[n..],
+                // Nothing taken with rustls's buffer just flushed: it is closed for
+                // writing (after our close_notify), and the rest could never be sent.
+                _ if !self.conn.wants_write() => break,
+                _ => {}
+            }
+            self.flush(out);
         }
         self.flush(out);
     }

@@ -627,6 +627,12 @@ impl Worker {
         if !more {
             // End of stream or an error: the receive is over.
             let c = &mut self.conns[i];
+            if res == 0 && c.sending && c.hard.is_none() {
+                // The peer half-closed while answers are still going out: they finish
+                // first (N4). The receive armed once they are written sees the end of
+                // stream again, and closes then.
+                return;
+            }
             let reason = c.hard.unwrap_or_else(|| c.conn.on_eof());
             c.hard = Some(reason);
             self.maybe_close(i);
