@@ -299,3 +299,39 @@ fn n4_a_half_closing_client_gets_every_answer() {
         assert_eq!(got, 6001, "{engine}: answers before the end of stream");
     }
 }
+
+/// N6: a client that connects 0.3 s into a drain (lame-duck grace 1.5 s, a registered
+/// client still held) is refused or closed at once, not left unanswered until the process
+/// exits. Before the fix engine v2 and the epoll engine left it in the listener's backlog.
+#[test]
+fn n6_a_connection_during_the_drain_is_refused_at_once() {
+    for engine in engines() {
+        let s = server(
+            engine,
+            &["--lame-duck-grace", "1500ms", "--lame-duck-duration", "1s"],
+        );
+        let mut held = s.connect();
+        held.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(held.answer(), Some(Ans::Ack { rid: 1, .. })));
+        s.signal("TERM");
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        if let Ok(mut late) = TcpStream::connect(s.addr) {
+            late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = late.write_all(&rrc(1, "MediaServer_email", 1, None));
+            let mut buf = [0u8; 64];
+            let n = late.read(&mut buf).unwrap_or(0);
+            assert_eq!(
+                n, 0,
+                "{engine}: no answer is owed to a connection the drain refuses"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{engine}: a connection during the drain waited {:?}",
+            started.elapsed()
+        );
+        // The registered client still gets its EventError 11 after the grace.
+        assert_eq!(held.answer(), Some(err(0, 11)), "{engine}");
+    }
+}

@@ -579,8 +579,8 @@ impl Worker {
         self.accept_again.clear();
         self.accept_paused.clear();
         for (l, _) in &mut self.listeners {
-            // Connections that arrive now wait in the backlog and are reset at exit.
             let _ = self.poll.registry().deregister(l);
+            glue::refuse_new_connections(l);
         }
         self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
     }

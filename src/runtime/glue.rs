@@ -126,6 +126,15 @@ pub(super) fn drain_tick<C: Slot>(
 }
 
 /// The process-wide key of worker `worker`'s connection in slot `i`.
+/// Stops a listener for good at the drain: `shutdown(2)` on a listening socket resets the
+/// connections waiting in its backlog and refuses new ones at once (the port no longer
+/// listens, on any worker once all have drained), so a client that connects during a
+/// drain is refused and retries elsewhere instead of waiting, unanswered, until the
+/// process exits (N6).
+pub(super) fn refuse_new_connections(listener: &impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read);
+}
+
 pub(super) fn key(worker: u32, i: usize, generation: u32) -> ConnKey {
     ConnKey {
         worker,

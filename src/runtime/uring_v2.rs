@@ -207,6 +207,8 @@ struct Worker {
     refusing: usize,
     /// Listeners whose accept stopped for lack of descriptors, re-armed at the next tick.
     accept_paused: Vec<usize>,
+    /// The drain has stopped the listeners.
+    stopped: bool,
     last_warn: Option<Instant>,
     /// The time of the batch of completions being handled: read once per wake-up, not
     /// once per event (clock reads showed in the churn profile).
@@ -320,6 +322,7 @@ pub(super) fn thread_main(
         listeners,
         refusing: 0,
         accept_paused: Vec::new(),
+        stopped: false,
         last_warn: None,
         now: origin,
         cq_lost: 0,
@@ -462,9 +465,13 @@ impl Worker {
                     -res,
                     libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
                 );
-                if res >= 0 {
+                if res >= 0 && self.stopped {
+                    // Accepted just before the drain stopped the listener: closed, as
+                    // the ones still in its backlog were.
+                    self.close_fd(res);
+                } else if res >= 0 {
                     self.accepted(res, self.listeners[i].1);
-                } else if res != -libc::ECANCELED {
+                } else if res != -libc::ECANCELED && !self.stopped {
                     self.metrics.accept_error();
                 }
                 if exhausted {
@@ -828,12 +835,14 @@ impl Worker {
     }
 
     fn stop_accepting(&mut self) {
+        self.stopped = true;
         for i in 0..self.listeners.len() {
             self.push(
                 opcode::AsyncCancel::new(ud(ACCEPT, i, 0))
                     .build()
                     .user_data(ud(IGNORE, 0, 0)),
             );
+            glue::refuse_new_connections(&self.listeners[i].0);
         }
         self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
     }
