@@ -366,6 +366,11 @@ impl Api {
                 hyper::header::WWW_AUTHENTICATE,
                 hyper::header::HeaderValue::from_static("Bearer"),
             );
+            // Closed once answered: an unauthenticated caller keeps no slot (N8).
+            r.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
             (Action::Unauthorized, r)
         } else {
             self.route(req).await
@@ -533,7 +538,14 @@ pub fn spawn(
         Box::pin(async move { api.handle(req, caller).await })
     });
     let what = ("admin", "the admin API's own limit, admin::MAX_CONNECTIONS");
-    crate::http::serve(addr, what, || MAX_CONNECTIONS, handler, || {})
+    crate::http::serve(
+        addr,
+        what,
+        || MAX_CONNECTIONS,
+        crate::http::WhenFull::Evict,
+        handler,
+        || {},
+    )
 }
 
 #[cfg(test)]

@@ -287,8 +287,16 @@ impl Admission {
         Some(ban)
     }
 
-    /// Bans in force (expired ones are dropped as they are met).
-    pub fn bans_active(&self) -> usize {
+    /// Bans in force at `now`: expired ones are dropped here (workers ask at every tick,
+    /// for `ixn_bans_active`), so the gauge agrees with the admin API's list (N11).
+    pub fn bans_active(&self, now: Instant) -> usize {
+        if self.bans.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        for shard in self.shards.iter() {
+            let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            sweep(&mut s.bans, &self.bans, |(until, _)| *until <= now);
+        }
         self.bans.load(Ordering::Acquire)
     }
 
@@ -428,13 +436,15 @@ mod tests {
             (ban.failures, ban.until),
             (3, late + Duration::from_secs(60))
         );
-        assert_eq!(a.bans_active(), 1);
+        assert_eq!(a.bans_active(late), 1);
         assert_eq!(a.check(x, late), Err(Refusal::Banned));
         assert!(a.check(ip("10.0.0.8"), late).is_ok());
         // Expiry.
         let after = late + Duration::from_secs(60);
+        assert_eq!(a.bans_active(after - Duration::from_millis(1)), 1);
+        // An expired ban is not counted, whether or not its address came back (N11).
+        assert_eq!(a.bans_active(after), 0);
         assert!(a.check(x, after).is_ok());
-        assert_eq!(a.bans_active(), 0);
         // Lifting.
         for _ in 0..3 {
             a.failed(x, after);

@@ -147,6 +147,7 @@ pub fn spawn(
             "--metrics-max-connections, and the descriptor limit",
         ),
         move || limit.max_connections.load(Ordering::Relaxed),
+        WhenFull::Refuse,
         handler,
         move || {
             // The exporter's upkeep keeps histogram memory bounded without scrapes.
@@ -174,6 +175,17 @@ pub type Handler = Arc<
         + Sync,
 >;
 
+/// What a listener does with a new connection when it already holds its maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Close the new one at once (the metrics listener: its bound is the operator's).
+    Refuse,
+    /// Close the oldest connection that has not yet sent a whole request, and serve the
+    /// new one (the admin API: with a 401 closing its connection, idle or trickling
+    /// callers cannot hold every slot and lock the operator out, N8).
+    Evict,
+}
+
 /// Binds `addr` now and serves `handler` on a thread of its own (`ixn-{what}`), with the
 /// bounds of [`spawn`]: at most `max_connections()` connections (what sets them is named
 /// in the warning when they are full), bounded request heads and connection lifetimes.
@@ -182,6 +194,7 @@ pub fn serve(
     addr: SocketAddr,
     (what, limit_name): (&'static str, &'static str),
     max_connections: impl Fn() -> usize + Send + 'static,
+    full: WhenFull,
     handler: Handler,
     start: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
@@ -204,6 +217,7 @@ pub fn serve(
                 };
                 start();
                 let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let untrusted = Arc::new(std::sync::Mutex::new(Untrusted::default()));
                 let mut accept_warn = RateLimitedWarn::default();
                 let mut full_warn = RateLimitedWarn::default();
                 loop {
@@ -217,19 +231,28 @@ pub fn serve(
                     };
                     let max = max_connections();
                     if open.load(Ordering::Relaxed) >= max {
-                        // Closed at once: the descriptor is back before the next accept.
-                        drop(stream);
-                        full_warn.warn(format_args!(
-                            "{what} listener: {max} connections open ({limit_name}); refused {peer}"
-                        ));
-                        continue;
+                        let evicted = full == WhenFull::Evict && untrusted.lock().unwrap_or_else(|e| e.into_inner()).evict_oldest();
+                        if !evicted {
+                            // Closed at once: the descriptor is back before the next accept.
+                            drop(stream);
+                            full_warn.warn(format_args!(
+                                "{what} listener: {max} connections open ({limit_name}); refused {peer}"
+                            ));
+                            continue;
+                        }
                     }
                     open.fetch_add(1, Ordering::Relaxed);
                     let guard = OpenGuard(open.clone());
                     let handler = handler.clone();
+                    let (id, evict) = untrusted.lock().unwrap_or_else(|e| e.into_inner()).add();
+                    let untrusted = untrusted.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
+                        let trusted = untrusted.clone();
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            // A whole request arrived: no longer evictable (an
+                            // unauthenticated one is answered 401 and closed).
+                            trusted.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
                             let r = handler(req, peer);
                             async move { Ok::<_, Infallible>(r.await) }
                         });
@@ -239,12 +262,48 @@ pub fn serve(
                             .header_read_timeout(HEADER_READ_TIMEOUT)
                             .max_buf_size(MAX_HEAD_BYTES)
                             .serve_connection(io, svc);
-                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                        tokio::select! {
+                            _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                            () = evict.notified() => {}
+                        }
+                        untrusted.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
                     });
                 }
             });
         })?;
     Ok(local)
+}
+
+/// Connections that have not yet sent a whole request, oldest first: the ones a full
+/// listener with [`WhenFull::Evict`] closes to make room.
+#[derive(Default)]
+struct Untrusted {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>,
+}
+
+impl Untrusted {
+    fn add(&mut self) -> (u64, Arc<tokio::sync::Notify>) {
+        self.next += 1;
+        let n = Arc::new(tokio::sync::Notify::new());
+        self.queue.push_back((self.next, n.clone()));
+        (self.next, n)
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
+
+    /// Closes the oldest; whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some((_, n)) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Counts one open connection until dropped (also when its task is cancelled).

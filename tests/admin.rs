@@ -350,3 +350,33 @@ fn replace_closes_the_older_holder_across_workers() {
     assert_eq!(holder.answer(), Some(err(9, 9)));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// N8 (hardening, round 3): 16 keep-alive connections that were answered 401 are closed by
+/// the server, and 16 connections that never send a request cannot lock the operator out:
+/// the oldest of them makes room for the operator's. Before the fix the 401s kept their
+/// connections open, every slot stayed held, and the operator got no answer.
+#[test]
+fn n8_unauthenticated_callers_cannot_lock_the_admin_api() {
+    use std::io::{Read, Write};
+    let dir = tempdir("n8");
+    let tf = token_file(&dir);
+    let s = Server::start(&["--admin-listen", "127.0.0.1:0", "--admin-token-file", &tf]);
+    let admin = s.admin.unwrap();
+    for _ in 0..16 {
+        let mut c = std::net::TcpStream::connect(admin).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /v1/clients HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut resp = Vec::new();
+        let _ = c.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    }
+    let idle: Vec<_> = (0..16)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _) = s.admin("GET", "/v1/clients", Some(TOKEN));
+    assert_eq!(status, 200, "the operator is served beside 16 idle callers");
+    drop(idle);
+}

@@ -335,3 +335,29 @@ fn n6_a_connection_during_the_drain_is_refused_at_once() {
         assert_eq!(held.answer(), Some(err(0, 11)), "{engine}");
     }
 }
+
+/// N11: five bans of 1 s are no longer counted by `ixn_bans_active` once they expire,
+/// though their addresses never come back (the admin API listed none while the gauge
+/// still said 5, 2.5 s later).
+#[test]
+fn n11_expired_bans_are_not_counted() {
+    for engine in engines() {
+        let ban = [
+            "--ban-failures",
+            "1",
+            "--ban-window",
+            "10s",
+            "--ban-duration",
+            "1s",
+        ];
+        let s = server(engine, &ban);
+        for n in 0..5 {
+            let mut c = connect_from(&format!("127.0.1.{}", n + 1), s.addr);
+            c.send(&rrc(1, "nobody", 1, None));
+            assert_eq!(c.answer(), Some(err(1, 2)));
+        }
+        assert_eq!(s.wait_metric("ixn_bans_active", 5.0), 5.0, "{engine}");
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(s.wait_metric("ixn_bans_active", 0.0), 0.0, "{engine}");
+    }
+}

@@ -238,7 +238,7 @@ impl Worker {
             }
             self.commands(now);
             self.metrics
-                .bans_active(self.shared.admission.bans_active());
+                .bans_active(self.shared.admission.bans_active(now));
             self.metrics.names_held(self.shared.names.len());
             self.metrics.flush();
         }

@@ -172,7 +172,8 @@ async fn run(
         }
         let stop = drain.as_mut().is_some_and(|d| w.drain_tick(d, now));
         w.commands(now);
-        w.metrics.bans_active(w.shared.admission.bans_active());
+        w.metrics
+            .bans_active(w.shared.admission.bans_active(Instant::now()));
         w.metrics.names_held(w.shared.names.len());
         w.metrics.flush();
         if stop {
