@@ -361,3 +361,202 @@ fn n11_expired_bans_are_not_counted() {
         assert_eq!(s.wait_metric("ixn_bans_active", 0.0), 0.0, "{engine}");
     }
 }
+
+/// The seeded generator of the stress run (xorshift64*): the same seed, the same run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+    }
+}
+
+/// A self-signed certificate for `ixn.test`: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ixn.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn tls_client(cert_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(c)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_open(addr: SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>) -> TlsStream {
+    let name = rustls::pki_types::ServerName::try_from("ixn.test").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    rustls::StreamOwned::new(conn, connect(addr))
+}
+
+/// One misbehaving client of the stress run: it resets at a random point.
+fn stress_reset(
+    rng: &mut Rng,
+    plain: SocketAddr,
+    tls: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) {
+    let req = rrc(1, "MediaServer_email", 1, None);
+    match rng.below(5) {
+        // Before sending anything.
+        0 => reset(connect(plain)),
+        // Mid-frame.
+        1 => {
+            let mut s = connect(plain);
+            let cut = 1 + rng.below(req.len() as u64 - 1) as usize;
+            let _ = s.write_all(&req[..cut]);
+            reset(s);
+        }
+        // Right after sending, without reading.
+        2 => {
+            let mut s = connect(plain);
+            let _ = s.write_all(&req);
+            reset(s);
+        }
+        // After its answer.
+        3 => {
+            let mut s = connect(plain);
+            let _ = s.write_all(&req);
+            let _ = read_answer(&mut s);
+            reset(s);
+        }
+        // Mid-handshake on TLS: part of a ClientHello.
+        _ => {
+            let mut t = tls_open(tls, config);
+            let mut hello = Vec::new();
+            let _ = t.conn.write_tls(&mut hello);
+            let cut = 1 + rng.below(hello.len() as u64 - 1) as usize;
+            let _ = t.sock.write_all(&hello[..cut]);
+            reset(t.sock);
+        }
+    }
+}
+
+/// One well-behaved client of the stress run: registers (over TLS one time in eight),
+/// sends one more frame, and must get exactly its two answers and then, after it
+/// unregisters, its third and the end of stream.
+fn stress_read(
+    rng: &mut Rng,
+    plain: SocketAddr,
+    tls: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
+    let mut script = rrc(1, "MediaServer_email", 1, None);
+    script.extend(other(2));
+    script.extend(unreg(3, None));
+    let mut bytes = Vec::new();
+    if rng.below(8) == 0 {
+        let mut t = tls_open(tls, config);
+        t.write_all(&script).map_err(|e| format!("tls send: {e}"))?;
+        let _ = t.read_to_end(&mut bytes);
+    } else {
+        let mut s = connect(plain);
+        s.write_all(&script).map_err(|e| format!("send: {e}"))?;
+        let _ = s.read_to_end(&mut bytes);
+    }
+    let mut rest = &bytes[..];
+    let mut got = Vec::new();
+    while rest.len() >= 4 {
+        let len = 4 + u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        if rest.len() < len {
+            break;
+        }
+        got.push(decode_answer(&rest[..len]));
+        rest = &rest[len..];
+    }
+    match got.as_slice() {
+        [Ans::Ack { rid: 1, .. }, Ans::Err { rid: 2, .. }, Ans::Ack { rid: 3, .. }]
+            if rest.is_empty() =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("answers {got:?}, {} stray bytes", rest.len())),
+    }
+}
+
+/// The stress run of round 3: connections on one worker, half resetting at random points
+/// (before sending, mid-frame, right after sending, after the answer, mid-handshake on
+/// TLS), half registering and reading: every reader gets exactly its answers, on every
+/// engine. `IXN_STRESS_CONNECTIONS` sets the count (`scripts/soak.sh` runs 100,000);
+/// `IXN_STRESS_SEED` the seed.
+#[test]
+fn stress_half_reset_at_random_points_half_get_every_answer() {
+    let total: u64 = std::env::var("IXN_STRESS_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8_000);
+    let seed: u64 = std::env::var("IXN_STRESS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x1c5e_ed22);
+    let dir = std::env::temp_dir().join(format!("ixn-stress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let config = tls_client(&cert);
+    const THREADS: u64 = 8;
+    for engine in engines() {
+        let s = server(
+            engine,
+            &[
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert_file.to_str().unwrap(),
+                "--tls-key",
+                key_file.to_str().unwrap(),
+            ],
+        );
+        let base = s.fds();
+        let (plain, tls) = (s.addr, s.tls_addr.unwrap());
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    let mut failed = Vec::new();
+                    for _ in 0..total / THREADS / 2 {
+                        stress_reset(&mut rng, plain, tls, &config);
+                        if let Err(e) = stress_read(&mut rng, plain, tls, &config) {
+                            failed.push(e);
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let failed: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{engine} (seed {seed}): {} of {} readers lost answers: {:?}",
+            failed.len(),
+            total / 2,
+            &failed[..failed.len().min(5)]
+        );
+        s.assert_clean(base);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
