@@ -71,6 +71,20 @@ fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 }
 
 impl TlsFiles {
+    /// The bytes of every file set (certificate, key, client CAs), to tell whether a
+    /// reload would change anything; `None` if one cannot be read.
+    pub fn file_bytes(&self) -> Option<Vec<u8>> {
+        let mut all = Vec::new();
+        for p in [&self.cert, &self.key, &self.client_ca]
+            .into_iter()
+            .flatten()
+        {
+            all.extend(std::fs::read(p).ok()?);
+            all.push(0);
+        }
+        Some(all)
+    }
+
     /// Reads the files and builds the server config; `None` when no certificate is set.
     pub fn load(&self) -> Result<Option<Arc<ServerConfig>>, TlsConfigError> {
         let (Some(cert), Some(key)) = (&self.cert, &self.key) else {

@@ -232,3 +232,85 @@ fn registry_watch_false_leaves_reloads_to_sighup() {
     assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Polls for up to `within` until `name` registers.
+fn registers_within(s: &Server, name: &str, within: Duration) -> bool {
+    let t = std::time::Instant::now();
+    loop {
+        if matches!(registers(s, name), Some(Ans::Ack { .. })) {
+            return true;
+        }
+        if t.elapsed() > within {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// N7 (hardening, round 3): a registry renamed into place is loaded within 3 s although
+/// another file in its directory changes every 100 ms. Before the fix the debounce waited
+/// for a quiet directory, which never came.
+#[test]
+fn registry_watch_reloads_beside_a_busy_neighbour() {
+    let dir = std::env::temp_dir().join(format!("ixn-busy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg = dir.join("registry.toml");
+    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
+    std::fs::write(&reg, entry("Alpha")).unwrap();
+    let s = Server::start(&["--registry", reg.to_str().unwrap()]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (stop, log) = (stop.clone(), dir.join("busy.log"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(&log, n.to_string()).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let tmp = dir.join("registry.toml.new");
+    std::fs::write(&tmp, entry("Beta")).unwrap();
+    std::fs::rename(&tmp, &reg).unwrap();
+    let loaded = registers_within(&s, "Beta", Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().unwrap();
+    assert!(loaded, "the renamed-in registry was not loaded within 3 s");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// N10 (hardening, round 3): the registry's symlink is re-pointed to a file in another
+/// directory; a later change of that file is seen. Before the fix only the directories
+/// watched at start were, so the change waited for a SIGHUP.
+#[test]
+fn registry_watch_follows_a_symlink_to_another_directory() {
+    let dir = std::env::temp_dir().join(format!("ixn-repoint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["a", "b", "link"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
+    std::fs::write(dir.join("a/registry.toml"), entry("Alpha")).unwrap();
+    std::fs::write(dir.join("b/registry.toml"), entry("Beta")).unwrap();
+    let reg = dir.join("link/registry.toml");
+    std::os::unix::fs::symlink(dir.join("a/registry.toml"), &reg).unwrap();
+    let s = Server::start(&["--registry", reg.to_str().unwrap()]);
+    assert!(matches!(registers(&s, "Alpha"), Some(Ans::Ack { .. })));
+    let tmp = dir.join("link/tmp");
+    std::os::unix::fs::symlink(dir.join("b/registry.toml"), &tmp).unwrap();
+    std::fs::rename(&tmp, &reg).unwrap();
+    assert!(
+        registers_within(&s, "Beta", Duration::from_secs(3)),
+        "re-pointed"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.join("b/registry.toml"), entry("Gamma")).unwrap();
+    assert!(
+        registers_within(&s, "Gamma", Duration::from_secs(3)),
+        "a change in the new directory was not seen"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

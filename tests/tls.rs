@@ -819,3 +819,30 @@ fn n9_a_client_hello_over_one_record_is_refused() {
         assert_eq!(s.wait_metric(failed, 1.0), 1.0, "{engine}");
     }
 }
+
+/// Round 3 ("decide and say"): a SIGHUP that changes no TLS file (a registry reload)
+/// keeps the TLS config and its session-ticket key, so tickets issued before it still
+/// resume; a SIGHUP that changes a TLS file replaces both.
+#[test]
+fn a_registry_only_sighup_keeps_session_tickets_valid() {
+    let files = Files::new("keep-tickets");
+    let ca = Ca::new("test CA");
+    let s = start(&files, &ca, None, &["--workers", "1"]);
+    let cfg = client_config(&ca.cert.pem(), None, &[]);
+    let handshake = || {
+        let mut t = tls_connect(s.tls_addr.unwrap(), cfg.clone());
+        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+        t.conn.handshake_kind()
+    };
+    assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
+    s.signal("HUP");
+    s.wait_log("TLS files unchanged");
+    assert_eq!(handshake(), Some(rustls::HandshakeKind::Resumed));
+    let (cert, key) = ca.issue(&["ixn.test"], &[], "ixn.test");
+    files.write("server.pem", &cert);
+    files.write("server.key", &key);
+    s.signal("HUP");
+    s.wait_log("TLS certificate, key and client CAs reloaded");
+    assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
+}

@@ -45,6 +45,9 @@ pub struct Shared {
     /// The TLS listeners' config (certificate, key, client CAs); replaced whole on
     /// reload. `None` without `--tls-cert`.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// The TLS files' bytes when `tls` was loaded: a SIGHUP that changes none of them
+    /// keeps `tls`, and with it the session-ticket key (tickets stay valid).
+    tls_files: std::sync::Mutex<Option<Vec<u8>>>,
     /// Connection rate, per-address caps and bans (IXN1.md section 11).
     pub admission: crate::admission::Admission,
     /// A second SIGTERM: finish the lame-duck spread at once.
@@ -66,6 +69,7 @@ impl Shared {
         let now = Instant::now();
         let inboxes = Arc::new(crate::admin::Inboxes::new(config.workers));
         let posts = inboxes.clone();
+        let tls_files = tls.as_ref().and_then(|_| config.tls.file_bytes());
         Self {
             health: Arc::new(Health::new(config.workers, config.metrics_max_connections)),
             max_clients: AtomicUsize::new(config.max_connections),
@@ -73,6 +77,7 @@ impl Shared {
             config,
             registry: ArcSwap::from_pointee(registry),
             active: AtomicUsize::new(0),
+            tls_files: std::sync::Mutex::new(tls_files),
             tls: ArcSwapOption::new(tls),
             hurry: std::sync::atomic::AtomicBool::new(false),
             names: ixn_proto::names::NameTable::new(NAME_SHARDS, move |h| posts.replaced(h.conn)),
@@ -827,13 +832,14 @@ fn reload_registry(shared: &Shared, why: &str) {
 /// Quiet time after a change before the registry is read: an editor's or a ConfigMap's
 /// update is several events (write, rename, symlink swap) that end as one reload.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(250);
+/// The longest a change waits for its directory to be quiet.
+const WATCH_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// `--registry-watch`: watches the registry file's directory (and, if the file is a
 /// symlink, its target's), and reloads once a burst of changes is over and the file's
 /// content differs from what was last read. A Kubernetes ConfigMap updates by swapping a
 /// `..data` symlink in the directory, which a watch on the file itself would miss.
 fn watch_registry(shared: Arc<Shared>) {
-    use notify::Watcher;
     let Some(path) = shared.config.registry.clone() else {
         return;
     };
@@ -845,38 +851,37 @@ fn watch_registry(shared: Arc<Shared>) {
             return;
         }
     };
-    let mut dirs: Vec<std::path::PathBuf> = [Some(path.clone()), std::fs::canonicalize(&path).ok()]
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            p.parent().map(|d| {
-                if d.as_os_str().is_empty() {
-                    ".".into()
-                } else {
-                    d.to_path_buf()
-                }
-            })
-        })
-        .collect();
-    dirs.dedup();
-    for d in &dirs {
-        if let Err(e) = watcher.watch(d, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(
-                "--registry-watch: cannot watch {}: {e}; reload with SIGHUP",
-                d.display()
-            );
-            return;
-        }
+    let mut watched = Vec::new();
+    if let Err(e) = watch_dirs(&mut watcher, &path, &mut watched) {
+        tracing::warn!("--registry-watch: {e}; reload with SIGHUP");
+        return;
     }
     let shown = path.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("ixn-registry-watch".into())
         .spawn(move || {
             // Kept alive by this thread: dropping it ends the watch.
-            let _watcher = watcher;
+            let mut watcher = watcher;
             let mut last = std::fs::read(&path).ok();
+            // A change between the load at start and the watch's first look is not
+            // missed: what the file says now is compared with what is in force.
+            if let Ok(r) = crate::config::load_registry(&path) {
+                if r != **shared.registry.load() {
+                    reload_registry(&shared, "registry file changed since start");
+                }
+            }
             while rx.recv().is_ok() {
-                while rx.recv_timeout(WATCH_DEBOUNCE).is_ok() {}
+                // Debounced: until the directory is quiet for WATCH_DEBOUNCE, but never
+                // longer than WATCH_MAX_DELAY, so another file that changes all the time
+                // in the same directory cannot hold a reload off for ever (N7).
+                let first = Instant::now();
+                while first.elapsed() < WATCH_MAX_DELAY && rx.recv_timeout(WATCH_DEBOUNCE).is_ok() {
+                }
+                // A symlink re-pointed to another directory: watch where it leads now
+                // (N10).
+                if let Err(e) = watch_dirs(&mut watcher, &path, &mut watched) {
+                    tracing::warn!("--registry-watch: {e}");
+                }
                 let now = std::fs::read(&path).ok();
                 if now.is_some() && now != last {
                     reload_registry(&shared, "registry file changed");
@@ -890,15 +895,64 @@ fn watch_registry(shared: Arc<Shared>) {
     }
 }
 
+/// Watches the directories the registry's path names and leads to (the directory of the
+/// path itself, and of every link on the way to the file: a Kubernetes ConfigMap swaps a
+/// symlink in the first, the file lives in the last); directories no longer on the way
+/// are unwatched.
+fn watch_dirs(
+    watcher: &mut impl notify::Watcher,
+    path: &std::path::Path,
+    watched: &mut Vec<std::path::PathBuf>,
+) -> Result<(), String> {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    let mut at = path.to_path_buf();
+    for _ in 0..16 {
+        let dir = match at.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => ".".into(),
+        };
+        dirs.push(std::fs::canonicalize(&dir).unwrap_or(dir.clone()));
+        match std::fs::read_link(&at) {
+            Ok(next) => at = dir.join(next),
+            Err(_) => break,
+        }
+    }
+    if let Ok(real) = std::fs::canonicalize(path) {
+        if let Some(d) = real.parent() {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    for d in watched.iter().filter(|d| !dirs.contains(d)) {
+        let _ = watcher.unwatch(d);
+    }
+    for d in dirs.iter().filter(|d| !watched.contains(d)) {
+        watcher
+            .watch(d, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
+    }
+    *watched = dirs;
+    Ok(())
+}
+
 /// Re-reads the TLS files: new connections use the new config, live ones keep theirs; a
 /// file that fails keeps the old config.
 fn reload_tls(shared: &Shared) {
     if shared.config.tls.cert.is_none() {
         return;
     }
+    let bytes = shared.config.tls.file_bytes();
+    let mut last = shared.tls_files.lock().unwrap_or_else(|e| e.into_inner());
+    if bytes.is_some() && *last == bytes {
+        // A registry-only SIGHUP: the TLS config, and its session-ticket key, stay.
+        tracing::info!("TLS files unchanged; TLS config kept (session tickets stay valid)");
+        return;
+    }
     match shared.config.tls.load() {
         Ok(tls) => {
             shared.tls.store(tls);
+            *last = bytes;
             tracing::info!("TLS certificate, key and client CAs reloaded");
         }
         Err(e) => tracing::error!("TLS reload refused, keeping the old config: {e}"),
