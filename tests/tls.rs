@@ -846,3 +846,46 @@ fn a_registry_only_sighup_keeps_session_tickets_valid() {
     s.wait_log("TLS certificate, key and client CAs reloaded");
     assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
 }
+
+/// N5 (round 3, decided: docs/PROTOCOL.md): at `--max-connections` a TLS client is closed
+/// at once during its handshake, on every engine, while a plain one gets EventError 10.
+#[test]
+fn n5_a_refused_tls_client_is_closed_at_once_during_its_handshake() {
+    for engine in engines() {
+        let files = Files::new(&format!("n5-{engine}"));
+        let ca = Ca::new("test CA");
+        let extra = [
+            "--engine",
+            engine,
+            "--workers",
+            "1",
+            "--max-connections",
+            "1",
+        ];
+        let s = start(&files, &ca, None, &extra);
+        let _held = registered(&s, &ca);
+        let started = Instant::now();
+        let mut t = tls_connect(
+            s.tls_addr.unwrap(),
+            client_config(&ca.cert.pem(), None, &[]),
+        );
+        let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
+        let _ = t.flush();
+        assert_eq!(
+            answer(&mut t),
+            None,
+            "{engine}: no IXN/1 byte before a handshake"
+        );
+        assert!(
+            t.conn.is_handshaking(),
+            "{engine}: refused during the handshake"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500), "{engine}");
+        let mut c = s.connect();
+        assert_eq!(
+            c.answer(),
+            Some(err(0, 10)),
+            "{engine}: plain gets the code"
+        );
+    }
+}

@@ -113,7 +113,7 @@ struct Worker {
     last_warn: Option<Instant>,
     now: Instant,
     /// Connections whose turn ended before their socket ran dry: read at the next wake-up.
-    again: Vec<(usize, u32)>,
+    again: Vec<(usize, u32, bool)>,
     recv: Box<[u8]>,
     /// The buffer answers are written into.
     scratch: Vec<u8>,
@@ -198,9 +198,9 @@ impl Worker {
             for l in std::mem::take(&mut self.accept_again) {
                 self.accept(l);
             }
-            for (i, generation) in std::mem::take(&mut self.again) {
+            for (i, generation, closed) in std::mem::take(&mut self.again) {
                 if self.live(i, generation) {
-                    self.readable(i);
+                    self.readable(i, closed);
                 }
             }
             for e in events.iter() {
@@ -213,10 +213,9 @@ impl Worker {
                 if e.is_writable() && self.live(i, generation) {
                     self.writable(i);
                 }
-                if (e.is_readable() || e.is_read_closed() || e.is_error())
-                    && self.live(i, generation)
-                {
-                    self.readable(i);
+                let closed = e.is_read_closed() || e.is_error();
+                if (e.is_readable() || closed) && self.live(i, generation) {
+                    self.readable(i, closed);
                 }
             }
             if self.now < next_tick {
@@ -386,7 +385,9 @@ impl Worker {
     }
 
     /// Reads connection `i` until its socket runs dry, it closes, or its turn ends.
-    fn readable(&mut self, i: usize) {
+    /// `closed`: the event also said the peer closed or reset, which no later edge will
+    /// repeat, so a short read does not end the turn: the read that sees the end comes.
+    fn readable(&mut self, i: usize, closed: bool) {
         let generation = self.conns[i].generation;
         for _ in 0..READS_PER_EVENT {
             let c = &mut self.conns[i];
@@ -404,7 +405,7 @@ impl Worker {
                     if let Some(p) = self.feed(i, n) {
                         self.carry_out(i, p);
                     }
-                    if !self.live(i, generation) || n < RECV_BUF {
+                    if !self.live(i, generation) || (n < RECV_BUF && !closed) {
                         // A short read emptied the socket: what arrives later is a new edge,
                         // so the read that would only say `WouldBlock` is saved.
                         return;
@@ -418,7 +419,7 @@ impl Worker {
                 }
             }
         }
-        self.again.push((i, generation));
+        self.again.push((i, generation, closed));
     }
 
     /// Hands `n` received bytes (in the receive buffer) to the connection; its answers go
@@ -545,7 +546,9 @@ impl Worker {
             return self.close(i, CloseReason::Peer);
         }
         self.flushed(i);
-        self.readable(i);
+        // Until the socket says `WouldBlock`: an end of stream that arrived while the
+        // answers waited was an edge this read has not seen.
+        self.readable(i, true);
     }
 
     /// Closes connection `i` now: frees its slot, its timers, its ids and names, and its
