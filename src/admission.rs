@@ -125,6 +125,9 @@ pub struct Admission {
     hasher: std::collections::hash_map::RandomState,
     tracked_failures: AtomicUsize,
     bans: AtomicUsize,
+    /// The earliest end of a ban in the table, in milliseconds since `origin` (`u64::MAX`
+    /// for none): `bans_active` sweeps only once it has passed.
+    next_expiry_ms: AtomicU64,
     /// Failures not counted because the table was full.
     pub untracked: AtomicU64,
 }
@@ -140,6 +143,7 @@ impl Admission {
             hasher: Default::default(),
             tracked_failures: AtomicUsize::new(0),
             bans: AtomicUsize::new(0),
+            next_expiry_ms: AtomicU64::new(u64::MAX),
             untracked: AtomicU64::new(0),
         }
     }
@@ -284,20 +288,36 @@ impl Admission {
         if s.bans.insert(ip, (ban.until, count)).is_none() {
             self.bans.fetch_add(1, Ordering::AcqRel);
         }
+        self.next_expiry_ms
+            .fetch_min(self.ms(ban.until), Ordering::AcqRel);
         Some(ban)
     }
 
     /// Bans in force at `now`: expired ones are dropped here (workers ask at every tick,
-    /// for `ixn_bans_active`), so the gauge agrees with the admin API's list (N11).
+    /// for `ixn_bans_active`), so the gauge agrees with the admin API's list (N11). The
+    /// shards are swept only once the earliest ban has ended, not at every tick.
     pub fn bans_active(&self, now: Instant) -> usize {
-        if self.bans.load(Ordering::Acquire) == 0 {
-            return 0;
+        let count = self.bans.load(Ordering::Acquire);
+        if count == 0 || self.ms(now) < self.next_expiry_ms.load(Ordering::Acquire) {
+            return count;
         }
+        let mut next = u64::MAX;
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
             sweep(&mut s.bans, &self.bans, |(until, _)| *until <= now);
+            if let Some(earliest) = s.bans.values().map(|(until, _)| *until).min() {
+                next = next.min(self.ms(earliest));
+            }
         }
+        // Bans are made `ban_duration` from their failure, so one made meanwhile ends
+        // after every ban seen here: storing this minimum cannot hide its end.
+        self.next_expiry_ms.store(next, Ordering::Release);
         self.bans.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds from `origin` to `t` (0 before it).
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The bans in force at `now`, for the admin API.

@@ -166,6 +166,19 @@ fn configmap_swap(dir: &std::path::Path, version: u32, registry: &str) {
     }
 }
 
+/// A new, empty directory for one test.
+fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ixn-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A registry of one MediaServer named `name`.
+fn entry(name: &str) -> String {
+    format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n")
+}
+
 fn registers(s: &Server, name: &str) -> Option<Ans> {
     let mut c = s.connect();
     c.send(&rrc(1, name, 1, None));
@@ -174,10 +187,7 @@ fn registers(s: &Server, name: &str) -> Option<Ans> {
 
 #[test]
 fn registry_watch_follows_a_configmap_swap_and_refuses_a_broken_one() {
-    let dir = std::env::temp_dir().join(format!("ixn-configmap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
+    let dir = fresh_dir("configmap");
     configmap_swap(&dir, 1, &entry("Alpha"));
     let reg = dir.join("registry.toml");
     let s = Server::start(&["--registry", reg.to_str().unwrap()]);
@@ -208,11 +218,8 @@ fn registry_watch_follows_a_configmap_swap_and_refuses_a_broken_one() {
 
 #[test]
 fn registry_watch_false_leaves_reloads_to_sighup() {
-    let dir = std::env::temp_dir().join(format!("ixn-nowatch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("nowatch");
     let reg = dir.join("registry.toml");
-    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
     std::fs::write(&reg, entry("Alpha")).unwrap();
     let s = Server::start(&[
         "--registry",
@@ -252,11 +259,8 @@ fn registers_within(s: &Server, name: &str, within: Duration) -> bool {
 /// for a quiet directory, which never came.
 #[test]
 fn registry_watch_reloads_beside_a_busy_neighbour() {
-    let dir = std::env::temp_dir().join(format!("ixn-busy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("busy");
     let reg = dir.join("registry.toml");
-    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
     std::fs::write(&reg, entry("Alpha")).unwrap();
     let s = Server::start(&["--registry", reg.to_str().unwrap()]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -287,12 +291,10 @@ fn registry_watch_reloads_beside_a_busy_neighbour() {
 /// watched at start were, so the change waited for a SIGHUP.
 #[test]
 fn registry_watch_follows_a_symlink_to_another_directory() {
-    let dir = std::env::temp_dir().join(format!("ixn-repoint-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("repoint");
     for d in ["a", "b", "link"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    let entry = |name: &str| format!("[[client]]\nname = \"{name}\"\ntypes = [\"MediaServer\"]\n");
     std::fs::write(dir.join("a/registry.toml"), entry("Alpha")).unwrap();
     std::fs::write(dir.join("b/registry.toml"), entry("Beta")).unwrap();
     let reg = dir.join("link/registry.toml");

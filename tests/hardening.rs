@@ -283,22 +283,13 @@ fn item2_out_of_range_durations_are_refused_with_the_flag_name() {
     assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 // Item 3: oversized request heads are refused and the connections counted against
 // --metrics-max-connections: 300 connections sending 376 KB of partial headers each no
 // longer raise the RSS by ~113 MB.
 #[test]
 fn item3_metrics_heads_are_bounded() {
     let s = server(&[]);
-    let rss0 = rss_kib(s.pid());
+    let rss0 = s.rss_kib();
     let head = {
         let mut h = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
         h.resize(376_000, b'a');
@@ -319,7 +310,7 @@ fn item3_metrics_heads_are_bounded() {
         conns.push(c);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let grew = rss_kib(s.pid()).saturating_sub(rss0);
+    let grew = s.rss_kib().saturating_sub(rss0);
     eprintln!("RSS grew by {grew} KiB under 300 hostile header streams");
     assert!(grew < 16 * 1024, "RSS grew by {grew} KiB");
     drop(conns);

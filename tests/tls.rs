@@ -634,13 +634,7 @@ fn an_oversized_handshake_message_is_refused_at_once() {
     c.send(&rec);
     let t = Instant::now();
     // An alert may come first; then the end of stream, long before the 1 s deadline.
-    let mut buf = [0u8; 256];
-    loop {
-        match c.s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
+    until_closed(&mut c.s);
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "held {:?}",
@@ -650,15 +644,6 @@ fn an_oversized_handshake_message_is_refused_at_once() {
 }
 
 // Hardening, round 3 (issue 22): each on every engine this machine allows.
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
 
 /// A TLS client registered as MediaServer_email.
 fn registered(s: &Server, ca: &Ca) -> Tls {
@@ -672,16 +657,31 @@ fn registered(s: &Server, ca: &Ca) -> Tls {
     t
 }
 
+/// A TLS server on `engine` with one worker and `extra` flags, for the test `tag`; its
+/// files (removed on drop) and CA come with it.
+fn on_engine(tag: &str, engine: &str, extra: &[&str]) -> (Files, Ca, Server) {
+    let files = Files::new(&format!("{tag}-{engine}"));
+    let ca = Ca::new("test CA");
+    let mut args = vec!["--engine", engine, "--workers", "1"];
+    args.extend_from_slice(extra);
+    let s = start(&files, &ca, None, &args);
+    (files, ca, s)
+}
+
+/// Reads and drops whatever comes until the peer closes or resets.
+fn until_closed(s: &mut impl Read) {
+    let mut buf = [0u8; 1024];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
 /// N1: after the client's close_notify, whatever it keeps writing is not kept: 64 MiB
 /// sent raised the server's RSS by 64 MiB before the fix (rustls reads nothing after
 /// close_notify, and the engine kept the rest for it, without limit).
 #[test]
 fn n1_bytes_after_close_notify_are_not_kept() {
     for engine in engines() {
-        let files = Files::new(&format!("n1-{engine}"));
-        let ca = Ca::new("test CA");
-        let s = start(&files, &ca, None, &["--engine", engine, "--workers", "1"]);
-        let base = rss_kib(s.pid());
+        let (_files, ca, s) = on_engine("n1", engine, &[]);
+        let base = s.rss_kib();
         let mut t = registered(&s, &ca);
         t.conn.send_close_notify();
         t.flush().unwrap();
@@ -694,14 +694,13 @@ fn n1_bytes_after_close_notify_are_not_kept() {
                 Err(_) => break,
             }
         }
-        let grown = rss_kib(s.pid()).saturating_sub(base);
+        let grown = s.rss_kib().saturating_sub(base);
         assert!(
             grown < 16 * 1024,
             "{engine}: RSS grew by {grown} KiB after {sent} bytes past close_notify"
         );
         // The server answered the close: its own close_notify, then the end of stream.
-        let mut rest = Vec::new();
-        let _ = t.sock.read_to_end(&mut rest);
+        until_closed(&mut t.sock);
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{engine}: still open"
@@ -715,9 +714,7 @@ fn n1_bytes_after_close_notify_are_not_kept() {
 #[test]
 fn n2_answers_over_64_kib_to_one_record_all_arrive_in_order() {
     for engine in engines() {
-        let files = Files::new(&format!("n2-{engine}"));
-        let ca = Ca::new("test CA");
-        let s = start(&files, &ca, None, &["--engine", engine, "--workers", "1"]);
+        let (_files, ca, s) = on_engine("n2", engine, &[]);
         let mut t = registered(&s, &ca);
         // 8-byte frames (a message with no attribute, each answered with an EventError):
         // 2,048 to a 16 KiB record, whose answers exceed 64 KiB.
@@ -741,17 +738,7 @@ fn n2_answers_over_64_kib_to_one_record_all_arrive_in_order() {
 #[test]
 fn n3_a_frame_begun_inside_an_unfinished_record_meets_the_frame_deadline() {
     for engine in engines() {
-        let files = Files::new(&format!("n3-{engine}"));
-        let ca = Ca::new("test CA");
-        let extra = [
-            "--engine",
-            engine,
-            "--workers",
-            "1",
-            "--frame-timeout",
-            "1s",
-        ];
-        let s = start(&files, &ca, None, &extra);
+        let (_files, ca, s) = on_engine("n3", engine, &["--frame-timeout", "1s"]);
         let mut t = registered(&s, &ca);
         t.conn.writer().write_all(&other(2)).unwrap();
         let mut record = Vec::new();
@@ -760,13 +747,7 @@ fn n3_a_frame_begun_inside_an_unfinished_record_meets_the_frame_deadline() {
         }
         t.sock.write_all(&record[..record.len() - 1]).unwrap();
         let started = Instant::now();
-        let mut buf = [0u8; 1024];
-        loop {
-            match t.sock.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        until_closed(&mut t.sock);
         let held = started.elapsed();
         assert!(
             held >= Duration::from_millis(900) && held < Duration::from_secs(3),
@@ -780,9 +761,7 @@ fn n3_a_frame_begun_inside_an_unfinished_record_meets_the_frame_deadline() {
 #[test]
 fn n9_a_client_hello_over_one_record_is_refused() {
     for engine in engines() {
-        let files = Files::new(&format!("n9-{engine}"));
-        let ca = Ca::new("test CA");
-        let s = start(&files, &ca, None, &["--engine", engine, "--workers", "1"]);
+        let (_files, _ca, s) = on_engine("n9", engine, &[]);
         let mut c = Client::connect(s.tls_addr.unwrap());
         // A ClientHello (1) of 60 KiB of which 58 KiB are sent, in handshake records of
         // 16 KiB: an unfinished message rustls would join and hold.
@@ -803,13 +782,7 @@ fn n9_a_client_hello_over_one_record_is_refused() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let started = Instant::now();
-        let mut buf = [0u8; 256];
-        loop {
-            match c.s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        until_closed(&mut c.s);
         assert!(
             refused || started.elapsed() < Duration::from_millis(700),
             "{engine}: held until {:?}",
@@ -852,17 +825,7 @@ fn a_registry_only_sighup_keeps_session_tickets_valid() {
 #[test]
 fn n5_a_refused_tls_client_is_closed_at_once_during_its_handshake() {
     for engine in engines() {
-        let files = Files::new(&format!("n5-{engine}"));
-        let ca = Ca::new("test CA");
-        let extra = [
-            "--engine",
-            engine,
-            "--workers",
-            "1",
-            "--max-connections",
-            "1",
-        ];
-        let s = start(&files, &ca, None, &extra);
+        let (_files, ca, s) = on_engine("n5", engine, &["--max-connections", "1"]);
         let _held = registered(&s, &ca);
         let started = Instant::now();
         let mut t = tls_connect(

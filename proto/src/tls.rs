@@ -220,26 +220,26 @@ impl ServerTls {
         let len = input.len();
         let mut done = None;
         while !input.is_empty() {
-            let before = input;
-            let limited = !self.hello_answered;
-            if limited {
-                // Before the server's first flight only one record may arrive: a
-                // ClientHello that spans records would let a half-open handshake pin up
-                // to rustls's 64 KiB bound on a handshake message.
-                let room = HELLO_MAX.saturating_sub(self.hello_bytes as usize);
-                if room == 0 {
-                    return (len - input.len(), Err(TlsError::HelloTooLarge));
-                }
-                input = &input[..input.len().min(room)];
+            // Before the server's first flight only one record may arrive: a ClientHello
+            // that spans records would let a half-open handshake pin up to rustls's
+            // 64 KiB bound on a handshake message.
+            let room = if self.hello_answered {
+                input.len()
+            } else {
+                HELLO_MAX.saturating_sub(self.hello_bytes as usize)
+            };
+            if room == 0 {
+                return (len - input.len(), Err(TlsError::HelloTooLarge));
             }
-            let rest_len = before.len() - input.len();
-            let read = self.conn.read_tls(&mut input);
-            let n = (before.len() - rest_len) - input.len();
-            self.records.track(&before[..n]);
-            if limited {
+            let offered = input.len().min(room);
+            let mut chunk = &input[..offered];
+            let read = self.conn.read_tls(&mut chunk);
+            let n = offered - chunk.len();
+            self.records.track(&input[..n]);
+            if !self.hello_answered {
                 self.hello_bytes += n as u32;
             }
-            input = &before[n..];
+            input = &input[n..];
             match read {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -376,6 +376,24 @@ mod tests {
             ListenerKind::ALL.map(|k| k.name()),
             ["plain", "tls", "proxy", "proxy_tls"]
         );
+    }
+
+    #[test]
+    fn records_are_followed_across_any_split() {
+        // Two records: 3 body bytes, then 2.
+        let stream = [22, 3, 3, 0, 3, 1, 2, 3, 23, 3, 3, 0, 2, 9, 9];
+        for cut in 0..=stream.len() {
+            let mut r = Records::default();
+            r.track(&stream[..cut]);
+            let inside = cut != 0 && cut != 8 && cut != stream.len();
+            assert_eq!(r.mid_record(), inside, "after {cut} bytes");
+            r.track(&stream[cut..]);
+            assert!(!r.mid_record(), "whole stream after a cut at {cut}");
+        }
+        // A record with an empty body ends with its header.
+        let mut r = Records::default();
+        r.track(&[21, 3, 3, 0, 0]);
+        assert!(!r.mid_record());
     }
 
     #[test]
