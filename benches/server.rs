@@ -549,11 +549,7 @@ fn check_split() {
 }
 
 fn idle_memory(n: usize, engine: &str) {
-    let (flag, value) = match engine {
-        "epoll" => ("--engine", "epoll"),
-        v => ("--io-engine", v),
-    };
-    let p = start_ixn(&["--registration-timeout", "120s", flag, value]);
+    let p = start_ixn(&["--registration-timeout", "120s", "--engine", engine]);
     let pid = p.child.id();
     let rrc = hex::decode(RRC).unwrap();
     // Warm the allocator with one round first, so the figure is the steady state.
@@ -664,11 +660,11 @@ fn bulk_drop(n: usize, rounds: usize) {
         ("epoll FIFO baseline", || {
             start_child_baseline("IXN_BENCH_EPOLL_BULK")
         }),
-        ("ixn-server, engine v2", || {
-            start_ixn(&["--registration-timeout", "4s", "--io-engine", "v2"])
+        ("ixn-server, io_uring", || {
+            start_ixn(&["--registration-timeout", "4s", "--engine", "uring"])
         }),
-        ("ixn-server, engine v1", || {
-            start_ixn(&["--registration-timeout", "4s", "--io-engine", "v1"])
+        ("ixn-server, epoll", || {
+            start_ixn(&["--registration-timeout", "4s", "--engine", "epoll"])
         }),
     ];
     println!("# bulk drop: {n} silent connections, deadline 4000 ms");
@@ -709,14 +705,11 @@ fn bulk_drop(n: usize, rounds: usize) {
 /// machine's drift over all of them), then the median of each server's rate and CPU.
 fn churn_rounds(threads: usize, dur: Duration, rounds: usize) {
     type Start = fn() -> Proc;
-    let servers: [(&str, Start); 5] = [
+    let servers: [(&str, Start); 4] = [
         ("epoll baseline (mio, 1 thread)", start_baseline),
         ("raw io_uring yardstick", start_uring_baseline),
-        ("ixn-server, engine v2", || {
-            start_ixn(&["--io-engine", "v2"])
-        }),
-        ("ixn-server, engine v1", || {
-            start_ixn(&["--io-engine", "v1", "--ring-setup", "coop-taskrun"])
+        ("ixn-server, io_uring engine", || {
+            start_ixn(&["--engine", "uring"])
         }),
         ("ixn-server, epoll engine", || {
             start_ixn(&["--engine", "epoll"])
@@ -777,8 +770,7 @@ fn main() {
         for p in [
             start_baseline(),
             start_uring_baseline(),
-            start_ixn(&["--io-engine", "v1"]),
-            start_ixn(&["--io-engine", "v2"]),
+            start_ixn(&["--engine", "uring"]),
             start_ixn(&["--engine", "epoll"]),
         ] {
             let n = churn(p.addr, 2, Duration::from_millis(200));
@@ -816,7 +808,7 @@ fn main() {
         loadgen_against_client(dur, if quick { 1 } else { 3 });
     }
     if run("memory") {
-        for engine in ["v1", "v2", "epoll"] {
+        for engine in ["uring", "epoll"] {
             idle_memory(if quick { 2000 } else { 10_000 }, engine);
         }
     }

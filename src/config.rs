@@ -98,18 +98,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// io_uring setup flags for each worker's ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum RingSetup {
-    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`: completions are run when the
-    /// worker next enters the kernel instead of interrupting it like a signal.
-    #[default]
-    CoopTaskrun,
-    /// No setup flags (the kernel's default task-work delivery), for comparison.
-    Plain,
-}
-
 /// Which kind of engine drives the client sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -117,25 +105,10 @@ pub enum Engine {
     /// io_uring where it is allowed, else epoll with a warning.
     #[default]
     Auto,
-    /// io_uring (`--io-engine` says which); refuses to start where it is not allowed.
+    /// io_uring; refuses to start where it is not allowed.
     Uring,
     /// epoll (mio): for hosts and containers that refuse io_uring.
     Epoll,
-}
-
-/// Which io_uring engine drives the client sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum IoEngine {
-    /// v2 where the kernel offers what it needs (Linux 6.1), else v1 with a warning.
-    #[default]
-    Auto,
-    /// tokio-uring: one task per connection, single-completion operations.
-    V1,
-    /// The worker's own ring on the io-uring crate (SINGLE_ISSUER | DEFER_TASKRUN),
-    /// multishot accept and receive into provided buffers, no task per connection
-    /// (docs/ENGINE.md).
-    V2,
 }
 
 /// Command line; every flag also reads `IXN_<FLAG>` and the `--config` file.
@@ -282,10 +255,9 @@ pub struct Args {
     /// Longest wait for registered clients to receive EventError{11} on drain [default: 5s].
     #[arg(long, env = "IXN_DRAIN_TIMEOUT", value_name = "DUR")]
     pub drain_timeout: Option<Dur>,
-    /// io_uring setup of engine v1's rings (v2 always uses SINGLE_ISSUER | DEFER_TASKRUN)
-    /// [default: coop-taskrun].
-    #[arg(long, env = "IXN_RING_SETUP", value_enum)]
-    pub ring_setup: Option<RingSetup>,
+    /// Retired with engine v1: refused, with what to say instead.
+    #[arg(long, env = "IXN_RING_SETUP", hide = true)]
+    pub ring_setup: Option<String>,
     /// Pin each worker thread to one CPU [default: true].
     #[arg(long, env = "IXN_PIN_WORKERS", value_name = "BOOL")]
     pub pin_workers: Option<bool>,
@@ -314,9 +286,9 @@ pub struct Args {
     /// epoll with a warning [default: auto].
     #[arg(long, env = "IXN_ENGINE", value_enum)]
     pub engine: Option<Engine>,
-    /// Which io_uring engine [default: auto].
-    #[arg(long, env = "IXN_IO_ENGINE", value_enum)]
-    pub io_engine: Option<IoEngine>,
+    /// Retired with engine v1: refused, with what to say instead.
+    #[arg(long, env = "IXN_IO_ENGINE", hide = true)]
+    pub io_engine: Option<String>,
     /// Validate the configuration and the registry, then exit.
     #[arg(long)]
     #[serde(skip)]
@@ -415,8 +387,6 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Drain limit.
     pub drain_timeout: Duration,
-    /// Ring flags.
-    pub ring_setup: RingSetup,
     /// CPU pinning.
     pub pin_workers: bool,
     /// Metrics on or off.
@@ -433,8 +403,6 @@ pub struct Config {
     pub metrics_max_connections: usize,
     /// io_uring or epoll.
     pub engine: Engine,
-    /// Which io_uring engine.
-    pub io_engine: IoEngine,
 }
 
 impl Args {
@@ -551,6 +519,7 @@ impl Args {
             }
             None => self,
         };
+        retired(&args)?;
         use defaults as def;
         let d = |v: Option<Dur>, default: Duration| v.map_or(default, |d| d.0);
         let cfg = Config {
@@ -615,7 +584,6 @@ impl Args {
             tcp_keepalive: Some(d(args.tcp_keepalive, def::TCP_KEEPALIVE)).filter(|d| !d.is_zero()),
             write_timeout: d(args.write_timeout, def::WRITE_TIMEOUT),
             drain_timeout: d(args.drain_timeout, def::DRAIN_TIMEOUT),
-            ring_setup: args.ring_setup.unwrap_or_default(),
             pin_workers: args.pin_workers.unwrap_or(def::PIN_WORKERS),
             metrics: args.metrics.unwrap_or(def::METRICS),
             log_format: args.log_format.unwrap_or_default(),
@@ -626,11 +594,33 @@ impl Args {
                 .metrics_max_connections
                 .unwrap_or(def::METRICS_MAX_CONNECTIONS),
             engine: args.engine.unwrap_or_default(),
-            io_engine: args.io_engine.unwrap_or_default(),
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Refuses the flags engine v1 took with it, saying what to use instead: a flag that
+/// quietly did nothing would leave an operator believing it did.
+fn retired(args: &Args) -> Result<(), ConfigError> {
+    if let Some(v) = &args.io_engine {
+        let instead = match v.as_str() {
+            "v1" => "--engine epoll",
+            "v2" => "--engine uring",
+            _ => "--engine auto",
+        };
+        return Err(ConfigError::Invalid(format!(
+            "--io-engine (IXN_IO_ENGINE, io_engine) is gone with engine v1: use `{instead}`"
+        )));
+    }
+    if args.ring_setup.is_some() {
+        return Err(ConfigError::Invalid(
+            "--ring-setup (IXN_RING_SETUP, ring_setup) is gone with engine v1: the io_uring \
+             engine always sets up its ring with SINGLE_ISSUER | DEFER_TASKRUN; remove it"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn load_file(path: &Path) -> Result<Args, ConfigError> {

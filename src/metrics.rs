@@ -28,7 +28,7 @@ pub const DRAIN_REMAINING: &str = "ixn_drain_remaining";
 pub const BANS_ACTIVE: &str = "ixn_bans_active";
 /// `ixn_admin_requests_total{action}`: admin API requests (IXN1.md section 10).
 pub const ADMIN_REQUESTS: &str = "ixn_admin_requests_total";
-/// `ixn_engine_info{engine}`: 1 for the engine running (`io_uring_v2`, `io_uring_v1`,
+/// `ixn_engine_info{engine}`: 1 for the engine running (`io_uring_v2`,
 /// `epoll`).
 pub const ENGINE_INFO: &str = "ixn_engine_info";
 /// `ixn_names_held`: ClientNames held under `on_duplicate` reject or replace.
@@ -147,7 +147,7 @@ pub fn describe() {
     );
     describe_gauge!(
         ENGINE_INFO,
-        "1 for the engine driving the client sockets (io_uring_v2, io_uring_v1, epoll)."
+        "1 for the engine driving the client sockets (io_uring_v2, epoll)."
     );
     describe_gauge!(
         NAMES_HELD,

@@ -43,7 +43,7 @@ fn register(addr: std::net::SocketAddr) {
 
 /// Runs the real server in this process on `engine` and counts heap allocations (whole
 /// process, the client included) per registration once warm.
-fn allocations_per_registration(engine: ixn::config::IoEngine) -> f64 {
+fn allocations_per_registration(engine: ixn::config::Engine) -> f64 {
     // Pick a free port, then run the real server on it in this process.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -55,7 +55,7 @@ fn allocations_per_registration(engine: ixn::config::IoEngine) -> f64 {
         listen: vec![addr],
         workers: Some(1),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        io_engine: Some(engine),
+        engine: Some(engine),
         ..Default::default()
     }
     .resolve()
@@ -86,11 +86,11 @@ fn allocations_per_registration(engine: ixn::config::IoEngine) -> f64 {
     per
 }
 
-/// The default engine (v2). One engine per test binary: the metrics recorder a server
+/// The io_uring engine. One engine per test binary: the metrics recorder a server
 /// installs is process-wide, so a second in-process server could not start.
 #[test]
 fn at_most_one_allocation_per_registration() {
-    let per = allocations_per_registration(ixn::config::IoEngine::V2);
+    let per = allocations_per_registration(ixn::config::Engine::Uring);
     assert!(
         per <= 1.0,
         "{per:.2} allocations per registration (budget 1)"

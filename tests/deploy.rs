@@ -133,7 +133,7 @@ fn engine_uring_refuses_to_start_without_io_uring_and_says_why() {
 #[test]
 fn engine_auto_runs_on_epoll_where_io_uring_is_refused() {
     let mut cmd = without_io_uring(1, &["--workers", "2"]);
-    cmd.env_remove("IXN_ENGINE").env_remove("IXN_IO_ENGINE");
+    cmd.env_remove("IXN_ENGINE");
     let s = Server::start_command(cmd);
     assert!(
         s.startup
@@ -315,4 +315,29 @@ fn registry_watch_follows_a_symlink_to_another_directory() {
         "a change in the new directory was not seen"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The flags engine v1 took with it (issue 23) are refused, from the command line and
+/// from the environment, naming what to say instead: never silently ignored.
+#[test]
+fn retired_engine_flags_are_refused_naming_the_new_one() {
+    let bin = env!("CARGO_BIN_EXE_ixn-server");
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 4] = [
+        (&["--io-engine", "v1"], &[], "use `--engine epoll`"),
+        (&["--io-engine", "v2"], &[], "use `--engine uring`"),
+        (&["--ring-setup", "plain"], &[], "--ring-setup"),
+        (&[], &[("IXN_IO_ENGINE", "v1")], "use `--engine epoll`"),
+    ];
+    for (args, env, want) in cases {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} accepted");
+        assert!(stderr.contains(want), "{args:?} {env:?}: {stderr}");
+    }
 }

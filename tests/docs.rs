@@ -49,7 +49,8 @@ fn help_flags() -> std::collections::BTreeMap<String, (String, String)> {
     cmd.get_arguments()
         .filter_map(|a| {
             let long = a.get_long()?;
-            if long == "help" || long == "version" {
+            // Hidden flags are retired ones, refused with what to say instead.
+            if long == "help" || long == "version" || a.is_hide_set() {
                 return None;
             }
             let env = a

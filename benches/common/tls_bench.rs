@@ -174,7 +174,7 @@ pub fn start_ixn_tls(certs: &Certs, engine: &str) -> (super::common::Proc, Socke
         &certs.key,
         "--registration-timeout",
         "120s",
-        "--io-engine",
+        "--engine",
         engine,
     ]);
     let addr: SocketAddr = listen.parse().unwrap();
@@ -280,7 +280,7 @@ pub fn run(dur: Duration, idle: usize) {
     let certs = Certs::new();
     let rrc = hex::decode(RRC).unwrap();
     println!("# TLS churn: connect -> handshake -> request -> answer -> close, 4 client threads on CPU 1, one server core (ECDSA P-256)");
-    let (p, addr) = start_ixn_tls(&certs, "v2");
+    let (p, addr) = start_ixn_tls(&certs, "uring");
     let pid = p.child.id();
     for (name, resume) in [("full handshake", false), ("resumed (tickets)", true)] {
         let (rate, us) = churn(pid, addr, certs.client(resume), &rrc, ACK_LEN, 4, dur);
@@ -323,7 +323,7 @@ pub fn run(dur: Duration, idle: usize) {
         ),
     }
     // Memory per idle registered TLS connection.
-    let (p, addr) = start_ixn_tls(&certs, "v2");
+    let (p, addr) = start_ixn_tls(&certs, "uring");
     let pid = p.child.id();
     let cfg = certs.client(true);
     let open = |n: usize| -> Vec<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {

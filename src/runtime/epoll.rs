@@ -333,7 +333,7 @@ impl Worker {
         self.metrics.refused(kind, r, true);
         let mut out = Vec::with_capacity(64);
         let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
-        if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
+        if self.refusing >= glue::REFUSALS_LINGERING_MAX {
             let _ = stream.write(&out);
             let _ = stream.shutdown(Shutdown::Write);
             return;

@@ -1,5 +1,4 @@
-//! What the engines do the same way around a [`Connection`] (the slab engines, io_uring
-//! v2 and epoll, all of it; engine v1 its admission):
+//! What the two engines (io_uring and epoll) do the same way around a [`Connection`]:
 //! feeding it bytes, telling it of the drain or a kick, arming its timer, admitting it,
 //! serving the admin API's listings and counting it out when it is gone.
 //!
@@ -23,6 +22,11 @@ use crate::session::{CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
 
 /// A slab engine's timer wheel: slot, generation, timer.
+/// Refusals lingering at once per worker (closed once their EventError is written):
+/// beyond these, a refusal is sent and its socket closed at once, so a storm of refused
+/// connections cannot hold descriptors clients need.
+pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
+
 pub(super) type Wheel = TimerWheel<(usize, u32, Timer)>;
 
 /// A slab engine's connection entry, as the glue sees it.

@@ -1,19 +1,16 @@
 //! The io_uring shell around the sans-IO core: start-up, listeners, worker threads, signals.
 //!
-//! One worker thread per core, each with its own `tokio_uring` ring, its own
+//! One worker thread per core, each driving its client sockets with one of two backends
+//! (io_uring, [`uring_v2`], or epoll, [`epoll`]), with its own
 //! `SO_REUSEPORT` listening socket per `--listen` address (the kernel spreads connections
 //! between them), its own connection slab and its own timer wheel. Workers share only the
 //! registry (an `ArcSwap`, swapped whole on SIGHUP), the connection count (one atomic,
 //! touched at accept and close) and the drain flag.
 
-mod conns;
 mod debug;
 mod epoll;
 mod glue;
 mod uring_v2;
-mod worker;
-
-pub use conns::{Conn, ConnHandle, Conns, Signal};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use ixn_proto::tls::ListenerKind;
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
-use crate::config::{Config, RingSetup};
+use crate::config::Config;
 use crate::http::Health;
 use crate::registry::Registry;
 
@@ -233,15 +230,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// The ring builder for a worker.
-pub fn ring_builder(setup: RingSetup) -> io_uring::Builder {
-    let mut b = io_uring::IoUring::builder();
-    if setup == RingSetup::CoopTaskrun {
-        b.setup_coop_taskrun().setup_taskrun_flag();
-    }
-    b
-}
-
 /// io_uring features the kernel reports, for the start-up log.
 fn ring_features(p: &io_uring::Parameters) -> String {
     let all = [
@@ -260,17 +248,16 @@ fn ring_features(p: &io_uring::Parameters) -> String {
         .join(",")
 }
 
-/// Checks that a ring with `setup` can be created, explaining why not in operator terms.
-/// Returns the setup actually usable (COOP_TASKRUN needs Linux 5.19) and the kernel's
-/// io_uring features.
-pub fn probe_io_uring(setup: RingSetup) -> Result<(RingSetup, String), StartError> {
-    match ring_builder(setup).build(8) {
-        Ok(ring) => Ok((setup, ring_features(ring.params()))),
-        Err(e) if setup == RingSetup::CoopTaskrun && e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(
-                "IORING_SETUP_COOP_TASKRUN not supported by this kernel; using a plain ring"
-            );
-            probe_io_uring(RingSetup::Plain)
+/// Checks that the io_uring engine can run here: first that a ring can be created at all
+/// (explaining why not in operator terms: a seccomp profile, a sysctl, the memlock limit),
+/// then that the kernel offers what the engine needs. Returns the kernel's io_uring
+/// features, for the start-up log.
+pub fn probe_io_uring() -> Result<String, StartError> {
+    match io_uring::IoUring::new(8) {
+        Ok(ring) => {
+            let features = ring_features(ring.params());
+            uring_v2::probe().map_err(|why| StartError::IoUring(format!("it needs {why}")))?;
+            Ok(features)
         }
         Err(e) => {
             let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
@@ -296,8 +283,7 @@ pub fn probe_io_uring(setup: RingSetup) -> Result<(RingSetup, String), StartErro
 /// profile allow everything it needs); the reason in operator terms if not. The test
 /// harness asks this to run every socket suite on each engine this machine allows.
 pub fn io_uring_allowed() -> Result<(), String> {
-    probe_io_uring(RingSetup::Plain).map_err(|e| e.to_string())?;
-    uring_v2::probe()
+    probe_io_uring().map(drop).map_err(|e| e.to_string())
 }
 
 /// Whether this kernel is new enough to have io_uring (5.11, the oldest the engines
@@ -406,32 +392,16 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// `ixn_engine_info{engine}` of each engine.
+/// `ixn_engine_info{engine}` of each engine (the io_uring label kept from when there were
+/// two io_uring engines, so dashboards and alerts keep working).
 const EPOLL: &str = "epoll";
-const URING_V1: &str = "io_uring_v1";
-const URING_V2: &str = "io_uring_v2";
+const URING: &str = "io_uring_v2";
 
 /// The engine a resolved configuration runs, by its metric label.
 pub fn engine_name(config: &Config) -> &'static str {
-    match (config.engine, config.io_engine) {
-        (crate::config::Engine::Epoll, _) => EPOLL,
-        (_, crate::config::IoEngine::V2) => URING_V2,
-        _ => URING_V1,
-    }
-}
-
-/// The engine to run: v2 if asked for (refusing to start without what it needs), and for
-/// `auto` whenever this kernel offers it.
-fn choose_engine(asked: crate::config::IoEngine) -> Result<crate::config::IoEngine, StartError> {
-    use crate::config::IoEngine;
-    match (asked, uring_v2::probe()) {
-        (IoEngine::V1, _) => Ok(IoEngine::V1),
-        (_, Ok(())) => Ok(IoEngine::V2),
-        (IoEngine::V2, Err(why)) => Err(StartError::IoUring(format!("--io-engine v2 needs {why}"))),
-        (IoEngine::Auto, Err(why)) => {
-            tracing::warn!("engine v2 needs {why}; running engine v1");
-            Ok(IoEngine::V1)
-        }
+    match config.engine {
+        crate::config::Engine::Epoll => EPOLL,
+        _ => URING,
     }
 }
 
@@ -441,10 +411,8 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     use crate::config::Engine;
     let features = match config.engine {
         Engine::Epoll => String::new(),
-        asked => match probe_io_uring(config.ring_setup) {
-            Ok((ring_setup, features)) => {
-                config.ring_setup = ring_setup;
-                config.io_engine = choose_engine(config.io_engine)?;
+        asked => match probe_io_uring() {
+            Ok(features) => {
                 config.engine = Engine::Uring;
                 features
             }
@@ -564,8 +532,7 @@ fn start_workers(
                     }
                     match engine {
                         EPOLL => epoll::thread_main(index, l, shared),
-                        URING_V2 => uring_v2::thread_main(index, l, shared),
-                        _ => worker::thread_main(index, l, shared),
+                        _ => uring_v2::thread_main(index, l, shared),
                     }
                 })?,
         );
@@ -585,8 +552,7 @@ fn start_workers(
 /// bounds, then clients; and says so when it is too low for every client.
 fn share_descriptors(shared: &Shared, limit: usize) {
     let config = &shared.config;
-    let reserve =
-        open_descriptors() + FD_HEADROOM + worker::REFUSALS_LINGERING_MAX * config.workers;
+    let reserve = open_descriptors() + FD_HEADROOM + glue::REFUSALS_LINGERING_MAX * config.workers;
     let admin = if config.admin_listen.is_some() {
         crate::admin::MAX_CONNECTIONS
     } else {
@@ -640,7 +606,6 @@ fn log_started(
         workers = config.workers,
         kernel = %kernel_release(),
         engine = engine_name(config),
-        ring = ?config.ring_setup,
         io_uring_features = %features,
         listeners = bound.len(),
         registry_clients = shared.registry.load().len(),

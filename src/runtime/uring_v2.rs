@@ -1,4 +1,5 @@
-//! Engine v2 (the default where the kernel offers it, `--io-engine v2`): each worker thread
+//! The io_uring engine (`--engine uring`, and `auto` wherever the kernel and the seccomp
+//! profile allow what it needs; once "engine v2", beside a retired v1): each worker thread
 //! drives its own io_uring on the `io-uring` crate and sleeps in `io_uring_enter`, with no
 //! async runtime at all.
 //!
@@ -555,8 +556,8 @@ impl Worker {
     }
 
     /// Refused at accept: its EventError (10 or 16), closed once written (lingering
-    /// refusals are capped as in engine v1; beyond the cap it is sent and the socket
-    /// closed).
+    /// refusals are capped at `REFUSALS_LINGERING_MAX`; beyond the cap it is sent and the
+    /// socket closed).
     fn refuse(
         &mut self,
         fd: RawFd,
@@ -568,7 +569,7 @@ impl Worker {
         self.metrics.refused(kind, r, true);
         let mut out = Vec::with_capacity(64);
         let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
-        if self.refusing >= super::worker::REFUSALS_LINGERING_MAX {
+        if self.refusing >= glue::REFUSALS_LINGERING_MAX {
             let _ = send(fd, &out);
             shutdown(fd, std::net::Shutdown::Write);
             close(fd);
