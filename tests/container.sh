@@ -51,7 +51,7 @@ step "3. the runtime's default profile"
 out=$("${P[@]}" run --rm "${LIMITS[@]}" --network host ixn-server:test --engine uring \
   --listen "127.0.0.1:$(port)" --metrics-listen "127.0.0.1:$(port)" 2>&1) && rc=0 || rc=$?
 [ "$rc" = 1 ] || fail "--engine uring under the default profile exited $rc, not 1: $out"
-echo "$out" | grep -q 'deploy/seccomp/ixn-server.json' || fail "the message names no fix: $out"
+grep -q 'deploy/seccomp/ixn-server.json' <<<"$out" || fail "the message names no fix: $out"
 c=$(port); m=$(port)
 "${P[@]}" run -d --rm --name ixn-test-default "${LIMITS[@]}" --network host ixn-server:test \
   --listen "127.0.0.1:$c" --metrics-listen "127.0.0.1:$m" >/dev/null
@@ -59,8 +59,10 @@ trap '"${P[@]}" rm -f -t 0 ixn-test-default ixn-test-ours >/dev/null 2>&1 || tru
 wait_ready "$m" 200 || fail "auto under the default profile never became ready"
 register "$c" "the epoll engine"
 [ "$(metric "$m" 'ixn_engine_info{engine="epoll"}')" = 1 ] || fail "auto did not run epoll"
-"${P[@]}" logs ixn-test-default 2>&1 | grep -q 'running the epoll engine' \
-  || fail "no warning about the fallback"
+# Read whole, then searched: `logs | grep -q` under pipefail fails when grep stops
+# reading before podman has written everything (SIGPIPE).
+logs=$("${P[@]}" logs ixn-test-default 2>&1)
+grep -q 'running the epoll engine' <<<"$logs" || fail "no warning about the fallback: $logs"
 "${P[@]}" stop -t 10 ixn-test-default >/dev/null
 
 step "4. our profile"
