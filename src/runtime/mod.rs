@@ -335,6 +335,46 @@ type Bound = (Vec<Vec<Listener>>, Vec<(SocketAddr, ListenerKind)>);
 
 /// Binds every listener for every worker; port 0 is resolved once and shared. Returns the
 /// bound addresses, the PROXY-protocol ones last.
+/// How long start-up waits for a predecessor's listener to leave a port.
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until no socket listens on `addr` (a fixed port), for at most
+/// [`PREDECESSOR_WAIT`]. A predecessor killed on this port (SIGKILL, a crash) can hold its
+/// listener for some milliseconds after its process is gone: the kernel tears an io_uring
+/// down asynchronously, and the listener its multishot accept refers to lives until then.
+/// Joining the port's `SO_REUSEPORT` group meanwhile would share new connections with a
+/// socket nobody accepts from, and they would be reset when it goes (hardening round 3,
+/// D2, the start-up case). A listener that stays is a live process sharing the port on
+/// purpose: the server says so and joins it.
+fn await_free_port(addr: SocketAddr) {
+    if addr.port() == 0 {
+        return;
+    }
+    let started = Instant::now();
+    loop {
+        // SO_REUSEADDR lets the probe bind beside connections in TIME_WAIT, never beside
+        // a listener; without SO_REUSEPORT it cannot join a listener's group.
+        let free = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|s| {
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())
+            });
+        match free {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            // Free, or an error the real bind will report.
+            _ => return,
+        }
+        if started.elapsed() >= PREDECESSOR_WAIT {
+            tracing::warn!(
+                "another socket listens on {addr}: new connections are shared with it \
+                 (SO_REUSEPORT) while it does"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn bind_all(config: &Config) -> Result<Bound, StartError> {
     let mut per_worker: Vec<Vec<Listener>> = (0..config.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
@@ -348,6 +388,7 @@ fn bind_all(config: &Config) -> Result<Bound, StartError> {
         .into_iter()
         .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, kind)));
     for (addr, proxy) in all {
+        await_free_port(addr);
         let first = listener(addr, config).map_err(|source| StartError::Bind { addr, source })?;
         let actual = first.local_addr()?;
         per_worker[0].push((first, proxy));
