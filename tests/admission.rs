@@ -1,149 +1,154 @@
 //! Admission control over real sockets (IXN1.md section 11): the per-address cap, the
 //! connection rate and bans after failed registrations, by direct and PROXY listeners.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 
-#[test]
-fn per_address_cap_refuses_exactly_the_excess_and_frees_on_close() {
-    let s = Server::start(&["--max-connections-per-ip", "3", "--workers", "2"]);
-    let mut held: Vec<Client> = (0..3).map(|_| connect_from("127.0.0.7", s.addr)).collect();
-    for c in &mut held {
+each_engine! {
+    fn per_address_cap_refuses_exactly_the_excess_and_frees_on_close() {
+        let s = Server::start(&["--max-connections-per-ip", "3", "--workers", "2"]);
+        let mut held: Vec<Client> = (0..3).map(|_| connect_from("127.0.0.7", s.addr)).collect();
+        for c in &mut held {
+            c.send(&rrc(1, "MediaServer_email", 1, None));
+            assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+        }
+        for _ in 0..2 {
+            let mut c = connect_from("127.0.0.7", s.addr);
+            assert_eq!(c.answer(), Some(err(0, 10)), "over the cap");
+            c.expect_close();
+        }
+        // Another address is not affected.
+        let mut other = connect_from("127.0.0.8", s.addr);
+        other.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(other.answer(), Some(Ans::Ack { rid: 1, .. })));
+        // One of the three leaves: one more fits.
+        let mut gone = held.pop().unwrap();
+        gone.send(&unreg(2, None));
+        assert_eq!(gone.answer(), Some(ack(2, None)));
+        gone.expect_close();
+        // Our close ends the server's linger, which frees the address's slot.
+        drop(gone);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = connect_from("127.0.0.7", s.addr);
         c.send(&rrc(1, "MediaServer_email", 1, None));
         assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+        assert_eq!(
+            s.wait_metric("ixn_connections_refused_total{reason=\"per_ip\"}", 2.0),
+            2.0
+        );
     }
-    for _ in 0..2 {
-        let mut c = connect_from("127.0.0.7", s.addr);
-        assert_eq!(c.answer(), Some(err(0, 10)), "over the cap");
-        c.expect_close();
-    }
-    // Another address is not affected.
-    let mut other = connect_from("127.0.0.8", s.addr);
-    other.send(&rrc(1, "MediaServer_email", 1, None));
-    assert!(matches!(other.answer(), Some(Ans::Ack { rid: 1, .. })));
-    // One of the three leaves: one more fits.
-    let mut gone = held.pop().unwrap();
-    gone.send(&unreg(2, None));
-    assert_eq!(gone.answer(), Some(ack(2, None)));
-    gone.expect_close();
-    // Our close ends the server's linger, which frees the address's slot.
-    drop(gone);
-    std::thread::sleep(Duration::from_millis(100));
-    let mut c = connect_from("127.0.0.7", s.addr);
-    c.send(&rrc(1, "MediaServer_email", 1, None));
-    assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
-    assert_eq!(
-        s.wait_metric("ixn_connections_refused_total{reason=\"per_ip\"}", 2.0),
-        2.0
-    );
 }
 
-#[test]
-fn the_connection_rate_is_capped_per_second() {
-    let s = Server::start(&["--max-connection-rate", "20", "--workers", "2"]);
-    let t0 = Instant::now();
-    let mut clients: Vec<Client> = (0..60).map(|_| s.connect()).collect();
-    let spanned = t0.elapsed().as_secs() + 1;
-    let (mut ok, mut refused) = (0u64, 0u64);
-    for c in &mut clients {
-        c.send(&rrc(1, "MediaServer_email", 1, None));
-        match c.answer() {
-            Some(Ans::Ack { .. }) => ok += 1,
-            Some(Ans::Err { rid: 0, code: 10 }) => refused += 1,
-            other => panic!("unexpected {other:?}"),
+each_engine! {
+    fn the_connection_rate_is_capped_per_second() {
+        let s = Server::start(&["--max-connection-rate", "20", "--workers", "2"]);
+        let t0 = Instant::now();
+        let mut clients: Vec<Client> = (0..60).map(|_| s.connect()).collect();
+        let spanned = t0.elapsed().as_secs() + 1;
+        let (mut ok, mut refused) = (0u64, 0u64);
+        for c in &mut clients {
+            c.send(&rrc(1, "MediaServer_email", 1, None));
+            match c.answer() {
+                Some(Ans::Ack { .. }) => ok += 1,
+                Some(Ans::Err { rid: 0, code: 10 }) => refused += 1,
+                other => panic!("unexpected {other:?}"),
+            }
         }
-    }
-    assert_eq!(ok + refused, 60);
-    // The connects spanned `spanned` seconds (or one more boundary of the server's): at
-    // most 20 in each, and at least the first 20.
-    assert!(
-        ok >= 20 && ok <= 20 * (spanned + 1),
-        "{ok} admitted in {spanned} s"
-    );
-    assert_eq!(
-        s.wait_metric(
-            "ixn_connections_refused_total{reason=\"rate\"}",
+        assert_eq!(ok + refused, 60);
+        // The connects spanned `spanned` seconds (or one more boundary of the server's): at
+        // most 20 in each, and at least the first 20.
+        assert!(
+            ok >= 20 && ok <= 20 * (spanned + 1),
+            "{ok} admitted in {spanned} s"
+        );
+        assert_eq!(
+            s.wait_metric(
+                "ixn_connections_refused_total{reason=\"rate\"}",
+                refused as f64
+            ),
             refused as f64
-        ),
-        refused as f64
-    );
+        );
+    }
 }
 
-#[test]
-fn failed_registrations_ban_an_address_until_the_ban_expires() {
-    let s = Server::start(&[
-        "--ban-failures",
-        "3",
-        "--ban-window",
-        "10s",
-        "--ban-duration",
-        "1s",
-    ]);
-    for _ in 0..3 {
+each_engine! {
+    fn failed_registrations_ban_an_address_until_the_ban_expires() {
+        let s = Server::start(&[
+            "--ban-failures",
+            "3",
+            "--ban-window",
+            "10s",
+            "--ban-duration",
+            "1s",
+        ]);
+        for _ in 0..3 {
+            let mut c = connect_from("127.0.0.9", s.addr);
+            c.send(&rrc(1, "nobody", 1, None));
+            assert_eq!(c.answer(), Some(err(1, 2)));
+        }
+        let banned_at = Instant::now();
         let mut c = connect_from("127.0.0.9", s.addr);
-        c.send(&rrc(1, "nobody", 1, None));
-        assert_eq!(c.answer(), Some(err(1, 2)));
+        assert_eq!(c.answer(), Some(err(0, 16)), "banned at accept");
+        c.expect_close();
+        assert_eq!(s.wait_metric("ixn_bans_active", 1.0), 1.0);
+        // Another address registers meanwhile.
+        let mut other = connect_from("127.0.0.10", s.addr);
+        other.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(other.answer(), Some(Ans::Ack { .. })));
+        // After the ban: served again.
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(banned_at.elapsed()));
+        let mut c = connect_from("127.0.0.9", s.addr);
+        c.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
+        assert_eq!(
+            s.wait_metric("ixn_connections_refused_total{reason=\"banned\"}", 1.0),
+            1.0
+        );
+        assert_eq!(
+            s.metric("ixn_connections_closed_total{reason=\"banned\"}"),
+            1.0
+        );
     }
-    let banned_at = Instant::now();
-    let mut c = connect_from("127.0.0.9", s.addr);
-    assert_eq!(c.answer(), Some(err(0, 16)), "banned at accept");
-    c.expect_close();
-    assert_eq!(s.wait_metric("ixn_bans_active", 1.0), 1.0);
-    // Another address registers meanwhile.
-    let mut other = connect_from("127.0.0.10", s.addr);
-    other.send(&rrc(1, "MediaServer_email", 1, None));
-    assert!(matches!(other.answer(), Some(Ans::Ack { .. })));
-    // After the ban: served again.
-    std::thread::sleep(Duration::from_secs(1).saturating_sub(banned_at.elapsed()));
-    let mut c = connect_from("127.0.0.9", s.addr);
-    c.send(&rrc(1, "MediaServer_email", 1, None));
-    assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
-    assert_eq!(
-        s.wait_metric("ixn_connections_refused_total{reason=\"banned\"}", 1.0),
-        1.0
-    );
-    assert_eq!(
-        s.metric("ixn_connections_closed_total{reason=\"banned\"}"),
-        1.0
-    );
 }
 
-/// Behind a PROXY listener the address judged is the header's, not the balancer's.
-#[test]
-fn behind_a_proxy_listener_the_headers_address_is_banned() {
-    let s = Server::start(&[
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--ban-failures",
-        "2",
-        "--ban-duration",
-        "60s",
-    ]);
-    let proxy = s.proxy_addr.unwrap();
-    let header = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 5000 7400\r\n").into_bytes();
-    for _ in 0..2 {
+each_engine! {
+    /// Behind a PROXY listener the address judged is the header's, not the balancer's.
+    fn behind_a_proxy_listener_the_headers_address_is_banned() {
+        let s = Server::start(&[
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--ban-failures",
+            "2",
+            "--ban-duration",
+            "60s",
+        ]);
+        let proxy = s.proxy_addr.unwrap();
+        let header = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 5000 7400\r\n").into_bytes();
+        for _ in 0..2 {
+            let mut c = Client::connect(proxy);
+            c.send(&header("192.0.2.9"));
+            c.send(&rrc(1, "nobody", 1, None));
+            assert_eq!(c.answer(), Some(err(1, 2)));
+        }
         let mut c = Client::connect(proxy);
-        c.send(&header("192.0.2.9"));
-        c.send(&rrc(1, "nobody", 1, None));
-        assert_eq!(c.answer(), Some(err(1, 2)));
+        let mut bytes = header("192.0.2.9");
+        bytes.extend(rrc(1, "MediaServer_email", 1, None));
+        c.send(&bytes);
+        assert_eq!(
+            c.answer(),
+            Some(err(0, 16)),
+            "the request behind the header is not served"
+        );
+        c.expect_close();
+        // The balancer's own address (127.0.0.1) and other clients behind it are not banned.
+        let mut c = Client::connect(proxy);
+        let mut bytes = header("192.0.2.10");
+        bytes.extend(rrc(1, "MediaServer_email", 1, None));
+        c.send(&bytes);
+        assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
     }
-    let mut c = Client::connect(proxy);
-    let mut bytes = header("192.0.2.9");
-    bytes.extend(rrc(1, "MediaServer_email", 1, None));
-    c.send(&bytes);
-    assert_eq!(
-        c.answer(),
-        Some(err(0, 16)),
-        "the request behind the header is not served"
-    );
-    c.expect_close();
-    // The balancer's own address (127.0.0.1) and other clients behind it are not banned.
-    let mut c = Client::connect(proxy);
-    let mut bytes = header("192.0.2.10");
-    bytes.extend(rrc(1, "MediaServer_email", 1, None));
-    c.send(&bytes);
-    assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
 }

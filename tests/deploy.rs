@@ -3,6 +3,7 @@
 //! old kernel takes io_uring away: the epoll engine under `--engine auto`, a clear refusal
 //! to start under `--engine uring`.
 
+#[macro_use]
 mod common;
 
 use std::os::unix::net::UnixDatagram;
@@ -10,63 +11,65 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn sd_notify_ready_after_listening_and_stopping_on_drain() {
-    let dir = std::env::temp_dir().join(format!("ixn-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let s = Server::start_with_env(
-        &["--workers", "2"],
-        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
-    );
-    let mut buf = [0u8; 256];
-    let n = sock.recv(&mut buf).expect("READY notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
-    // Ready means listening: a client registers at once.
-    let mut c = s.connect();
-    c.send(&rrc(1, "MediaServer_email", 1, None));
-    assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
-    s.signal("TERM");
-    let n = sock.recv(&mut buf).expect("STOPPING notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
-    let _ = std::fs::remove_dir_all(&dir);
+each_engine! {
+    fn sd_notify_ready_after_listening_and_stopping_on_drain() {
+        let dir = test_dir("notify");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let s = Server::start_with_env(
+            &["--workers", "2"],
+            &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+        );
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("READY notification");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+        // Ready means listening: a client registers at once.
+        let mut c = s.connect();
+        c.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
+        s.signal("TERM");
+        let n = sock.recv(&mut buf).expect("STOPPING notification");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
-#[test]
-fn unit_file_verifies() {
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ixn-server.service");
-    let text = std::fs::read_to_string(unit).unwrap();
-    for needed in [
-        "Type=notify",
-        "ExecStartPre=",
-        "--check-config",
-        "ExecReload=",
-        "LimitNOFILE=",
-        "NoNewPrivileges=yes",
-    ] {
-        assert!(text.contains(needed), "unit lacks {needed}");
+each_engine! {
+    fn unit_file_verifies() {
+        let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ixn-server.service");
+        let text = std::fs::read_to_string(unit).unwrap();
+        for needed in [
+            "Type=notify",
+            "ExecStartPre=",
+            "--check-config",
+            "ExecReload=",
+            "LimitNOFILE=",
+            "NoNewPrivileges=yes",
+        ] {
+            assert!(text.contains(needed), "unit lacks {needed}");
+        }
+        // systemd-analyze wants the ExecStart binary to exist: point it at the built one.
+        let dir = test_dir("unit");
+        std::fs::create_dir_all(&dir).unwrap();
+        let local = dir.join("ixn-server.service");
+        std::fs::write(
+            &local,
+            text.replace("/usr/bin/ixn-server", env!("CARGO_BIN_EXE_ixn-server")),
+        )
+        .unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&local)
+            .output()
+            .expect("systemd-analyze (systemd)");
+        let msg =
+            String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "systemd-analyze verify: {msg}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    // systemd-analyze wants the ExecStart binary to exist: point it at the built one.
-    let dir = std::env::temp_dir().join(format!("ixn-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let local = dir.join("ixn-server.service");
-    std::fs::write(
-        &local,
-        text.replace("/usr/bin/ixn-server", env!("CARGO_BIN_EXE_ixn-server")),
-    )
-    .unwrap();
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&local)
-        .output()
-        .expect("systemd-analyze (systemd)");
-    let msg =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "systemd-analyze verify: {msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `io_uring_setup`'s number, the same on every architecture (added after the tables were
@@ -168,7 +171,7 @@ fn configmap_swap(dir: &std::path::Path, version: u32, registry: &str) {
 
 /// A new, empty directory for one test.
 fn fresh_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ixn-{tag}-{}", std::process::id()));
+    let dir = test_dir(tag);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -185,59 +188,61 @@ fn registers(s: &Server, name: &str) -> Option<Ans> {
     c.answer()
 }
 
-#[test]
-fn registry_watch_follows_a_configmap_swap_and_refuses_a_broken_one() {
-    let dir = fresh_dir("configmap");
-    configmap_swap(&dir, 1, &entry("Alpha"));
-    let reg = dir.join("registry.toml");
-    let s = Server::start(&["--registry", reg.to_str().unwrap()]);
-    assert!(
-        s.startup.iter().any(|l| l.contains("for changes")),
-        "{:?}",
-        s.startup
-    );
-    assert!(matches!(registers(&s, "Alpha"), Some(Ans::Ack { .. })));
-    assert_eq!(registers(&s, "Beta"), Some(err(1, 2)));
+each_engine! {
+    fn registry_watch_follows_a_configmap_swap_and_refuses_a_broken_one() {
+        let dir = fresh_dir("configmap");
+        configmap_swap(&dir, 1, &entry("Alpha"));
+        let reg = dir.join("registry.toml");
+        let s = Server::start(&["--registry", reg.to_str().unwrap()]);
+        assert!(
+            s.startup.iter().any(|l| l.contains("for changes")),
+            "{:?}",
+            s.startup
+        );
+        assert!(matches!(registers(&s, "Alpha"), Some(Ans::Ack { .. })));
+        assert_eq!(registers(&s, "Beta"), Some(err(1, 2)));
 
-    configmap_swap(&dir, 2, &entry("Beta"));
-    s.wait_log("registry reloaded");
-    assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
-    assert_eq!(registers(&s, "Alpha"), Some(err(1, 2)));
+        configmap_swap(&dir, 2, &entry("Beta"));
+        s.wait_log("registry reloaded");
+        assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
+        assert_eq!(registers(&s, "Alpha"), Some(err(1, 2)));
 
-    // A broken file is refused and the registry in force kept, as on SIGHUP.
-    configmap_swap(&dir, 3, "[[client]]\nname = \"Gamma\"\n");
-    s.wait_log("refused");
-    assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
-    assert_eq!(s.metric("ixn_registry_reloads_total{result=\"ok\"}"), 1.0);
-    assert_eq!(
-        s.metric("ixn_registry_reloads_total{result=\"error\"}"),
-        1.0
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+        // A broken file is refused and the registry in force kept, as on SIGHUP.
+        configmap_swap(&dir, 3, "[[client]]\nname = \"Gamma\"\n");
+        s.wait_log("refused");
+        assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
+        assert_eq!(s.metric("ixn_registry_reloads_total{result=\"ok\"}"), 1.0);
+        assert_eq!(
+            s.metric("ixn_registry_reloads_total{result=\"error\"}"),
+            1.0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
-#[test]
-fn registry_watch_false_leaves_reloads_to_sighup() {
-    let dir = fresh_dir("nowatch");
-    let reg = dir.join("registry.toml");
-    std::fs::write(&reg, entry("Alpha")).unwrap();
-    let s = Server::start(&[
-        "--registry",
-        reg.to_str().unwrap(),
-        "--registry-watch",
-        "false",
-    ]);
-    std::fs::write(&reg, entry("Beta")).unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        registers(&s, "Beta"),
-        Some(err(1, 2)),
-        "not reloaded without SIGHUP"
-    );
-    s.signal("HUP");
-    s.wait_log("registry reloaded");
-    assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
-    let _ = std::fs::remove_dir_all(&dir);
+each_engine! {
+    fn registry_watch_false_leaves_reloads_to_sighup() {
+        let dir = fresh_dir("nowatch");
+        let reg = dir.join("registry.toml");
+        std::fs::write(&reg, entry("Alpha")).unwrap();
+        let s = Server::start(&[
+            "--registry",
+            reg.to_str().unwrap(),
+            "--registry-watch",
+            "false",
+        ]);
+        std::fs::write(&reg, entry("Beta")).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(
+            registers(&s, "Beta"),
+            Some(err(1, 2)),
+            "not reloaded without SIGHUP"
+        );
+        s.signal("HUP");
+        s.wait_log("registry reloaded");
+        assert!(matches!(registers(&s, "Beta"), Some(Ans::Ack { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// Polls for up to `within` until `name` registers.
@@ -254,67 +259,69 @@ fn registers_within(s: &Server, name: &str, within: Duration) -> bool {
     }
 }
 
-/// N7 (hardening, round 3): a registry renamed into place is loaded within 3 s although
-/// another file in its directory changes every 100 ms. Before the fix the debounce waited
-/// for a quiet directory, which never came.
-#[test]
-fn registry_watch_reloads_beside_a_busy_neighbour() {
-    let dir = fresh_dir("busy");
-    let reg = dir.join("registry.toml");
-    std::fs::write(&reg, entry("Alpha")).unwrap();
-    let s = Server::start(&["--registry", reg.to_str().unwrap()]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let busy = {
-        let (stop, log) = (stop.clone(), dir.join("busy.log"));
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                std::fs::write(&log, n.to_string()).unwrap();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let tmp = dir.join("registry.toml.new");
-    std::fs::write(&tmp, entry("Beta")).unwrap();
-    std::fs::rename(&tmp, &reg).unwrap();
-    let loaded = registers_within(&s, "Beta", Duration::from_secs(3));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    busy.join().unwrap();
-    assert!(loaded, "the renamed-in registry was not loaded within 3 s");
-    let _ = std::fs::remove_dir_all(&dir);
+each_engine! {
+    /// N7 (hardening, round 3): a registry renamed into place is loaded within 3 s although
+    /// another file in its directory changes every 100 ms. Before the fix the debounce waited
+    /// for a quiet directory, which never came.
+    fn registry_watch_reloads_beside_a_busy_neighbour() {
+        let dir = fresh_dir("busy");
+        let reg = dir.join("registry.toml");
+        std::fs::write(&reg, entry("Alpha")).unwrap();
+        let s = Server::start(&["--registry", reg.to_str().unwrap()]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = {
+            let (stop, log) = (stop.clone(), dir.join("busy.log"));
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    std::fs::write(&log, n.to_string()).unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let tmp = dir.join("registry.toml.new");
+        std::fs::write(&tmp, entry("Beta")).unwrap();
+        std::fs::rename(&tmp, &reg).unwrap();
+        let loaded = registers_within(&s, "Beta", Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.join().unwrap();
+        assert!(loaded, "the renamed-in registry was not loaded within 3 s");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
-/// N10 (hardening, round 3): the registry's symlink is re-pointed to a file in another
-/// directory; a later change of that file is seen. Before the fix only the directories
-/// watched at start were, so the change waited for a SIGHUP.
-#[test]
-fn registry_watch_follows_a_symlink_to_another_directory() {
-    let dir = fresh_dir("repoint");
-    for d in ["a", "b", "link"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
+each_engine! {
+    /// N10 (hardening, round 3): the registry's symlink is re-pointed to a file in another
+    /// directory; a later change of that file is seen. Before the fix only the directories
+    /// watched at start were, so the change waited for a SIGHUP.
+    fn registry_watch_follows_a_symlink_to_another_directory() {
+        let dir = fresh_dir("repoint");
+        for d in ["a", "b", "link"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("a/registry.toml"), entry("Alpha")).unwrap();
+        std::fs::write(dir.join("b/registry.toml"), entry("Beta")).unwrap();
+        let reg = dir.join("link/registry.toml");
+        std::os::unix::fs::symlink(dir.join("a/registry.toml"), &reg).unwrap();
+        let s = Server::start(&["--registry", reg.to_str().unwrap()]);
+        assert!(matches!(registers(&s, "Alpha"), Some(Ans::Ack { .. })));
+        let tmp = dir.join("link/tmp");
+        std::os::unix::fs::symlink(dir.join("b/registry.toml"), &tmp).unwrap();
+        std::fs::rename(&tmp, &reg).unwrap();
+        assert!(
+            registers_within(&s, "Beta", Duration::from_secs(3)),
+            "re-pointed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.join("b/registry.toml"), entry("Gamma")).unwrap();
+        assert!(
+            registers_within(&s, "Gamma", Duration::from_secs(3)),
+            "a change in the new directory was not seen"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    std::fs::write(dir.join("a/registry.toml"), entry("Alpha")).unwrap();
-    std::fs::write(dir.join("b/registry.toml"), entry("Beta")).unwrap();
-    let reg = dir.join("link/registry.toml");
-    std::os::unix::fs::symlink(dir.join("a/registry.toml"), &reg).unwrap();
-    let s = Server::start(&["--registry", reg.to_str().unwrap()]);
-    assert!(matches!(registers(&s, "Alpha"), Some(Ans::Ack { .. })));
-    let tmp = dir.join("link/tmp");
-    std::os::unix::fs::symlink(dir.join("b/registry.toml"), &tmp).unwrap();
-    std::fs::rename(&tmp, &reg).unwrap();
-    assert!(
-        registers_within(&s, "Beta", Duration::from_secs(3)),
-        "re-pointed"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(dir.join("b/registry.toml"), entry("Gamma")).unwrap();
-    assert!(
-        registers_within(&s, "Gamma", Duration::from_secs(3)),
-        "a change in the new directory was not seen"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The flags engine v1 took with it (issue 23) are refused, from the command line and

@@ -1,6 +1,7 @@
 //! TLS listeners over real sockets (IXN1.md section 9): a private CA, server and client
 //! certificates made at test time with rcgen; rustls as the client.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -51,7 +52,7 @@ struct Files {
 
 impl Files {
     fn new(test: &str) -> Files {
-        let dir = std::env::temp_dir().join(format!("ixn-tls-{}-{test}", std::process::id()));
+        let dir = test_dir(&format!("tls-{test}"));
         std::fs::create_dir_all(&dir).unwrap();
         Files { dir }
     }
@@ -169,478 +170,492 @@ fn start(files: &Files, ca: &Ca, client_ca: Option<&Ca>, extra: &[&str]) -> Serv
     Server::start(&args)
 }
 
-#[test]
-fn registers_over_tls_and_counts_the_handshake() {
-    let files = Files::new("register");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    let cfg = client_config(&ca.cert.pem(), None, &[b"ixn/1"]);
-    let mut t = tls_connect(s.tls_addr.unwrap(), cfg);
-    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
-    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-    assert_eq!(t.conn.alpn_protocol(), Some(&b"ixn/1"[..]));
-    t.write_all(&unreg(2, None)).unwrap();
-    assert_eq!(answer(&mut t), Some(ack(2, None)));
-    assert_eq!(
-        s.wait_metric("ixn_tls_handshakes_total{result=\"full\"}", 1.0),
-        1.0
-    );
-    assert_eq!(
-        s.metric("ixn_connections_accepted_total{listener=\"tls\"}"),
-        1.0
-    );
-}
-
-#[test]
-fn require_tls_answers_17_on_plain_and_registers_over_tls() {
-    let files = Files::new("require");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    let mut c = s.connect();
-    c.send(&rrc(1, "Secure", 1, None));
-    assert_eq!(c.answer(), Some(err(1, 17)));
-    let mut t = tls_connect(
-        s.tls_addr.unwrap(),
-        client_config(&ca.cert.pem(), None, &[]),
-    );
-    t.write_all(&rrc(1, "Secure", 1, None)).unwrap();
-    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-}
-
-#[test]
-fn certificate_identities_match_or_fail_with_4() {
-    let files = Files::new("mtls");
-    let ca = Ca::new("test CA");
-    let clients = Ca::new("client CA");
-    let s = start(&files, &ca, Some(&clients), &[]);
-    let addr = s.tls_addr.unwrap();
-    for (dns, uris, cn, want_ok) in [
-        (&["media1.example.com"][..], &[][..], "whatever", true),
-        (&[][..], &["spiffe://corp/media"][..], "x", true),
-        (
-            &["media2.example.com"][..],
-            &[][..],
-            "media1.example.com",
-            false,
-        ),
-    ] {
-        let (cert, key) = clients.issue(dns, uris, cn);
-        let cfg = client_config(&ca.cert.pem(), Some((&cert, &key)), &[]);
-        let mut t = tls_connect(addr, cfg);
-        t.write_all(&rrc(1, "Media1", 1, None)).unwrap();
-        let a = answer(&mut t);
-        if want_ok {
-            assert!(
-                matches!(a, Some(Ans::Ack { rid: 1, .. })),
-                "{dns:?} {uris:?}: {a:?}"
-            );
-        } else {
-            assert_eq!(
-                a,
-                Some(err(1, 4)),
-                "{dns:?} {cn}: a CN is not a SAN DNS name"
-            );
-        }
-    }
-    // No client certificate at all: the handshake passes (not required), identity fails.
-    let mut t = tls_connect(addr, client_config(&ca.cert.pem(), None, &[]));
-    t.write_all(&rrc(1, "Media1", 1, None)).unwrap();
-    assert_eq!(answer(&mut t), Some(err(1, 4)));
-}
-
-#[test]
-fn a_certificate_from_another_ca_fails_the_handshake_without_ixn_bytes() {
-    let files = Files::new("otherca");
-    let ca = Ca::new("test CA");
-    let clients = Ca::new("client CA");
-    let rogue = Ca::new("rogue CA");
-    let s = start(
-        &files,
-        &ca,
-        Some(&clients),
-        &["--tls-require-client-cert", "true"],
-    );
-    let (cert, key) = rogue.issue(&["media1.example.com"], &[], "rogue");
-    let mut t = tls_connect(
-        s.tls_addr.unwrap(),
-        client_config(&ca.cert.pem(), Some((&cert, &key)), &[]),
-    );
-    let _ = t.write_all(&rrc(1, "Media1", 1, None));
-    assert_eq!(
-        answer(&mut t),
-        None,
-        "no IXN/1 answer after a refused handshake"
-    );
-    // Required and not offered: refused as well.
-    let mut t = tls_connect(
-        s.tls_addr.unwrap(),
-        client_config(&ca.cert.pem(), None, &[]),
-    );
-    let _ = t.write_all(&rrc(1, "Media1", 1, None));
-    assert_eq!(answer(&mut t), None);
-    assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 2.0) >= 2.0);
-}
-
-#[test]
-fn a_client_offering_only_other_alpn_protocols_is_refused() {
-    let files = Files::new("alpn");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    let mut t = tls_connect(
-        s.tls_addr.unwrap(),
-        client_config(&ca.cert.pem(), None, &[b"h2"]),
-    );
-    let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
-    assert_eq!(answer(&mut t), None);
-}
-
-#[test]
-fn a_stalled_handshake_is_dropped_at_the_registration_deadline() {
-    let files = Files::new("stall");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    // A TCP connection to the TLS listener that sends half a ClientHello, then nothing.
-    let mut c = Client::connect(s.tls_addr.unwrap());
-    c.send(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00]);
-    let t0 = Instant::now();
-    assert_eq!(c.read_raw(), None, "closed without an IXN/1 byte");
-    let waited = c.connected_at.elapsed();
-    assert!(
-        waited >= Duration::from_secs(1) && waited < Duration::from_millis(1500),
-        "dropped after {waited:?} (deadline 1 s; read started {:?} after connect)",
-        t0.duration_since(c.connected_at)
-    );
-}
-
-#[test]
-fn bad_tls_files_are_refused_at_start_naming_the_flag() {
-    let files = Files::new("badfiles");
-    let empty = files.write("empty.pem", "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ixn-server"))
-        .args([
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &empty,
-            "--tls-key",
-            &empty,
-        ])
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--tls-cert"), "{err}");
-}
-
-#[test]
-fn sighup_rotates_the_certificate_for_new_connections_only() {
-    let files = Files::new("rotate");
-    let old_ca = Ca::new("old CA");
-    let s = start(&files, &old_ca, None, &[]);
-    let addr = s.tls_addr.unwrap();
-    let mut old = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
-    old.write_all(&rrc(1, "MediaServer_email", 1, None))
-        .unwrap();
-    assert!(matches!(answer(&mut old), Some(Ans::Ack { rid: 1, .. })));
-
-    // A broken key is refused on reload: the old certificate stays in force.
-    files.write("server.key", "not a key");
-    s.signal("HUP");
-    s.wait_log("TLS reload refused");
-    let mut t = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
-    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
-    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-
-    // A new certificate from another CA: new connections see it...
-    let new_ca = Ca::new("new CA");
-    let (cert, key) = new_ca.issue(&["ixn.test"], &[], "ixn.test");
-    files.write("server.pem", &cert);
-    files.write("server.key", &key);
-    s.signal("HUP");
-    s.wait_log("TLS certificate, key and client CAs reloaded");
-    let mut t = tls_connect(addr, client_config(&new_ca.cert.pem(), None, &[]));
-    t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
-    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-    let mut t = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
-    let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
-    assert_eq!(
-        answer(&mut t),
-        None,
-        "the old CA no longer verifies the server"
-    );
-    // ...while the connection made before the rotation goes on.
-    old.write_all(&unreg(2, None)).unwrap();
-    assert_eq!(answer(&mut old), Some(ack(2, None)));
-}
-
-#[test]
-fn tickets_resume_on_every_worker() {
-    let files = Files::new("resume");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &["--workers", "2"]);
-    let cfg = client_config(&ca.cert.pem(), None, &[]);
-    for n in 0..6 {
-        let mut t = tls_connect(s.tls_addr.unwrap(), cfg.clone());
+each_engine! {
+    fn registers_over_tls_and_counts_the_handshake() {
+        let files = Files::new("register");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        let cfg = client_config(&ca.cert.pem(), None, &[b"ixn/1"]);
+        let mut t = tls_connect(s.tls_addr.unwrap(), cfg);
         t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
         assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-        let resumed = t.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        assert_eq!(resumed, n > 0, "connection {n}");
-    }
-    assert_eq!(
-        s.wait_metric("ixn_tls_handshakes_total{result=\"resumed\"}", 5.0),
-        5.0
-    );
-}
-
-/// `openssl s_client`, a client nobody here wrote, registers over TLS 1.3 and over 1.2.
-#[test]
-fn openssl_s_client_registers_over_tls13_and_tls12() {
-    let files = Files::new("openssl");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    let ca_file = files.write("ca.pem", &ca.cert.pem());
-    let mut input = rrc(1, "MediaServer_email", 1, None);
-    input.extend(unreg(2, None));
-    for version in ["-tls1_3", "-tls1_2"] {
-        let mut child = std::process::Command::new("openssl")
-            .args(["s_client", "-quiet", "-verify_return_error", version])
-            .args(["-connect", &s.tls_addr.unwrap().to_string()])
-            .args(["-servername", "ixn.test", "-verify_hostname", "ixn.test"])
-            .args(["-CAfile", &ca_file])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("openssl");
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        // EventAck for the registration, EventAck for the unregistration, then the server
-        // closes once written and s_client exits.
-        let o = &out.stdout;
-        assert!(
-            o.len() >= 8,
-            "{version}: {:?}",
-            String::from_utf8_lossy(&out.stderr)
+        assert_eq!(t.conn.alpn_protocol(), Some(&b"ixn/1"[..]));
+        t.write_all(&unreg(2, None)).unwrap();
+        assert_eq!(answer(&mut t), Some(ack(2, None)));
+        assert_eq!(
+            s.wait_metric("ixn_tls_handshakes_total{result=\"full\"}", 1.0),
+            1.0
         );
-        let first = u32::from_be_bytes(o[..4].try_into().unwrap()) as usize + 4;
-        assert!(
-            matches!(decode_answer(&o[..first]), Ans::Ack { rid: 1, .. }),
-            "{version}"
+        assert_eq!(
+            s.metric("ixn_connections_accepted_total{listener=\"tls\"}"),
+            1.0
         );
-        assert_eq!(decode_answer(&o[first..]), ack(2, None), "{version}");
     }
 }
 
-/// HAProxy in TCP passthrough with `send-proxy-v2` in front of `--proxy-tls-listen`: the
-/// client's TLS goes through untouched and the registry sees the client's own address.
-#[test]
-fn proxy_then_tls_through_haproxy_passthrough() {
-    let files = Files::new("haproxy");
-    let ca = Ca::new("test CA");
-    let s = start(
-        &files,
-        &ca,
-        None,
-        &[
-            "--proxy-tls-listen",
-            "127.0.0.1:0",
-            "--proxy-protocol-trusted",
-            "127.0.0.1/32",
-        ],
-    );
-    let backend = s.proxy_tls_addr.unwrap();
-    let (_haproxy, front) =
-        Haproxy::start(&files.dir, &format!("  server a {backend} send-proxy-v2\n"));
-    // From 127.0.0.5 through the balancer: the PROXY header carries it.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.5:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    sock.connect(&front.into()).unwrap();
-    let tcp: TcpStream = sock.into();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let conn = rustls::ClientConnection::new(
-        client_config(&ca.cert.pem(), None, &[b"ixn/1"]),
-        ServerName::try_from("ixn.test").unwrap(),
-    )
-    .unwrap();
-    let mut t = rustls::StreamOwned::new(conn, tcp);
-    // HAProxy connects from 127.0.0.1: only the header's address lets this entry in.
-    t.write_all(&rrc(1, "Only_127_0_0_5", 1, None)).unwrap();
-    assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-    // (HAProxy's start-up probe through the frontend counts as one more.)
-    assert!(
-        s.wait_metric(
-            "ixn_connections_accepted_total{listener=\"proxy_tls\"}",
-            2.0
-        ) >= 1.0
-    );
+each_engine! {
+    fn require_tls_answers_17_on_plain_and_registers_over_tls() {
+        let files = Files::new("require");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        let mut c = s.connect();
+        c.send(&rrc(1, "Secure", 1, None));
+        assert_eq!(c.answer(), Some(err(1, 17)));
+        let mut t = tls_connect(
+            s.tls_addr.unwrap(),
+            client_config(&ca.cert.pem(), None, &[]),
+        );
+        t.write_all(&rrc(1, "Secure", 1, None)).unwrap();
+        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+    }
 }
 
-/// `ixn-loadgen --tls`: registrations over TLS with the handshake as its own phase, full
-/// handshakes by default and resumed ones with `--tls-resume`.
-#[test]
-fn loadgen_registers_over_tls_and_times_the_handshake() {
-    let files = Files::new("loadgen");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    let ca_file = files.write("ca.pem", &ca.cert.pem());
-    for (resume, want_resumed) in [(false, false), (true, true)] {
-        let json = files.dir.join(format!("lg-{resume}.json"));
-        let mut cmd = std::process::Command::new(loadgen_bin());
-        cmd.args(["--target", &s.tls_addr.unwrap().to_string(), "--tls"])
-            .args(["--tls-ca", &ca_file, "--tls-server-name", "ixn.test"])
-            .args([
-                "--threads",
-                "1",
-                "-q",
-                "--count",
-                "100",
-                "--concurrency",
-                "4",
-            ])
-            .arg("--json")
-            .arg(&json);
-        if resume {
-            cmd.arg("--tls-resume");
+each_engine! {
+    fn certificate_identities_match_or_fail_with_4() {
+        let files = Files::new("mtls");
+        let ca = Ca::new("test CA");
+        let clients = Ca::new("client CA");
+        let s = start(&files, &ca, Some(&clients), &[]);
+        let addr = s.tls_addr.unwrap();
+        for (dns, uris, cn, want_ok) in [
+            (&["media1.example.com"][..], &[][..], "whatever", true),
+            (&[][..], &["spiffe://corp/media"][..], "x", true),
+            (
+                &["media2.example.com"][..],
+                &[][..],
+                "media1.example.com",
+                false,
+            ),
+        ] {
+            let (cert, key) = clients.issue(dns, uris, cn);
+            let cfg = client_config(&ca.cert.pem(), Some((&cert, &key)), &[]);
+            let mut t = tls_connect(addr, cfg);
+            t.write_all(&rrc(1, "Media1", 1, None)).unwrap();
+            let a = answer(&mut t);
+            if want_ok {
+                assert!(
+                    matches!(a, Some(Ans::Ack { rid: 1, .. })),
+                    "{dns:?} {uris:?}: {a:?}"
+                );
+            } else {
+                assert_eq!(
+                    a,
+                    Some(err(1, 4)),
+                    "{dns:?} {cn}: a CN is not a SAN DNS name"
+                );
+            }
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v = std::fs::read_to_string(&json).unwrap();
-        let field = |after: &str, key: &str| -> Option<u64> {
-            let rest = v.split(after).nth(1)?;
-            let n = rest.split(&format!("\"{key}\": ")).nth(1)?;
-            n.split([',', '\n', '}']).next()?.trim().parse().ok()
-        };
-        assert_eq!(field("{", "ok"), Some(100), "{v}");
-        assert_eq!(field("\"tls_handshake\"", "count"), Some(100), "{v}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("tls handshake"));
-        let resumed = s.wait_metric("ixn_tls_handshakes_total{result=\"resumed\"}", 1.0);
-        assert_eq!(resumed > 0.0, want_resumed, "resumed handshakes: {resumed}");
+        // No client certificate at all: the handshake passes (not required), identity fails.
+        let mut t = tls_connect(addr, client_config(&ca.cert.pem(), None, &[]));
+        t.write_all(&rrc(1, "Media1", 1, None)).unwrap();
+        assert_eq!(answer(&mut t), Some(err(1, 4)));
     }
 }
 
-/// Server keys of every kind the flags promise: RSA, ECDSA and Ed25519, made and signed by
-/// openssl (as an operator following OPERATIONS.md would).
-#[test]
-fn rsa_ecdsa_and_ed25519_keys_serve() {
-    let files = Files::new("keys");
-    let registry = files.write("registry.toml", REGISTRY);
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&files.dir)
-            .output()
-            .expect("openssl");
+each_engine! {
+    fn a_certificate_from_another_ca_fails_the_handshake_without_ixn_bytes() {
+        let files = Files::new("otherca");
+        let ca = Ca::new("test CA");
+        let clients = Ca::new("client CA");
+        let rogue = Ca::new("rogue CA");
+        let s = start(
+            &files,
+            &ca,
+            Some(&clients),
+            &["--tls-require-client-cert", "true"],
+        );
+        let (cert, key) = rogue.issue(&["media1.example.com"], &[], "rogue");
+        let mut t = tls_connect(
+            s.tls_addr.unwrap(),
+            client_config(&ca.cert.pem(), Some((&cert, &key)), &[]),
+        );
+        let _ = t.write_all(&rrc(1, "Media1", 1, None));
+        assert_eq!(
+            answer(&mut t),
+            None,
+            "no IXN/1 answer after a refused handshake"
+        );
+        // Required and not offered: refused as well.
+        let mut t = tls_connect(
+            s.tls_addr.unwrap(),
+            client_config(&ca.cert.pem(), None, &[]),
+        );
+        let _ = t.write_all(&rrc(1, "Media1", 1, None));
+        assert_eq!(answer(&mut t), None);
+        assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 2.0) >= 2.0);
+    }
+}
+
+each_engine! {
+    fn a_client_offering_only_other_alpn_protocols_is_refused() {
+        let files = Files::new("alpn");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        let mut t = tls_connect(
+            s.tls_addr.unwrap(),
+            client_config(&ca.cert.pem(), None, &[b"h2"]),
+        );
+        let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
+        assert_eq!(answer(&mut t), None);
+    }
+}
+
+each_engine! {
+    fn a_stalled_handshake_is_dropped_at_the_registration_deadline() {
+        let files = Files::new("stall");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        // A TCP connection to the TLS listener that sends half a ClientHello, then nothing.
+        let mut c = Client::connect(s.tls_addr.unwrap());
+        c.send(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00]);
+        let t0 = Instant::now();
+        assert_eq!(c.read_raw(), None, "closed without an IXN/1 byte");
+        let waited = c.connected_at.elapsed();
         assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            waited >= Duration::from_secs(1) && waited < Duration::from_millis(1500),
+            "dropped after {waited:?} (deadline 1 s; read started {:?} after connect)",
+            t0.duration_since(c.connected_at)
         );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    files.write(
-        "leaf.ext",
-        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:ixn.test\n",
-    );
-    let ca = std::fs::read_to_string(files.dir.join("ca.pem")).unwrap();
-    for (name, newkey) in [
-        ("rsa", &["-newkey", "rsa:2048"][..]),
-        (
-            "ecdsa",
-            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
-        ),
-        ("ed25519", &["-newkey", "ed25519"][..]),
-    ] {
-        let (key, csr, cert) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
+    }
+}
+
+each_engine! {
+    fn bad_tls_files_are_refused_at_start_naming_the_flag() {
+        let files = Files::new("badfiles");
+        let empty = files.write("empty.pem", "");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ixn-server"))
+            .args([
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &empty,
+                "--tls-key",
+                &empty,
+            ])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--tls-cert"), "{err}");
+    }
+}
+
+each_engine! {
+    fn sighup_rotates_the_certificate_for_new_connections_only() {
+        let files = Files::new("rotate");
+        let old_ca = Ca::new("old CA");
+        let s = start(&files, &old_ca, None, &[]);
+        let addr = s.tls_addr.unwrap();
+        let mut old = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
+        old.write_all(&rrc(1, "MediaServer_email", 1, None))
+            .unwrap();
+        assert!(matches!(answer(&mut old), Some(Ans::Ack { rid: 1, .. })));
+
+        // A broken key is refused on reload: the old certificate stays in force.
+        files.write("server.key", "not a key");
+        s.signal("HUP");
+        s.wait_log("TLS reload refused");
+        let mut t = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
+        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+
+        // A new certificate from another CA: new connections see it...
+        let new_ca = Ca::new("new CA");
+        let (cert, key) = new_ca.issue(&["ixn.test"], &[], "ixn.test");
+        files.write("server.pem", &cert);
+        files.write("server.key", &key);
+        s.signal("HUP");
+        s.wait_log("TLS certificate, key and client CAs reloaded");
+        let mut t = tls_connect(addr, client_config(&new_ca.cert.pem(), None, &[]));
+        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+        let mut t = tls_connect(addr, client_config(&old_ca.cert.pem(), None, &[]));
+        let _ = t.write_all(&rrc(1, "MediaServer_email", 1, None));
+        assert_eq!(
+            answer(&mut t),
+            None,
+            "the old CA no longer verifies the server"
         );
-        let mut req = vec!["req", "-new", "-nodes", "-subj", "/CN=ixn.test"];
-        req.extend_from_slice(newkey);
-        req.extend(["-keyout", &key, "-out", &csr]);
-        openssl(&req);
+        // ...while the connection made before the rotation goes on.
+        old.write_all(&unreg(2, None)).unwrap();
+        assert_eq!(answer(&mut old), Some(ack(2, None)));
+    }
+}
+
+each_engine! {
+    fn tickets_resume_on_every_worker() {
+        let files = Files::new("resume");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &["--workers", "2"]);
+        let cfg = client_config(&ca.cert.pem(), None, &[]);
+        for n in 0..6 {
+            let mut t = tls_connect(s.tls_addr.unwrap(), cfg.clone());
+            t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+            assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+            let resumed = t.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            assert_eq!(resumed, n > 0, "connection {n}");
+        }
+        assert_eq!(
+            s.wait_metric("ixn_tls_handshakes_total{result=\"resumed\"}", 5.0),
+            5.0
+        );
+    }
+}
+
+each_engine! {
+    /// `openssl s_client`, a client nobody here wrote, registers over TLS 1.3 and over 1.2.
+    fn openssl_s_client_registers_over_tls13_and_tls12() {
+        let files = Files::new("openssl");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        let ca_file = files.write("ca.pem", &ca.cert.pem());
+        let mut input = rrc(1, "MediaServer_email", 1, None);
+        input.extend(unreg(2, None));
+        for version in ["-tls1_3", "-tls1_2"] {
+            let mut child = std::process::Command::new("openssl")
+                .args(["s_client", "-quiet", "-verify_return_error", version])
+                .args(["-connect", &s.tls_addr.unwrap().to_string()])
+                .args(["-servername", "ixn.test", "-verify_hostname", "ixn.test"])
+                .args(["-CAfile", &ca_file])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl");
+            child.stdin.take().unwrap().write_all(&input).unwrap();
+            let out = child.wait_with_output().unwrap();
+            // EventAck for the registration, EventAck for the unregistration, then the server
+            // closes once written and s_client exits.
+            let o = &out.stdout;
+            assert!(
+                o.len() >= 8,
+                "{version}: {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let first = u32::from_be_bytes(o[..4].try_into().unwrap()) as usize + 4;
+            assert!(
+                matches!(decode_answer(&o[..first]), Ans::Ack { rid: 1, .. }),
+                "{version}"
+            );
+            assert_eq!(decode_answer(&o[first..]), ack(2, None), "{version}");
+        }
+    }
+}
+
+each_engine! {
+    /// HAProxy in TCP passthrough with `send-proxy-v2` in front of `--proxy-tls-listen`: the
+    /// client's TLS goes through untouched and the registry sees the client's own address.
+    fn proxy_then_tls_through_haproxy_passthrough() {
+        let files = Files::new("haproxy");
+        let ca = Ca::new("test CA");
+        let s = start(
+            &files,
+            &ca,
+            None,
+            &[
+                "--proxy-tls-listen",
+                "127.0.0.1:0",
+                "--proxy-protocol-trusted",
+                "127.0.0.1/32",
+            ],
+        );
+        let backend = s.proxy_tls_addr.unwrap();
+        let (_haproxy, front) =
+            Haproxy::start(&files.dir, &format!("  server a {backend} send-proxy-v2\n"));
+        // From 127.0.0.5 through the balancer: the PROXY header carries it.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&"127.0.0.5:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        sock.connect(&front.into()).unwrap();
+        let tcp: TcpStream = sock.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ClientConnection::new(
+            client_config(&ca.cert.pem(), None, &[b"ixn/1"]),
+            ServerName::try_from("ixn.test").unwrap(),
+        )
+        .unwrap();
+        let mut t = rustls::StreamOwned::new(conn, tcp);
+        // HAProxy connects from 127.0.0.1: only the header's address lets this entry in.
+        t.write_all(&rrc(1, "Only_127_0_0_5", 1, None)).unwrap();
+        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+        // (HAProxy's start-up probe through the frontend counts as one more.)
+        assert!(
+            s.wait_metric(
+                "ixn_connections_accepted_total{listener=\"proxy_tls\"}",
+                2.0
+            ) >= 1.0
+        );
+    }
+}
+
+each_engine! {
+    /// `ixn-loadgen --tls`: registrations over TLS with the handshake as its own phase, full
+    /// handshakes by default and resumed ones with `--tls-resume`.
+    fn loadgen_registers_over_tls_and_times_the_handshake() {
+        let files = Files::new("loadgen");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        let ca_file = files.write("ca.pem", &ca.cert.pem());
+        for (resume, want_resumed) in [(false, false), (true, true)] {
+            let json = files.dir.join(format!("lg-{resume}.json"));
+            let mut cmd = std::process::Command::new(loadgen_bin());
+            cmd.args(["--target", &s.tls_addr.unwrap().to_string(), "--tls"])
+                .args(["--tls-ca", &ca_file, "--tls-server-name", "ixn.test"])
+                .args([
+                    "--threads",
+                    "1",
+                    "-q",
+                    "--count",
+                    "100",
+                    "--concurrency",
+                    "4",
+                ])
+                .arg("--json")
+                .arg(&json);
+            if resume {
+                cmd.arg("--tls-resume");
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v = std::fs::read_to_string(&json).unwrap();
+            let field = |after: &str, key: &str| -> Option<u64> {
+                let rest = v.split(after).nth(1)?;
+                let n = rest.split(&format!("\"{key}\": ")).nth(1)?;
+                n.split([',', '\n', '}']).next()?.trim().parse().ok()
+            };
+            assert_eq!(field("{", "ok"), Some(100), "{v}");
+            assert_eq!(field("\"tls_handshake\"", "count"), Some(100), "{v}");
+            assert!(String::from_utf8_lossy(&out.stdout).contains("tls handshake"));
+            let resumed = s.wait_metric("ixn_tls_handshakes_total{result=\"resumed\"}", 1.0);
+            assert_eq!(resumed > 0.0, want_resumed, "resumed handshakes: {resumed}");
+        }
+    }
+}
+
+each_engine! {
+    /// Server keys of every kind the flags promise: RSA, ECDSA and Ed25519, made and signed by
+    /// openssl (as an operator following OPERATIONS.md would).
+    fn rsa_ecdsa_and_ed25519_keys_serve() {
+        let files = Files::new("keys");
+        let registry = files.write("registry.toml", REGISTRY);
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&files.dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
             "-days",
             "2",
-            "-extfile",
-            "leaf.ext",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
             "-out",
-            &cert,
+            "ca.pem",
         ]);
-        let c = files.dir.join(&cert).display().to_string();
-        let k = files.dir.join(&key).display().to_string();
-        let s = Server::start(&[
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &c,
-            "--tls-key",
-            &k,
-            "--registry",
-            &registry,
-        ]);
-        let mut t = tls_connect(s.tls_addr.unwrap(), client_config(&ca, None, &[]));
-        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
-        assert!(
-            matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })),
-            "{name} key"
+        files.write(
+            "leaf.ext",
+            "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:ixn.test\n",
         );
+        let ca = std::fs::read_to_string(files.dir.join("ca.pem")).unwrap();
+        for (name, newkey) in [
+            ("rsa", &["-newkey", "rsa:2048"][..]),
+            (
+                "ecdsa",
+                &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
+            ),
+            ("ed25519", &["-newkey", "ed25519"][..]),
+        ] {
+            let (key, csr, cert) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let mut req = vec!["req", "-new", "-nodes", "-subj", "/CN=ixn.test"];
+            req.extend_from_slice(newkey);
+            req.extend(["-keyout", &key, "-out", &csr]);
+            openssl(&req);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                &cert,
+            ]);
+            let c = files.dir.join(&cert).display().to_string();
+            let k = files.dir.join(&key).display().to_string();
+            let s = Server::start(&[
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &c,
+                "--tls-key",
+                &k,
+                "--registry",
+                &registry,
+            ]);
+            let mut t = tls_connect(s.tls_addr.unwrap(), client_config(&ca, None, &[]));
+            t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+            assert!(
+                matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })),
+                "{name} key"
+            );
+        }
     }
 }
 
-/// A ClientHello that claims a 16 MiB handshake message is refused when its header
-/// arrives (rustls's bound), not buffered until the deadline.
-#[test]
-fn an_oversized_handshake_message_is_refused_at_once() {
-    let files = Files::new("oversized");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &[]);
-    let mut c = Client::connect(s.tls_addr.unwrap());
-    // One handshake record: ClientHello (1) of length 0xffffff, then body bytes.
-    let mut rec = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
-    rec.resize(5 + 0x4000, 0);
-    c.send(&rec);
-    let t = Instant::now();
-    // An alert may come first; then the end of stream, long before the 1 s deadline.
-    until_closed(&mut c.s);
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "held {:?}",
-        t.elapsed()
-    );
-    assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 1.0) >= 1.0);
+each_engine! {
+    /// A ClientHello that claims a 16 MiB handshake message is refused when its header
+    /// arrives (rustls's bound), not buffered until the deadline.
+    fn an_oversized_handshake_message_is_refused_at_once() {
+        let files = Files::new("oversized");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &[]);
+        let mut c = Client::connect(s.tls_addr.unwrap());
+        // One handshake record: ClientHello (1) of length 0xffffff, then body bytes.
+        let mut rec = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+        rec.resize(5 + 0x4000, 0);
+        c.send(&rec);
+        let t = Instant::now();
+        // An alert may come first; then the end of stream, long before the 1 s deadline.
+        until_closed(&mut c.s);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "held {:?}",
+            t.elapsed()
+        );
+        assert!(s.wait_metric("ixn_tls_handshakes_total{result=\"failed\"}", 1.0) >= 1.0);
+    }
 }
 
 // Hardening, round 3 (issue 22): each on every engine this machine allows.
@@ -793,31 +808,32 @@ fn n9_a_client_hello_over_one_record_is_refused() {
     }
 }
 
-/// Round 3 ("decide and say"): a SIGHUP that changes no TLS file (a registry reload)
-/// keeps the TLS config and its session-ticket key, so tickets issued before it still
-/// resume; a SIGHUP that changes a TLS file replaces both.
-#[test]
-fn a_registry_only_sighup_keeps_session_tickets_valid() {
-    let files = Files::new("keep-tickets");
-    let ca = Ca::new("test CA");
-    let s = start(&files, &ca, None, &["--workers", "1"]);
-    let cfg = client_config(&ca.cert.pem(), None, &[]);
-    let handshake = || {
-        let mut t = tls_connect(s.tls_addr.unwrap(), cfg.clone());
-        t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
-        assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
-        t.conn.handshake_kind()
-    };
-    assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
-    s.signal("HUP");
-    s.wait_log("TLS files unchanged");
-    assert_eq!(handshake(), Some(rustls::HandshakeKind::Resumed));
-    let (cert, key) = ca.issue(&["ixn.test"], &[], "ixn.test");
-    files.write("server.pem", &cert);
-    files.write("server.key", &key);
-    s.signal("HUP");
-    s.wait_log("TLS certificate, key and client CAs reloaded");
-    assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
+each_engine! {
+    /// Round 3 ("decide and say"): a SIGHUP that changes no TLS file (a registry reload)
+    /// keeps the TLS config and its session-ticket key, so tickets issued before it still
+    /// resume; a SIGHUP that changes a TLS file replaces both.
+    fn a_registry_only_sighup_keeps_session_tickets_valid() {
+        let files = Files::new("keep-tickets");
+        let ca = Ca::new("test CA");
+        let s = start(&files, &ca, None, &["--workers", "1"]);
+        let cfg = client_config(&ca.cert.pem(), None, &[]);
+        let handshake = || {
+            let mut t = tls_connect(s.tls_addr.unwrap(), cfg.clone());
+            t.write_all(&rrc(1, "MediaServer_email", 1, None)).unwrap();
+            assert!(matches!(answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+            t.conn.handshake_kind()
+        };
+        assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
+        s.signal("HUP");
+        s.wait_log("TLS files unchanged");
+        assert_eq!(handshake(), Some(rustls::HandshakeKind::Resumed));
+        let (cert, key) = ca.issue(&["ixn.test"], &[], "ixn.test");
+        files.write("server.pem", &cert);
+        files.write("server.key", &key);
+        s.signal("HUP");
+        s.wait_log("TLS certificate, key and client CAs reloaded");
+        assert_eq!(handshake(), Some(rustls::HandshakeKind::Full));
+    }
 }
 
 /// N5 (round 3, decided: docs/PROTOCOL.md): at `--max-connections` a TLS client is closed

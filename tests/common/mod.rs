@@ -11,17 +11,83 @@ use ixn::protocol::{
     decode, encode, Message, RegisterClient, UnregisterClient, DEFAULT_MAX_FRAME_LEN,
 };
 
+/// Whether this machine allows the io_uring engine, asked once per test process and on a
+/// thread of its own: a ring's teardown queues task work to the thread that made it,
+/// which interrupts that thread's next blocking socket read with EINTR (a read with a
+/// timeout is not restarted), and a test reading an answer then saw a close.
+pub fn io_uring_allowed() -> Result<(), String> {
+    static ALLOWED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    ALLOWED
+        .get_or_init(|| {
+            std::thread::spawn(ixn::runtime::io_uring_allowed)
+                .join()
+                .unwrap_or_else(|_| Err("the probe panicked".into()))
+        })
+        .clone()
+}
+
 /// The `--engine` values every socket suite runs on: `uring` where this kernel (and its
 /// seccomp profile) allows io_uring, and `epoll` always. Where io_uring is refused, the
 /// suite says on stderr that its io_uring half was skipped, and why, rather than passing it.
 pub fn engines() -> Vec<&'static str> {
-    match ixn::runtime::io_uring_allowed() {
+    match io_uring_allowed() {
         Ok(()) => vec!["uring", "epoll"],
         Err(why) => {
             eprintln!("SKIPPED on the io_uring engine (not allowed here: {why})");
             vec!["epoll"]
         }
     }
+}
+
+thread_local! {
+    /// The engine this test thread runs its servers on (set by [`each_engine!`]).
+    static ENGINE: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes `engine` the one every server this thread starts runs on; `false` (with the test
+/// named as skipped on stderr) where this machine does not allow it.
+pub fn use_engine(engine: &'static str, test: &str) -> bool {
+    if engine == "uring" {
+        if let Err(why) = io_uring_allowed() {
+            eprintln!("SKIPPED {test} on the io_uring engine (not allowed here: {why})");
+            return false;
+        }
+    }
+    ENGINE.with(|e| e.set(Some(engine)));
+    true
+}
+
+/// A new, empty directory for one test on the engine this thread runs (the two halves of
+/// an [`each_engine!`] test run at once and must not share one).
+pub fn test_dir(tag: &str) -> std::path::PathBuf {
+    let engine = ENGINE.with(std::cell::Cell::get).unwrap_or("default");
+    let dir = std::env::temp_dir().join(format!("ixn-{tag}-{engine}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Declares each test once and runs it on both engines, as `NAME::uring` and
+/// `NAME::epoll`: every server the body starts runs on that engine (the harness adds
+/// `--engine` unless the test gives one). On a machine that refuses io_uring, the uring
+/// half says on stderr that it was skipped, by name.
+#[macro_export]
+macro_rules! each_engine {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn uring() {
+                if $crate::common::use_engine("uring", concat!(stringify!($name), "::uring")) $body
+            }
+            #[test]
+            fn epoll() {
+                if $crate::common::use_engine("epoll", concat!(stringify!($name), "::epoll")) $body
+            }
+        }
+    )*};
 }
 
 /// A running server process.
@@ -60,6 +126,11 @@ impl Server {
     /// Runs `cmd` (the server binary, or a wrapper such as `prlimit` that execs it) and waits
     /// until it listens; the start-up lines are kept in `startup`.
     pub fn start_command(mut cmd: Command) -> Server {
+        if let Some(engine) = ENGINE.with(std::cell::Cell::get) {
+            if !cmd.get_args().any(|a| a == "--engine") {
+                cmd.args(["--engine", engine]);
+            }
+        }
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -290,6 +361,8 @@ impl Client {
             }
             let mut chunk = [0u8; 4096];
             match self.s.read(&mut chunk) {
+                // A signal is not an end of stream (a read with a timeout is not restarted).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
