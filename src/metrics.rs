@@ -153,7 +153,7 @@ pub fn describe() {
         NAMES_HELD,
         "ClientNames held under on_duplicate reject or replace (IXN1.md section 7)."
     );
-    for a in crate::admin::Action::ALL {
+    for a in crate::control::Action::ALL {
         let _ = counter!(ADMIN_REQUESTS, "action" => a.name());
     }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

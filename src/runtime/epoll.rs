@@ -44,7 +44,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::glue;
+use super::lifecycle;
 use super::Shared;
 use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
@@ -307,7 +307,7 @@ impl Worker {
             super::Admission::Refused(r) => self.refuse(stream, peer, now, kind, r),
             super::Admission::Admitted { counted } => {
                 let (shared, metrics) = (&self.shared, &self.metrics);
-                let opened = glue::open(shared, metrics, now, peer, kind, &self.cfg, counted);
+                let opened = lifecycle::open(shared, metrics, now, peer, kind, &self.cfg, counted);
                 let Some((conn, t)) = opened else {
                     return;
                 };
@@ -333,7 +333,7 @@ impl Worker {
         self.metrics.refused(kind, r, true);
         let mut out = Vec::with_capacity(64);
         let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
-        if self.refusing >= glue::REFUSALS_LINGERING_MAX {
+        if self.refusing >= lifecycle::REFUSALS_LINGERING_MAX {
             let _ = stream.write(&out);
             let _ = stream.shutdown(Shutdown::Write);
             return;
@@ -381,7 +381,7 @@ impl Worker {
 
     fn apply_timer(&mut self, i: usize, change: TimerChange) {
         let c = &mut self.conns[i];
-        glue::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
+        lifecycle::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
     }
 
     /// Reads connection `i` until its socket runs dry, it closes, or its turn ends.
@@ -428,9 +428,9 @@ impl Worker {
         let c = &mut self.conns[i];
         let mut answers = std::mem::take(&mut self.scratch);
         answers.clear();
-        let cx = glue::cx!(self);
+        let cx = lifecycle::cx!(self);
         let data = &self.recv[..n];
-        let p = glue::feed(
+        let p = lifecycle::feed(
             cx,
             i,
             c.generation,
@@ -558,9 +558,9 @@ impl Worker {
         for k in [c.timer, c.write_timer].into_iter().flatten() {
             self.wheel.cancel(k);
         }
-        let cx = glue::cx!(self);
+        let cx = lifecycle::cx!(self);
         let refusing = &mut self.refusing;
-        glue::gone(
+        lifecycle::gone(
             cx,
             i,
             c.generation,
@@ -572,7 +572,7 @@ impl Worker {
     }
 
     fn expire(&mut self, now: Instant) {
-        for (i, p) in glue::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
+        for (i, p) in lifecycle::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
             self.carry_out(i, p);
         }
     }
@@ -583,7 +583,7 @@ impl Worker {
         self.accept_paused.clear();
         for (l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
-            glue::refuse_new_connections(l);
+            lifecycle::refuse_new_connections(l);
         }
         self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
     }
@@ -593,7 +593,7 @@ impl Worker {
     /// may stop.
     fn drain_step(&mut self, d: &mut super::Drain<(usize, u32)>, now: Instant) -> bool {
         let hurry = self.shared.hurry.load(Ordering::Acquire);
-        for i in glue::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
+        for i in lifecycle::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
             self.notify(i, now, Notice::Drain);
         }
         d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
@@ -607,21 +607,21 @@ impl Worker {
         }
         let mut answers = std::mem::take(&mut self.scratch);
         answers.clear();
-        let cx = glue::cx!(self);
-        let p = glue::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
+        let cx = lifecycle::cx!(self);
+        let p = lifecycle::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
         self.scratch = answers;
         self.carry_out(i, p);
     }
 
     /// The admin API's commands (and replaced names' kicks), taken at each tick.
     fn commands(&mut self, now: Instant) {
-        for k in glue::commands(&self.shared, self.index, &self.conns) {
+        for k in lifecycle::commands(&self.shared, self.index, &self.conns) {
             self.notify(k.slot, now, Notice::Kick(k.kick));
         }
     }
 }
 
-impl glue::Slot for Conn {
+impl lifecycle::Slot for Conn {
     fn generation(&self) -> u32 {
         self.generation
     }

@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::glue;
+use super::lifecycle;
 use super::Shared;
 use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
@@ -543,7 +543,7 @@ impl Worker {
             super::Admission::Refused(r) => self.refuse(fd, peer, now, kind, r),
             super::Admission::Admitted { counted } => {
                 let (shared, metrics) = (&self.shared, &self.metrics);
-                let opened = glue::open(shared, metrics, now, peer, kind, &self.cfg, counted);
+                let opened = lifecycle::open(shared, metrics, now, peer, kind, &self.cfg, counted);
                 let Some((conn, t)) = opened else {
                     self.close_fd(fd);
                     return;
@@ -569,7 +569,7 @@ impl Worker {
         self.metrics.refused(kind, r, true);
         let mut out = Vec::with_capacity(64);
         let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
-        if self.refusing >= glue::REFUSALS_LINGERING_MAX {
+        if self.refusing >= lifecycle::REFUSALS_LINGERING_MAX {
             let _ = send(fd, &out);
             shutdown(fd, std::net::Shutdown::Write);
             close(fd);
@@ -604,7 +604,7 @@ impl Worker {
 
     fn apply_timer(&mut self, i: usize, change: TimerChange) {
         let c = &mut self.conns[i];
-        glue::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
+        lifecycle::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
     }
 
     fn received(&mut self, i: usize, res: i32, bid: Option<u16>, more: bool) {
@@ -662,9 +662,9 @@ impl Worker {
         } else {
             std::mem::take(&mut c.later)
         };
-        let cx = glue::cx!(self);
+        let cx = lifecycle::cx!(self);
         let data = &self.bufs.bufs[off..off + n];
-        let p = glue::feed(
+        let p = lifecycle::feed(
             cx,
             i,
             c.generation,
@@ -816,9 +816,9 @@ impl Worker {
         }
         // Nothing is in flight on the descriptor and the slab entry is gone.
         self.close_fd(c.fd);
-        let cx = glue::cx!(self);
+        let cx = lifecycle::cx!(self);
         let refusing = &mut self.refusing;
-        glue::gone(
+        lifecycle::gone(
             cx,
             i,
             c.generation,
@@ -830,7 +830,7 @@ impl Worker {
     }
 
     fn expire(&mut self, now: Instant) {
-        for (i, p) in glue::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
+        for (i, p) in lifecycle::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
             self.carry_out(i, p);
         }
     }
@@ -843,7 +843,7 @@ impl Worker {
                     .build()
                     .user_data(ud(IGNORE, 0, 0)),
             );
-            glue::refuse_new_connections(&self.listeners[i].0);
+            lifecycle::refuse_new_connections(&self.listeners[i].0);
         }
         self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
     }
@@ -853,7 +853,7 @@ impl Worker {
     /// may stop.
     fn drain_step(&mut self, d: &mut super::Drain<(usize, u32)>, now: Instant) -> bool {
         let hurry = self.shared.hurry.load(Ordering::Acquire);
-        for i in glue::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
+        for i in lifecycle::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
             self.notify(i, now, Notice::Drain);
         }
         d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
@@ -868,21 +868,21 @@ impl Worker {
             return;
         }
         let mut answers = std::mem::take(&mut c.later);
-        let cx = glue::cx!(self);
-        let p = glue::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
+        let cx = lifecycle::cx!(self);
+        let p = lifecycle::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
         c.later = answers;
         self.carry_out(i, p);
     }
 
     /// The admin API's commands (and replaced names' kicks), taken at each tick.
     fn commands(&mut self, now: Instant) {
-        for k in glue::commands(&self.shared, self.index, &self.conns) {
+        for k in lifecycle::commands(&self.shared, self.index, &self.conns) {
             self.notify(k.slot, now, Notice::Kick(k.kick));
         }
     }
 }
 
-impl glue::Slot for Conn {
+impl lifecycle::Slot for Conn {
     fn generation(&self) -> u32 {
         self.generation
     }

@@ -16,7 +16,7 @@ use ixn_proto::session::Kick;
 use ixn_proto::tls::ListenerKind;
 
 use super::Shared;
-use crate::admin::Command;
+use crate::control::Command;
 use crate::metrics::WorkerMetrics;
 use crate::session::{CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
@@ -29,7 +29,7 @@ pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
 
 pub(super) type Wheel = TimerWheel<(usize, u32, Timer)>;
 
-/// A slab engine's connection entry, as the glue sees it.
+/// A slab engine's connection entry, as the shared lifecycle sees it.
 pub(super) trait Slot {
     /// The generation the entry was inserted with.
     fn generation(&self) -> u32;
@@ -48,7 +48,7 @@ pub(super) trait Slot {
 /// Builds a [`Ctx`] from a worker's fields (field by field, so its slab stays borrowable).
 macro_rules! cx {
     ($w:expr) => {
-        $crate::runtime::glue::Ctx {
+        $crate::runtime::lifecycle::Ctx {
             shared: &$w.shared,
             metrics: &$w.metrics,
             ids: &mut $w.ids,
@@ -147,7 +147,7 @@ pub(super) fn key(worker: u32, i: usize, generation: u32) -> ConnKey {
     }
 }
 
-/// What a worker lends the glue for one call.
+/// What a worker lends the shared lifecycle for one call.
 pub(super) struct Ctx<'a> {
     pub shared: &'a Shared,
     pub metrics: &'a WorkerMetrics,
@@ -338,7 +338,7 @@ pub(super) fn commands<C: Slot>(
                     .iter()
                     .filter(|(_, c)| !c.gone())
                     .map(|(i, c)| (key(worker, i, c.generation()), c.core()));
-                let _ = done.send(crate::admin::list(live, &query, shared.origin.0));
+                let _ = done.send(crate::control::list(live, &query, shared.origin.0));
             }
             Command::Kick { conn, kick, done } => {
                 let slot = conn.slot as usize;

@@ -1,0 +1,122 @@
+//! The client listeners: one `SO_REUSEPORT` socket per worker and address, bound only
+//! once no dying predecessor's socket is left on a fixed port.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ixn_proto::tls::ListenerKind;
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+
+use super::error::StartError;
+use crate::config::Config;
+
+/// One listening socket with `SO_REUSEPORT`, so each worker can have its own.
+pub(super) fn listener(
+    addr: SocketAddr,
+    config: &Config,
+) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Accepted sockets inherit these from the listener: no per-connection syscalls.
+    s.set_nodelay(true)?;
+    // Bounds what a client that never reads pins in the kernel (autotuning would let a
+    // send buffer grow to net.ipv4.tcp_wmem's maximum, 4 MiB by default). The kernel
+    // doubles the value set to leave room for its bookkeeping, so half is set: the socket
+    // then reports the flag's value (getsockopt SO_SNDBUF), and the memory it may pin,
+    // payload and overhead together, stays within it.
+    s.set_send_buffer_size(config.socket_send_buffer / 2)?;
+    if let Some(idle) = config.tcp_keepalive {
+        s.set_keepalive(true)?;
+        s.set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3),
+        )?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(config.backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s.into())
+}
+
+/// One worker's listening socket and whether it requires a PROXY header.
+pub(super) type Listener = (std::net::TcpListener, ListenerKind);
+
+/// Every worker's listeners, and the addresses bound (with their PROXY flag).
+pub(super) type Bound = (Vec<Vec<Listener>>, Vec<(SocketAddr, ListenerKind)>);
+
+/// Binds every listener for every worker; port 0 is resolved once and shared. Returns the
+/// bound addresses, the PROXY-protocol ones last.
+/// How long start-up waits for a predecessor's listener to leave a port.
+pub(super) const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until no socket listens on `addr` (a fixed port), for at most
+/// [`PREDECESSOR_WAIT`]. A predecessor killed on this port (SIGKILL, a crash) can hold its
+/// listener for some milliseconds after its process is gone: the kernel tears an io_uring
+/// down asynchronously, and the listener its multishot accept refers to lives until then.
+/// Joining the port's `SO_REUSEPORT` group meanwhile would share new connections with a
+/// socket nobody accepts from, and they would be reset when it goes (hardening round 3,
+/// D2, the start-up case). A listener that stays is a live process sharing the port on
+/// purpose: the server says so and joins it.
+pub(super) fn await_free_port(addr: SocketAddr) {
+    if addr.port() == 0 {
+        return;
+    }
+    let started = Instant::now();
+    loop {
+        // SO_REUSEADDR lets the probe bind beside connections in TIME_WAIT, never beside
+        // a listener; without SO_REUSEPORT it cannot join a listener's group.
+        let free = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|s| {
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())
+            });
+        match free {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            // Free, or an error the real bind will report.
+            _ => return,
+        }
+        if started.elapsed() >= PREDECESSOR_WAIT {
+            tracing::warn!(
+                "another socket listens on {addr}: new connections are shared with it \
+                 (SO_REUSEPORT) while it does"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub(super) fn bind_all(config: &Config) -> Result<Bound, StartError> {
+    let mut per_worker: Vec<Vec<Listener>> = (0..config.workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    let kinds = [
+        (&config.listen, ListenerKind::Plain),
+        (&config.proxy_listen, ListenerKind::Proxy),
+        (&config.tls_listen, ListenerKind::Tls),
+        (&config.proxy_tls_listen, ListenerKind::ProxyTls),
+    ];
+    let all = kinds
+        .into_iter()
+        .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, kind)));
+    for (addr, proxy) in all {
+        await_free_port(addr);
+        let first = listener(addr, config).map_err(|source| StartError::Bind { addr, source })?;
+        let actual = first.local_addr()?;
+        per_worker[0].push((first, proxy));
+        for w in per_worker.iter_mut().skip(1) {
+            let l = listener(actual, config).map_err(|source| StartError::Bind {
+                addr: actual,
+                source,
+            })?;
+            w.push((l, proxy));
+        }
+        bound.push((actual, proxy));
+    }
+    Ok((per_worker, bound))
+}
