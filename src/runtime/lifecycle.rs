@@ -1,135 +1,744 @@
-//! What the two engines (io_uring and epoll) do the same way around a [`Connection`]:
-//! feeding it bytes, telling it of the drain or a kick, arming its timer, admitting it,
-//! serving the admin API's listings and counting it out when it is gone.
+//! A connection's life on a worker, from accept to the last close, written once for both
+//! backends (io_uring, `uring.rs`; epoll, `epoll.rs`): admission at accept, opening the
+//! sans-IO [`Connection`], feeding it bytes, carrying out its [`Progress`] (answers,
+//! timers, close once written, the FIN and the linger), the write-stall deadline, the
+//! drain and its lame-duck slices, kicks and replaced names, the tick's expiries, metrics,
+//! and the close's accounting (per-address counts, ProxyClientIds, names).
 //!
-//! The engines differ in how bytes arrive and answers leave (completions and provided
-//! buffers, or readiness and `read`/`write`); everything between a socket event and the
-//! protocol's answer is here once, so the two cannot drift apart.
+//! A backend only moves bytes ([`Backend`]): it sends inline what the socket takes now,
+//! holds the rest until the socket takes it, shuts down, closes, and watches for input.
+//! Its event loop feeds what happened into [`Core`] ([`Core::accepted`], [`Core::feed`]
+//! then [`Core::carry_out`], [`Core::eof`], [`Core::sent`], [`Core::released`],
+//! [`Core::tick`]) and waits until the next tick. Calls are generic over the backend:
+//! no dynamic dispatch on the hot path.
+//!
+//! # Answers
+//!
+//! Answers are encoded into one scratch buffer per worker and offered to the socket at
+//! once; what it does not take moves to the connection's `out`, which the backend sends
+//! from (and which stays untouched while it does: io_uring's send points into it). Answers
+//! produced meanwhile wait in `later`. While `out` is being sent the connection is not
+//! read: a peer that does not read stops being read from, and the write-stall deadline
+//! runs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ixn_proto::connection::{Action, ConnConfig, Connection, Env, Notice, Progress, TimerChange};
 use ixn_proto::names::ConnKey;
-use ixn_proto::session::Kick;
 use ixn_proto::tls::ListenerKind;
+use slab::Slab;
 
-use super::Shared;
+use super::drain::Drain;
+use super::shared::{Admission, Shared};
 use crate::control::Command;
 use crate::metrics::WorkerMetrics;
-use crate::session::{CloseReason, IdAllocator, Timer};
+use crate::session::{deadline, CloseReason, IdAllocator, Timer};
 use crate::timer_wheel::{TimerKey, TimerWheel};
 
-/// A slab engine's timer wheel: slot, generation, timer.
 /// Refusals lingering at once per worker (closed once their EventError is written):
 /// beyond these, a refusal is sent and its socket closed at once, so a storm of refused
 /// connections cannot hold descriptors clients need.
 pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
 
-pub(super) type Wheel = TimerWheel<(usize, u32, Timer)>;
+/// Slots of each worker's timer wheel.
+const WHEEL_SLOTS: usize = 4096;
 
-/// A slab engine's connection entry, as the shared lifecycle sees it.
-pub(super) trait Slot {
-    /// The generation the entry was inserted with.
-    fn generation(&self) -> u32;
-    /// The protocol core.
-    fn conn(&mut self) -> &mut Connection;
-    /// Its protocol timer's and its write-stall timer's wheel entries.
-    fn timers(&mut self) -> (&mut Option<TimerKey>, &mut Option<TimerKey>);
-    /// Answers are still being written (a close once written cannot wait for them).
-    fn writing(&self) -> bool;
-    /// Closing hard already (nothing is to be told or listed).
-    fn gone(&self) -> bool;
-    /// The core, for reading.
-    fn core(&self) -> &Connection;
+/// A connection's place: its slab slot and the generation it was inserted with (a slot is
+/// reused; the generation tells a late event for its former tenant apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotKey {
+    pub slot: usize,
+    pub generation: u32,
 }
 
-/// Builds a [`Ctx`] from a worker's fields (field by field, so its slab stays borrowable).
-macro_rules! cx {
-    ($w:expr) => {
-        $crate::runtime::lifecycle::Ctx {
-            shared: &$w.shared,
-            metrics: &$w.metrics,
-            ids: &mut $w.ids,
-            cfg: &$w.cfg,
-            worker: $w.index,
-        }
-    };
-}
-pub(super) use cx;
+/// What a backend does with sockets. Everything else is [`Core`]'s.
+pub(super) trait Backend {
+    /// A connection's socket as this backend holds it.
+    type Io;
 
-/// The deadlines due at `now`: each is handed to its connection (if the slot still holds
-/// the one it was armed for) and the progress returned, for the engine to carry out; a
-/// close once written whose answers are not draining becomes a close now (the peer is not
-/// reading). Counts what expired in `metrics`.
-pub(super) fn expire<C: Slot>(
-    wheel: &mut Wheel,
-    conns: &mut slab::Slab<C>,
-    now: Instant,
-    metrics: &WorkerMetrics,
-) -> Vec<(usize, Progress)> {
-    let mut expired = Vec::new();
-    wheel.advance(now, |e| expired.push(e));
-    let mut counts = [0u64; Timer::ALL.len()];
-    let mut out = Vec::with_capacity(expired.len());
-    for (i, generation, timer) in expired {
-        let Some(c) = conns.get_mut(i).filter(|c| c.generation() == generation) else {
-            continue;
-        };
-        let (protocol, write) = c.timers();
-        if timer == Timer::WriteStall {
-            *write = None;
-        } else {
-            *protocol = None;
-        }
-        let mut p = c.conn().on_deadline(timer);
-        if p.action != Action::Continue {
-            counts[timer.index()] += 1;
-        }
-        if p.action == Action::CloseAfterWrite && c.writing() {
-            p.action = Action::CloseNow(c.conn().on_eof());
-        }
-        out.push((i, p));
+    /// Starts watching a new connection for input; an error closes it at once.
+    fn open(&mut self, key: SlotKey, io: &mut Self::Io) -> std::io::Result<()>;
+    /// Sends what the socket takes of `buf` now, without waiting (0 if nothing).
+    fn send_now(&mut self, io: &mut Self::Io, buf: &[u8]) -> std::io::Result<usize>;
+    /// Sends `buf` as the socket takes it, and reports what it took with [`Core::sent`]
+    /// (io_uring) or lets [`Core::writable`] be called when it can take more (epoll).
+    /// `buf` is the connection's `out` and stays untouched until then. Input is not
+    /// watched meanwhile.
+    fn send_later(&mut self, key: SlotKey, io: &mut Self::Io, buf: &[u8]) -> std::io::Result<()>;
+    /// Everything is sent: watch for input again (and read what waited).
+    fn resume(&mut self, key: SlotKey, io: &mut Self::Io);
+    /// Sends our FIN.
+    fn shutdown_write(&mut self, io: &mut Self::Io);
+    /// Closes the socket: `true` if it is closed now; `false` if an operation is still in
+    /// flight on it, in which case the backend calls [`Core::released`] once none is.
+    fn close(&mut self, key: SlotKey, io: &mut Self::Io) -> bool;
+    /// A refusal over the lingering cap: `answer` sent as far as it goes, FIN, closed.
+    fn refuse_now(&mut self, io: Self::Io, answer: &[u8]);
+    /// The drain: stop accepting for good.
+    fn stop_accepting(&mut self);
+    /// A tick outside the drain: accept again where descriptors ran out.
+    fn accept_again(&mut self);
+}
+
+/// One connection: the protocol core and the lifecycle's state around the backend's socket.
+#[derive(Debug)]
+pub(super) struct Slot<Io> {
+    pub generation: u32,
+    pub conn: Connection,
+    pub io: Io,
+    timer: Option<TimerKey>,
+    write_timer: Option<TimerKey>,
+    /// Input not yet consumed (a frame split across receives).
+    pending: Vec<u8>,
+    /// Answers the backend is sending (untouched until it is done).
+    out: Vec<u8>,
+    /// How much of `out` is sent.
+    sent: usize,
+    /// Answers produced while `out` is being sent.
+    later: Vec<u8>,
+    /// The backend holds `out`.
+    sending: bool,
+    /// Close once every answer is written.
+    close_after_write: bool,
+    /// Our FIN is out (the linger runs).
+    half_closed: bool,
+    /// Closing hard: the socket is being closed, nothing more is read or told.
+    hard: Option<CloseReason>,
+    /// Counted in `Shared::active` (refusals are not).
+    counted: bool,
+}
+
+impl<Io> Slot<Io> {
+    /// Closing hard: events for it only wait for the backend's release.
+    pub fn closing(&self) -> bool {
+        self.hard.is_some()
     }
-    metrics.tick_expired(&counts);
-    out
 }
 
-/// One tick of the drain: when its spread begins, every connection not registered is to
-/// be told at once and the registered ones queue; then the slice due. Returns the slots
-/// to tell now.
-pub(super) fn drain_tick<C: Slot>(
-    d: &mut super::Drain<(usize, u32)>,
-    now: Instant,
-    hurry: bool,
-    conns: &slab::Slab<C>,
-    metrics: &WorkerMetrics,
-) -> Vec<usize> {
-    let mut tell = Vec::new();
-    if d.ready(now, hurry) {
-        let mut registered = Vec::new();
-        for (i, c) in conns.iter() {
-            if c.core().session().state() == crate::session::State::Registered {
-                registered.push((i, c.generation()));
-            } else {
-                tell.push(i);
+/// A worker's connections and everything it does with them, over backend `B`.
+pub(super) struct Core<B: Backend> {
+    /// This worker's number (the `worker` of its connections' `ConnKey`s).
+    index: u32,
+    pub shared: Arc<Shared>,
+    cfg: ConnConfig,
+    ids: IdAllocator,
+    wheel: TimerWheel<(usize, u32, Timer)>,
+    pub slots: Slab<Slot<B::Io>>,
+    generation: u32,
+    pub metrics: WorkerMetrics,
+    /// Refusals lingering now.
+    refusing: usize,
+    /// The time of the events being handled: read once per wake-up.
+    pub now: Instant,
+    /// The buffer answers are written into: no allocation per registration, and no buffer
+    /// kept per idle connection.
+    scratch: Vec<u8>,
+    drain: Option<Drain<(usize, u32)>>,
+}
+
+impl<B: Backend> Core<B> {
+    /// Worker `index`'s core.
+    pub fn new(index: usize, shared: Arc<Shared>) -> Self {
+        let origin = Instant::now();
+        Self {
+            index: index as u32,
+            cfg: shared.config.conn_config(),
+            ids: IdAllocator::with_last(
+                index as u32 + 1,
+                shared.config.workers as u32,
+                super::debug::id_space_last(),
+            ),
+            wheel: TimerWheel::new(origin, shared.config.timer_tick, WHEEL_SLOTS),
+            slots: Slab::new(),
+            generation: 0,
+            metrics: WorkerMetrics::new(),
+            refusing: 0,
+            now: origin,
+            scratch: Vec::with_capacity(256),
+            drain: None,
+            shared,
+        }
+    }
+
+    /// Whether `key` still names a live (not hard-closing) connection.
+    pub fn live(&self, key: SlotKey) -> bool {
+        self.slots
+            .get(key.slot)
+            .is_some_and(|s| s.generation == key.generation && s.hard.is_none())
+    }
+
+    /// Whether connection `i` reads now: not closing hard, and no answers waiting for the
+    /// socket (a peer that does not read stops being read from).
+    pub fn reading(&self, i: usize) -> bool {
+        self.slots[i].hard.is_none() && !self.slots[i].sending
+    }
+
+    /// Whether `key` still names a connection, closing or not.
+    pub fn exists(&self, key: SlotKey) -> bool {
+        self.slots
+            .get(key.slot)
+            .is_some_and(|s| s.generation == key.generation)
+    }
+
+    /// A connection accepted from a listener of `kind`: trust, admission, then its core.
+    pub fn accepted(&mut self, b: &mut B, io: B::Io, peer: SocketAddr, kind: ListenerKind) {
+        super::debug::maybe_panic("accept");
+        let now = self.now;
+        match self.shared.admit(peer, kind.proxy(), now) {
+            Admission::Untrusted => {
+                tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
+                self.metrics.refused_untrusted(kind);
+                b.refuse_now(io, &[]);
+            }
+            Admission::Refused(r) if kind.tls() => {
+                // No EventError can go out before a handshake: closed without a byte.
+                self.metrics.refused(kind, r, false);
+                b.refuse_now(io, &[]);
+            }
+            Admission::Refused(r) => {
+                self.metrics.refused(kind, r, true);
+                let mut out = Vec::with_capacity(64);
+                let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
+                if self.refusing >= REFUSALS_LINGERING_MAX {
+                    b.refuse_now(io, &out);
+                    return;
+                }
+                self.refusing += 1;
+                if let Some(i) = self.insert(b, conn, io, false) {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&out);
+                    self.carry_out(b, i, p);
+                }
+            }
+            Admission::Admitted { counted } => {
+                let Some((mut conn, t)) = self.shared.open(now, peer, kind, &self.cfg) else {
+                    self.metrics.accept_error();
+                    self.shared.active.fetch_sub(1, Ordering::AcqRel);
+                    if counted {
+                        self.shared.admission.released(peer.ip());
+                    }
+                    b.refuse_now(io, &[]);
+                    return;
+                };
+                if counted {
+                    conn.mark_admitted();
+                }
+                self.metrics.accepted(kind);
+                if let Some(i) = self.insert(b, conn, io, true) {
+                    self.apply_timer(i, t);
+                }
             }
         }
-        metrics.drain_remaining(registered.len() as i64);
-        d.begin(registered);
     }
-    let due = d.due(now, hurry);
-    metrics.drain_remaining(-(due.len() as i64));
-    tell.extend(
-        due.into_iter()
-            .filter(|&(i, g)| conns.get(i).is_some_and(|c| c.generation() == g))
-            .map(|(i, _)| i),
-    );
-    tell
+
+    fn insert(&mut self, b: &mut B, conn: Connection, io: B::Io, counted: bool) -> Option<usize> {
+        // Below 2^30: the backends keep the top bits of their event keys for themselves.
+        self.generation = self.generation.wrapping_add(1) & 0x3fff_ffff;
+        let i = self.slots.insert(Slot {
+            generation: self.generation,
+            conn,
+            io,
+            timer: None,
+            write_timer: None,
+            pending: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            later: Vec::new(),
+            sending: false,
+            close_after_write: false,
+            half_closed: false,
+            hard: None,
+            counted,
+        });
+        let key = SlotKey {
+            slot: i,
+            generation: self.generation,
+        };
+        if let Err(e) = b.open(key, &mut self.slots[i].io) {
+            tracing::warn!("cannot watch a connection: {e}");
+            self.close_now(b, i, CloseReason::Peer);
+            return None;
+        }
+        Some(i)
+    }
+
+    fn apply_timer(&mut self, i: usize, change: TimerChange) {
+        let s = &mut self.slots[i];
+        match change {
+            TimerChange::Keep => {}
+            TimerChange::Cancel => {
+                if let Some(k) = s.timer.take() {
+                    self.wheel.cancel(k);
+                }
+            }
+            TimerChange::Arm(t, at) => {
+                if let Some(k) = s.timer.take() {
+                    self.wheel.cancel(k);
+                }
+                s.timer = Some(self.wheel.insert(at, (i, s.generation, t)));
+            }
+        }
+    }
+
+    /// Bytes received for connection `i`: handed to its core in place when nothing is
+    /// pending, else behind its `pending` bytes (only the tail of a frame split across
+    /// receives is kept). Answers go to the scratch buffer (or behind answers being
+    /// sent); failed registrations count toward a ban. `None` if it is closing hard.
+    pub fn feed(&mut self, i: usize, data: &[u8]) -> Option<Progress> {
+        super::debug::maybe_panic("connection");
+        self.metrics.bytes_in(data.len());
+        let s = &mut self.slots[i];
+        if s.hard.is_some() {
+            return None;
+        }
+        let now = self.now;
+        let mut answers = if s.sending {
+            std::mem::take(&mut s.later)
+        } else {
+            self.scratch.clear();
+            std::mem::take(&mut self.scratch)
+        };
+        let registry = self.shared.registry.load();
+        let (metrics, shared) = (&self.metrics, &*self.shared);
+        let gate = |ip| shared.gate(ip, now, metrics);
+        let mut env = Env {
+            registry: &registry,
+            ids: &mut self.ids,
+            config: &self.cfg,
+            gate: Some(&gate),
+            names: Some(shared.claims(key(self.index, i, s.generation))),
+        };
+        let failures = std::cell::Cell::new(0);
+        let each = |o: &crate::session::Output| {
+            metrics.output(o);
+            if crate::admission::is_failure(o) {
+                failures.set(failures.get() + 1);
+            }
+        };
+        let conn = &mut s.conn;
+        let p = if s.pending.is_empty() {
+            let p = conn.on_bytes(now, data, &mut env, &mut answers, each);
+            s.pending.extend_from_slice(&data[p.consumed..]);
+            p
+        } else {
+            s.pending.extend_from_slice(data);
+            let p = conn.on_bytes(now, &s.pending, &mut env, &mut answers, each);
+            s.pending.drain(..p.consumed);
+            p
+        };
+        if s.sending {
+            s.later = answers;
+        } else {
+            self.scratch = answers;
+        }
+        if failures.get() > 0 {
+            shared.failed_registrations(conn.peer(), failures.get(), now);
+        }
+        if s.pending.is_empty() && s.pending.capacity() > 0 {
+            s.pending = Vec::new();
+        }
+        metrics.logical_delta(p.logical_delta);
+        if let Some(h) = p.handshake {
+            metrics.handshake(h);
+        }
+        if p.registered {
+            metrics.registration_duration(now.saturating_duration_since(conn.accepted_at()));
+        }
+        Some(p)
+    }
+
+    /// Carries out a connection's progress: its timer, its answers (in the scratch buffer,
+    /// or already behind answers being sent), a close.
+    pub fn carry_out(&mut self, b: &mut B, i: usize, p: Progress) {
+        self.apply_timer(i, p.timer);
+        match p.action {
+            Action::Continue => self.write(b, i),
+            Action::CloseAfterWrite => {
+                let s = &mut self.slots[i];
+                s.close_after_write = true;
+                s.pending = Vec::new();
+                self.write(b, i);
+            }
+            Action::CloseNow(r) => {
+                self.scratch.clear();
+                self.close_now(b, i, r);
+            }
+        }
+    }
+
+    /// Offers the answers in the scratch buffer to the socket: inline first, the rest
+    /// handed to the backend under the write-stall deadline. Behind answers being sent,
+    /// they wait (in `later`) for their turn.
+    fn write(&mut self, b: &mut B, i: usize) {
+        let s = &mut self.slots[i];
+        if s.sending || s.hard.is_some() {
+            self.scratch.clear();
+            return;
+        }
+        if !self.scratch.is_empty() {
+            let n = match b.send_now(&mut s.io, &self.scratch) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.scratch.clear();
+                    return self.close_now(b, i, CloseReason::Peer);
+                }
+            };
+            self.metrics.bytes_out(n);
+            if n < self.scratch.len() {
+                s.out.clear();
+                s.out.extend_from_slice(&self.scratch[n..]);
+                self.scratch.clear();
+                return self.send_out(b, i);
+            }
+            self.scratch.clear();
+        }
+        self.flushed(b, i);
+    }
+
+    /// Hands `out` to the backend, under the write-stall deadline.
+    fn send_out(&mut self, b: &mut B, i: usize) {
+        let s = &mut self.slots[i];
+        s.sending = true;
+        s.sent = 0;
+        let at = deadline(self.now, self.shared.config.write_timeout);
+        s.write_timer = Some(self.wheel.insert(at, (i, s.generation, Timer::WriteStall)));
+        let key = SlotKey {
+            slot: i,
+            generation: s.generation,
+        };
+        if b.send_later(key, &mut s.io, &s.out).is_err() {
+            self.close_now(b, i, CloseReason::Peer);
+        }
+    }
+
+    /// Every answer is written: a close once written sends its FIN and starts the linger.
+    fn flushed(&mut self, b: &mut B, i: usize) {
+        let s = &mut self.slots[i];
+        if s.close_after_write && !s.half_closed {
+            s.half_closed = true;
+            b.shutdown_write(&mut s.io);
+            let t = s.conn.on_flushed(self.now, &self.cfg);
+            self.apply_timer(i, t);
+        }
+    }
+
+    /// The backend sent `n` more bytes of `out`: what remains goes on; once all is sent,
+    /// the answers produced meanwhile go out, and input is watched again.
+    pub fn sent(&mut self, b: &mut B, i: usize, n: usize) {
+        let s = &mut self.slots[i];
+        if s.hard.is_some() || !s.sending {
+            return;
+        }
+        self.metrics.bytes_out(n);
+        s.sent += n;
+        let key = SlotKey {
+            slot: i,
+            generation: s.generation,
+        };
+        if s.sent < s.out.len() {
+            if b.send_later(key, &mut s.io, &s.out[s.sent..]).is_err() {
+                self.close_now(b, i, CloseReason::Peer);
+            }
+            return;
+        }
+        s.sending = false;
+        s.out = Vec::new();
+        s.sent = 0;
+        if let Some(k) = s.write_timer.take() {
+            self.wheel.cancel(k);
+        }
+        // Answers produced meanwhile go out now (copied: the scratch buffer keeps its
+        // capacity, and an idle connection keeps none).
+        self.scratch.clear();
+        if !s.later.is_empty() {
+            self.scratch.extend_from_slice(&s.later);
+        }
+        s.later = Vec::new();
+        self.write(b, i);
+        if let Some(s) = self
+            .slots
+            .get_mut(i)
+            .filter(|s| !s.sending && s.hard.is_none())
+        {
+            b.resume(key, &mut s.io);
+        }
+    }
+
+    /// The socket takes more (a readiness backend): sends what waits in `out` as far as
+    /// it goes.
+    pub fn writable(&mut self, b: &mut B, i: usize) {
+        loop {
+            let s = &mut self.slots[i];
+            if !s.sending || s.hard.is_some() {
+                return;
+            }
+            match b.send_now(&mut s.io, &s.out[s.sent..]) {
+                Ok(0) => return,
+                Ok(n) => self.sent(b, i, n),
+                Err(_) => return self.close_now(b, i, CloseReason::Peer),
+            }
+            if !self.slots.contains(i) {
+                return;
+            }
+        }
+    }
+
+    /// A send failed (the peer reset): the connection closes.
+    pub fn send_failed(&mut self, b: &mut B, i: usize) {
+        let s = &mut self.slots[i];
+        s.sending = false;
+        let r = s.hard.unwrap_or(CloseReason::Peer);
+        self.close_now(b, i, r);
+    }
+
+    /// The peer's end of stream. With answers still being sent (a client that sent its
+    /// last frames and half-closed) they finish first: the backend resumes reading once
+    /// they are written, and sees the end of stream again then.
+    pub fn eof(&mut self, b: &mut B, i: usize) {
+        let s = &self.slots[i];
+        if s.hard.is_none() && s.sending {
+            return;
+        }
+        let r = s.hard.unwrap_or_else(|| s.conn.on_eof());
+        self.close_now(b, i, r);
+    }
+
+    /// A receive failed (a reset): the connection closes now.
+    pub fn reset(&mut self, b: &mut B, i: usize) {
+        let s = &self.slots[i];
+        let r = s.hard.unwrap_or_else(|| s.conn.on_eof());
+        self.close_now(b, i, r);
+    }
+
+    /// Closes connection `i` now: its timers go, and its socket; once the backend has
+    /// released the socket, its slot.
+    fn close_now(&mut self, b: &mut B, i: usize, reason: CloseReason) {
+        let s = &mut self.slots[i];
+        if s.hard.is_none() {
+            s.hard = Some(reason);
+            for k in [s.timer.take(), s.write_timer.take()].into_iter().flatten() {
+                self.wheel.cancel(k);
+            }
+        }
+        let key = SlotKey {
+            slot: i,
+            generation: s.generation,
+        };
+        if b.close(key, &mut s.io) {
+            self.free(i);
+        }
+    }
+
+    /// The backend has nothing in flight any more on a hard-closing connection's socket:
+    /// it closes it now, and the slot is freed.
+    pub fn released(&mut self, b: &mut B, i: usize) {
+        if self.slots[i].hard.is_some() {
+            let r = self.slots[i].hard.unwrap_or(CloseReason::Peer);
+            self.close_now(b, i, r);
+        }
+    }
+
+    /// Connection `i`'s socket is closed: gives back what admission counted, its
+    /// ProxyClientIds and its names, and counts the close (a refusal only leaves the
+    /// lingering refusals).
+    fn free(&mut self, i: usize) {
+        let mut s = self.slots.remove(i);
+        let reason = s.hard.unwrap_or(CloseReason::Peer);
+        self.shared.release(&s.conn);
+        let was_registered = s.conn.session().proxy_client_id().is_some();
+        let logical = s.conn.session().logical_clients();
+        let names = self.shared.claims(key(self.index, i, s.generation));
+        s.conn.release(&mut self.ids, Some(names));
+        if s.counted {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.closed(reason, was_registered, logical);
+        } else {
+            self.refusing -= 1;
+        }
+    }
+
+    /// The tick: deadlines, the drain, the admin API's commands, metrics. Whether the
+    /// worker may stop (its drain is over).
+    pub fn tick(&mut self, b: &mut B) -> bool {
+        let now = self.now;
+        self.expire(b, now);
+        let draining = self.shared.health.draining.load(Ordering::Acquire);
+        if !draining {
+            b.accept_again();
+        }
+        if self.drain.is_none() && draining {
+            b.stop_accepting();
+            self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
+            self.drain = Some(Drain::new(now, &self.shared.config));
+        }
+        let mut done = false;
+        if let Some(mut d) = self.drain.take() {
+            done = self.drain_step(b, &mut d, now);
+            self.drain = Some(d);
+        }
+        self.commands(b, now);
+        self.metrics
+            .bans_active(self.shared.admission.bans_active(now));
+        self.metrics.names_held(self.shared.names.len());
+        self.metrics.flush();
+        done
+    }
+
+    /// The deadlines due at `now`, each handed to its connection (if the slot still holds
+    /// the one it was armed for); a close once written whose answers are not draining
+    /// becomes a close now (the peer is not reading).
+    fn expire(&mut self, b: &mut B, now: Instant) {
+        let mut expired = Vec::new();
+        self.wheel.advance(now, |e| expired.push(e));
+        let mut counts = [0u64; Timer::ALL.len()];
+        for (i, generation, timer) in expired {
+            let Some(s) = self
+                .slots
+                .get_mut(i)
+                .filter(|s| s.generation == generation && s.hard.is_none())
+            else {
+                continue;
+            };
+            if timer == Timer::WriteStall {
+                s.write_timer = None;
+            } else {
+                s.timer = None;
+            }
+            let mut p = s.conn.on_deadline(timer);
+            if p.action != Action::Continue {
+                counts[timer.index()] += 1;
+            }
+            if p.action == Action::CloseAfterWrite && s.sending {
+                p.action = Action::CloseNow(s.conn.on_eof());
+            }
+            self.scratch.clear();
+            self.carry_out(b, i, p);
+        }
+        self.metrics.tick_expired(&counts);
+    }
+
+    /// One tick of the drain: when its spread begins, every connection not registered is
+    /// told at once (closed) and the registered ones queue; then the slice due gets
+    /// EventError 11. Whether the worker may stop.
+    fn drain_step(&mut self, b: &mut B, d: &mut Drain<(usize, u32)>, now: Instant) -> bool {
+        let hurry = self.shared.hurry.load(Ordering::Acquire);
+        let mut tell = Vec::new();
+        if d.ready(now, hurry) {
+            let mut registered = Vec::new();
+            for (i, s) in self.slots.iter() {
+                if s.conn.session().state() == crate::session::State::Registered {
+                    registered.push((i, s.generation));
+                } else {
+                    tell.push(i);
+                }
+            }
+            self.metrics.drain_remaining(registered.len() as i64);
+            d.begin(registered);
+        }
+        let due = d.due(now, hurry);
+        self.metrics.drain_remaining(-(due.len() as i64));
+        let slots = &self.slots;
+        tell.extend(
+            due.into_iter()
+                .filter(|&(i, g)| slots.get(i).is_some_and(|s| s.generation == g))
+                .map(|(i, _)| i),
+        );
+        for i in tell {
+            self.notify(b, i, now, Notice::Drain);
+        }
+        d.done(now, self.slots.is_empty(), self.shared.config.drain_timeout)
+    }
+
+    /// Tells one connection of the drain (registered: EventError 11 and close once
+    /// written; unregistered: close now) or of a kick (registered: EventError 15 and close
+    /// once written).
+    fn notify(&mut self, b: &mut B, i: usize, now: Instant, notice: Notice) {
+        let s = &mut self.slots[i];
+        if s.conn.is_closing() || s.hard.is_some() {
+            return;
+        }
+        let mut answers = if s.sending {
+            std::mem::take(&mut s.later)
+        } else {
+            self.scratch.clear();
+            std::mem::take(&mut self.scratch)
+        };
+        let registry = self.shared.registry.load();
+        let mut env = Env {
+            registry: &registry,
+            ids: &mut self.ids,
+            config: &self.cfg,
+            gate: None,
+            names: Some(self.shared.claims(key(self.index, i, s.generation))),
+        };
+        let metrics = &self.metrics;
+        let p = s
+            .conn
+            .on_notice(now, notice, &mut env, &mut answers, |o| metrics.output(o));
+        if s.sending {
+            s.later = answers;
+        } else {
+            self.scratch = answers;
+        }
+        self.carry_out(b, i, p);
+    }
+
+    /// The admin API's commands (and replaced names' kicks), taken at each tick: listings
+    /// are answered from the slab; kicks that find a registered connection are told.
+    fn commands(&mut self, b: &mut B, now: Instant) {
+        let mut kicks = Vec::new();
+        for command in self.shared.inboxes.take(self.index as usize) {
+            match command {
+                Command::List { query, done } => {
+                    let live = self
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| s.hard.is_none())
+                        .map(|(i, s)| (key(self.index, i, s.generation), &s.conn));
+                    let _ = done.send(crate::control::list(live, &query, self.shared.origin.0));
+                }
+                Command::Kick { conn, kick, done } => {
+                    let slot = conn.slot as usize;
+                    let found = self.slots.get(slot).is_some_and(|s| {
+                        s.generation == conn.generation && s.hard.is_none() && kickable(&s.conn)
+                    });
+                    if let Some(done) = done {
+                        let _ = done.send(found);
+                    }
+                    if found {
+                        kicks.push((slot, kick));
+                    }
+                }
+            }
+        }
+        for (slot, kick) in kicks {
+            self.notify(b, slot, now, Notice::Kick(kick));
+        }
+    }
+
+    /// The worker is done: its last metrics go out.
+    pub fn finish(&mut self) {
+        self.metrics.flush();
+    }
+}
+
+/// Whether a kick finds a registered connection that is not closing.
+fn kickable(conn: &Connection) -> bool {
+    !conn.is_closing() && conn.session().state() == crate::session::State::Registered
 }
 
 /// The process-wide key of worker `worker`'s connection in slot `i`.
+fn key(worker: u32, i: usize, generation: u32) -> ConnKey {
+    ConnKey {
+        worker,
+        slot: i as u32,
+        generation,
+    }
+}
+
 /// Stops a listener for good at the drain: `shutdown(2)` on a listening socket resets the
 /// connections waiting in its backlog and refuses new ones at once (the port no longer
 /// listens, on any worker once all have drained), so a client that connects during a
@@ -139,225 +748,25 @@ pub(super) fn refuse_new_connections(listener: &impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read);
 }
 
-pub(super) fn key(worker: u32, i: usize, generation: u32) -> ConnKey {
-    ConnKey {
-        worker,
-        slot: i as u32,
-        generation,
-    }
-}
-
-/// What a worker lends the shared lifecycle for one call.
-pub(super) struct Ctx<'a> {
-    pub shared: &'a Shared,
-    pub metrics: &'a WorkerMetrics,
-    pub ids: &'a mut IdAllocator,
-    pub cfg: &'a ConnConfig,
-    pub worker: u32,
-}
-
-/// Carries a connection's timer change into the wheel (`slot` is its entry).
-pub(super) fn apply_timer(
-    wheel: &mut Wheel,
-    slot: &mut Option<TimerKey>,
-    i: usize,
-    generation: u32,
-    change: TimerChange,
-) {
-    match change {
-        TimerChange::Keep => {}
-        TimerChange::Cancel => {
-            if let Some(k) = slot.take() {
-                wheel.cancel(k);
-            }
-        }
-        TimerChange::Arm(t, at) => {
-            if let Some(k) = slot.take() {
-                wheel.cancel(k);
-            }
-            *slot = Some(wheel.insert(at, (i, generation, t)));
-        }
-    }
-}
-
-/// A connection just accepted, past trust and admission: its core (by listener kind),
-/// or `None` when it cannot have one (a TLS listener without a config), in which case
-/// what admission counted is given back.
-pub(super) fn open(
-    shared: &Shared,
-    metrics: &WorkerMetrics,
+/// Accept errors that mean the process is out of descriptors (or memory): the backend
+/// accepts again at the next tick, not at once, and says so at most every 5 s.
+pub(super) fn out_of_descriptors(
+    errno: i32,
+    last_warn: &mut Option<Instant>,
     now: Instant,
-    peer: SocketAddr,
-    kind: ListenerKind,
-    cfg: &ConnConfig,
-    counted: bool,
-) -> Option<(Connection, TimerChange)> {
-    let Some((mut conn, t)) = shared.open(now, peer, kind, cfg) else {
-        metrics.accept_error();
-        shared.active.fetch_sub(1, Ordering::AcqRel);
-        if counted {
-            shared.admission.released(peer.ip());
-        }
-        return None;
-    };
-    if counted {
-        conn.mark_admitted();
+) -> bool {
+    if !matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+    ) {
+        return false;
     }
-    metrics.accepted(kind);
-    Some((conn, t))
-}
-
-/// Hands `data`, bytes just received, to connection `i`: in place when nothing is
-/// pending, else behind its `pending` bytes; only the tail of a frame split across
-/// receives is kept (in `pending`). Answers go to `answers`; failed registrations count
-/// toward a ban; metrics are recorded.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn feed(
-    cx: Ctx<'_>,
-    i: usize,
-    generation: u32,
-    conn: &mut Connection,
-    pending: &mut Vec<u8>,
-    data: &[u8],
-    now: Instant,
-    answers: &mut Vec<u8>,
-) -> Progress {
-    super::debug::maybe_panic("connection");
-    let registry = cx.shared.registry.load();
-    let metrics = cx.metrics;
-    let shared = cx.shared;
-    let gate = |ip| shared.gate(ip, now, metrics);
-    let mut env = Env {
-        registry: &registry,
-        ids: cx.ids,
-        config: cx.cfg,
-        gate: Some(&gate),
-        names: Some(shared.claims(key(cx.worker, i, generation))),
-    };
-    let failures = std::cell::Cell::new(0);
-    let each = |o: &crate::session::Output| {
-        metrics.output(o);
-        if crate::admission::is_failure(o) {
-            failures.set(failures.get() + 1);
-        }
-    };
-    let p = if pending.is_empty() {
-        let p = conn.on_bytes(now, data, &mut env, answers, each);
-        pending.extend_from_slice(&data[p.consumed..]);
-        p
-    } else {
-        pending.extend_from_slice(data);
-        let p = conn.on_bytes(now, pending, &mut env, answers, each);
-        pending.drain(..p.consumed);
-        p
-    };
-    if failures.get() > 0 {
-        shared.failed_registrations(conn.peer(), failures.get(), now);
+    if last_warn.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(5)) {
+        tracing::warn!(
+            "accept failed ({}); backing off until descriptors free up",
+            std::io::Error::from_raw_os_error(errno)
+        );
+        *last_warn = Some(now);
     }
-    if pending.is_empty() && pending.capacity() > 0 {
-        *pending = Vec::new();
-    }
-    metrics.logical_delta(p.logical_delta);
-    if let Some(h) = p.handshake {
-        metrics.handshake(h);
-    }
-    if p.registered {
-        metrics.registration_duration(now.saturating_duration_since(conn.accepted_at()));
-    }
-    p
-}
-
-/// Tells connection `i` of the drain or a kick; its answer goes to `answers`.
-pub(super) fn tell(
-    cx: Ctx<'_>,
-    i: usize,
-    generation: u32,
-    conn: &mut Connection,
-    now: Instant,
-    notice: Notice,
-    answers: &mut Vec<u8>,
-) -> Progress {
-    let registry = cx.shared.registry.load();
-    let mut env = Env {
-        registry: &registry,
-        ids: cx.ids,
-        config: cx.cfg,
-        gate: None,
-        names: Some(cx.shared.claims(key(cx.worker, i, generation))),
-    };
-    let metrics = cx.metrics;
-    conn.on_notice(now, notice, &mut env, answers, |o| metrics.output(o))
-}
-
-/// Connection `i` is gone (its slot already freed): gives back what admission counted,
-/// its ProxyClientIds and its names, and counts the close (a refusal only leaves the
-/// lingering refusals).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gone(
-    cx: Ctx<'_>,
-    i: usize,
-    generation: u32,
-    conn: &mut Connection,
-    counted: bool,
-    reason: CloseReason,
-    refusing: &mut usize,
-) {
-    cx.shared.release(conn);
-    let was_registered = conn.session().proxy_client_id().is_some();
-    let logical = conn.session().logical_clients();
-    let names = cx.shared.claims(key(cx.worker, i, generation));
-    conn.release(cx.ids, Some(names));
-    if counted {
-        cx.shared.active.fetch_sub(1, Ordering::AcqRel);
-        cx.metrics.closed(reason, was_registered, logical);
-    } else {
-        *refusing -= 1;
-    }
-}
-
-/// A kick the admin API or the name table asked of this worker, of a registered
-/// connection in `slot`.
-pub(super) struct KickOrder {
-    pub slot: usize,
-    pub kick: Kick,
-}
-
-/// Takes this worker's commands: answers the listings from `conns` (every connection
-/// not closing hard) and returns the kicks that find a registered connection, for the
-/// engine to carry out (each `done` is answered here or by the engine).
-pub(super) fn commands<C: Slot>(
-    shared: &Shared,
-    worker: u32,
-    conns: &slab::Slab<C>,
-) -> Vec<KickOrder> {
-    let mut kicks = Vec::new();
-    for command in shared.inboxes.take(worker as usize) {
-        match command {
-            Command::List { query, done } => {
-                let live = conns
-                    .iter()
-                    .filter(|(_, c)| !c.gone())
-                    .map(|(i, c)| (key(worker, i, c.generation()), c.core()));
-                let _ = done.send(crate::control::list(live, &query, shared.origin.0));
-            }
-            Command::Kick { conn, kick, done } => {
-                let slot = conn.slot as usize;
-                let found = conns.get(slot).is_some_and(|c| {
-                    c.generation() == conn.generation && !c.gone() && kickable(c.core())
-                });
-                if let Some(done) = done {
-                    let _ = done.send(found);
-                }
-                if found {
-                    kicks.push(KickOrder { slot, kick });
-                }
-            }
-        }
-    }
-    kicks
-}
-
-/// Whether a kick finds a registered connection that is not closing.
-fn kickable(conn: &Connection) -> bool {
-    !conn.is_closing() && conn.session().state() == crate::session::State::Registered
+    true
 }

@@ -21,7 +21,6 @@ mod uring;
 
 pub use descriptors::FdBudget;
 use descriptors::{raise_nofile_limit, share_descriptors};
-use drain::Drain;
 pub use error::StartError;
 use listeners::{bind_all, Listener};
 use probe::kernel_release;

@@ -14,14 +14,11 @@
 //! across receives is copied, into the connection's `pending` bytes. `ENOBUFS` (every
 //! buffer in use) ends a multishot receive; it is armed again.
 //!
-//! Answers go out with one non-blocking `send(2)`; what it cannot take is sent through the
-//! ring (`IORING_OP_SEND` from the connection's `out`, which stays untouched until the
-//! completion), under the write-stall deadline, and the connection's receive is cancelled
-//! meanwhile, so a peer that does not read stops being read from.
-//!
-//! Answers are encoded into one scratch buffer per worker and sent from it, so a
-//! registration allocates nothing; the buffer moves to a connection only while the ring
-//! sends for it.
+//! What happens to a connection is not here but in the shared lifecycle
+//! (`lifecycle.rs`); this backend only moves bytes. Answers go out with one non-blocking
+//! `send(2)`; what it cannot take is sent through the ring (`IORING_OP_SEND` from the
+//! connection's `out`, which the lifecycle leaves untouched until the completion), and the
+//! connection's receive is cancelled meanwhile.
 //!
 //! # Time
 //!
@@ -50,18 +47,13 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use slab::Slab;
-
-use super::lifecycle;
-use super::Shared;
-use crate::metrics::WorkerMetrics;
-use crate::session::{deadline, CloseReason, IdAllocator, Timer};
-use crate::timer_wheel::{TimerKey, TimerWheel};
-use ixn_proto::connection::{Action, ConnConfig, Connection, Notice, Progress, TimerChange};
 use ixn_proto::tls::ListenerKind;
+
+use super::lifecycle::{self, Backend, Core, SlotKey};
+use super::Shared;
 
 /// Provided buffers per worker.
 const BUFS: u16 = 1024;
@@ -73,7 +65,6 @@ const RECV: u64 = 0;
 const SEND: u64 = 1;
 const ACCEPT: u64 = 2;
 const IGNORE: u64 = 3;
-const WHEEL_SLOTS: usize = 4096;
 /// Submission queue entries: a full queue is submitted and pushing goes on, so this only
 /// sets how many operations one `io_uring_enter` can carry.
 const SQ_ENTRIES: u32 = 4096;
@@ -84,15 +75,28 @@ const CQ_ENTRIES: u32 = 16384;
 /// The index of the tick's timeout among `IGNORE` completions.
 const TICK: usize = 1;
 
-fn ud(kind: u64, index: usize, generation: u32) -> u64 {
-    kind << 62 | u64::from(generation & 0x3fff_ffff) << 32 | index as u64
+/// An operation's `user_data`: its kind, and the connection (slot and generation) it is
+/// for, checked on every completion.
+fn ud(kind: u64, key: SlotKey) -> u64 {
+    kind << 62 | u64::from(key.generation & 0x3fff_ffff) << 32 | key.slot as u64
 }
 
-fn ud_parts(ud: u64) -> (u64, usize, u32) {
-    (
-        ud >> 62,
-        (ud & 0xffff_ffff) as usize,
-        ((ud >> 32) & 0x3fff_ffff) as u32,
+fn ud_parts(ud: u64) -> (u64, SlotKey) {
+    let key = SlotKey {
+        slot: (ud & 0xffff_ffff) as usize,
+        generation: ((ud >> 32) & 0x3fff_ffff) as u32,
+    };
+    (ud >> 62, key)
+}
+
+/// `user_data` of an operation with no connection (listeners, the tick, closes).
+fn other(kind: u64, index: usize) -> u64 {
+    ud(
+        kind,
+        SlotKey {
+            slot: index,
+            generation: 0,
+        },
     )
 }
 
@@ -164,79 +168,25 @@ impl Drop for BufRing {
     }
 }
 
-/// One connection: the sans-IO core and what this engine needs to drive it.
+/// A connection's socket as this backend holds it: its descriptor and the operations in
+/// flight on it (the only ring operations that name it; it is closed once none is).
 #[derive(Debug)]
-struct Conn {
-    generation: u32,
-    conn: Connection,
+pub(super) struct Io {
     fd: RawFd,
-    timer: Option<TimerKey>,
-    write_timer: Option<TimerKey>,
-    /// Input not yet consumed (a frame split across receives).
-    pending: Vec<u8>,
-    /// Answers being sent through the ring (untouched until the send completes).
-    out: Vec<u8>,
-    /// How much of `out` is sent.
-    sent: usize,
-    /// Answers produced while `out` is in flight.
-    later: Vec<u8>,
     /// The multishot receive is armed.
     receiving: bool,
     /// A send is in flight.
     sending: bool,
-    /// Close once `out` and `later` are written.
-    close_after_write: bool,
-    /// Our FIN is out (the linger runs).
-    half_closed: bool,
-    /// Closing hard: close the descriptor once nothing is in flight.
-    hard: Option<CloseReason>,
-    /// Counted in `Shared::active` (refusals are not).
-    counted: bool,
+    /// Shut down for a hard close.
+    closing: bool,
 }
 
-struct Worker {
-    /// This worker's number (the `worker` of its connections' `ConnKey`s).
-    index: u32,
-    shared: Arc<Shared>,
-    cfg: ConnConfig,
-    ids: IdAllocator,
-    wheel: TimerWheel<(usize, u32, Timer)>,
-    conns: Slab<Conn>,
-    generation: u32,
-    metrics: WorkerMetrics,
-    listeners: Vec<(TcpListener, ListenerKind)>,
-    refusing: usize,
-    /// Listeners whose accept stopped for lack of descriptors, re-armed at the next tick.
-    accept_paused: Vec<usize>,
-    /// The drain has stopped the listeners.
-    stopped: bool,
-    last_warn: Option<Instant>,
-    /// The time of the batch of completions being handled: read once per wake-up, not
-    /// once per event (clock reads showed in the churn profile).
-    now: Instant,
-    /// Completions the kernel reported lost so far.
-    cq_lost: u32,
-    /// The buffer answers are written into (see `feed`).
-    scratch: Vec<u8>,
-    /// The tick's timeout fired: expire deadlines, flush metrics, look at the drain flag.
-    tick_due: bool,
-    tick_ts: types::Timespec,
-    ring: IoUring,
-    bufs: BufRing,
-}
-
-/// Runs `f` on the socket `fd` names: the descriptor of a live slab entry (closed only in
-/// `Worker::maybe_close`, which removes the entry first) or one accepted just now.
+/// Runs `f` on the socket `fd` names: the descriptor of a live connection (closed only
+/// once nothing is in flight on it, after its last use here) or one accepted just now.
 fn with_sock<T>(fd: RawFd, f: impl FnOnce(socket2::SockRef<'_>) -> T) -> T {
     // SAFETY: as documented above, `fd` is open for the duration of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     f(socket2::SockRef::from(&fd))
-}
-
-fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
-    with_sock(fd, |s| {
-        s.send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    })
 }
 
 /// Shuts a socket down, now, with `shutdown(2)`; an operation in flight on it completes.
@@ -246,28 +196,159 @@ fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
 /// close of that number and the next accept that reused it, so the shutdown landed on
 /// another client's connection (hardening round 3, D2 and N12). The only operations
 /// this engine queues on a connection's descriptor are its receive and its send, both
-/// issued at submission and both tracked (`receiving`, `sending`): the descriptor is
-/// closed only when neither is in flight, so no operation can outlive its number.
+/// issued at submission and both tracked (`Io::receiving`, `Io::sending`): the descriptor
+/// is closed only when neither is in flight, so no operation can outlive its number.
 fn shutdown(fd: RawFd, how: std::net::Shutdown) {
     let _ = with_sock(fd, |s| s.shutdown(how));
 }
 
-/// Gives an emptied answer buffer back to the worker's scratch (if that has none and the
-/// buffer is not oversized), leaving the connection none.
-fn recycle(scratch: &mut Vec<u8>, used: &mut Vec<u8>) {
-    debug_assert!(used.is_empty());
-    let used = std::mem::take(used);
-    if scratch.capacity() == 0 && used.capacity() <= 4096 {
-        *scratch = used;
+/// The ring, its buffers and its listeners: what moves bytes for one worker.
+pub(super) struct Uring {
+    listeners: Vec<(TcpListener, ListenerKind)>,
+    /// Listeners whose accept stopped for lack of descriptors, re-armed at the next tick.
+    accept_paused: Vec<usize>,
+    /// The drain has stopped the listeners.
+    stopped: bool,
+    last_warn: Option<Instant>,
+    /// Completions the kernel reported lost so far.
+    cq_lost: u32,
+    /// The tick's timeout fired.
+    tick_due: bool,
+    tick_ts: types::Timespec,
+    ring: IoUring,
+    bufs: BufRing,
+}
+
+impl Uring {
+    fn push(&mut self, e: squeue::Entry) {
+        // SAFETY: every entry refers to memory that outlives its operation: listener and
+        // connection descriptors closed only when nothing is in flight on them, `out`
+        // buffers left untouched while their send is in flight, the registered buffer ring.
+        while unsafe { self.ring.submission().push(&e) }.is_err() {
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Closes a descriptor through the ring (one syscall fewer per connection); its
+    /// number is not reused before the close runs, so nothing can mistake a new one for it.
+    fn close_fd(&mut self, fd: RawFd) {
+        let e = opcode::Close::new(types::Fd(fd)).build();
+        self.push(e.user_data(other(IGNORE, 0)));
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let fd = self.listeners[i].0.as_raw_fd();
+        self.push(
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(other(ACCEPT, i)),
+        );
+    }
+
+    fn arm_recv(&mut self, key: SlotKey, io: &mut Io) {
+        if io.receiving || io.sending || io.closing {
+            return;
+        }
+        io.receiving = true;
+        let e = opcode::RecvMulti::new(types::Fd(io.fd), BGID).build();
+        self.push(e.user_data(ud(RECV, key)));
+    }
+
+    /// Arms the next tick: a timeout operation in the ring, so the wait in
+    /// `io_uring_enter` needs no timeout of its own (a timed wait arms and cancels a kernel
+    /// timer every time the worker sleeps; this arms one per tick).
+    fn arm_tick(&mut self) {
+        let e = opcode::Timeout::new(&self.tick_ts)
+            .build()
+            .user_data(other(IGNORE, TICK));
+        // The kernel copies the timespec when it takes the entry, at the next enter;
+        // `tick_ts` is a field of this backend, which does not move while it runs.
+        self.push(e);
     }
 }
 
-fn close(fd: RawFd) {
-    // SAFETY: the caller owns `fd` and nothing is in flight on it.
-    unsafe { libc::close(fd) };
+impl Backend for Uring {
+    type Io = Io;
+
+    fn open(&mut self, key: SlotKey, io: &mut Io) -> std::io::Result<()> {
+        self.arm_recv(key, io);
+        Ok(())
+    }
+
+    fn send_now(&mut self, io: &mut Io, buf: &[u8]) -> std::io::Result<usize> {
+        let n = with_sock(io.fd, |s| {
+            s.send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        });
+        match n {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            n => n,
+        }
+    }
+
+    fn send_later(&mut self, key: SlotKey, io: &mut Io, buf: &[u8]) -> std::io::Result<()> {
+        io.sending = true;
+        let e = opcode::Send::new(types::Fd(io.fd), buf.as_ptr(), buf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.push(e.user_data(ud(SEND, key)));
+        if io.receiving {
+            // A peer that does not read stops being read from.
+            let cancel = opcode::AsyncCancel::new(ud(RECV, key)).build();
+            self.push(cancel.user_data(other(IGNORE, 0)));
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, key: SlotKey, io: &mut Io) {
+        self.arm_recv(key, io);
+    }
+
+    fn shutdown_write(&mut self, io: &mut Io) {
+        shutdown(io.fd, std::net::Shutdown::Write);
+    }
+
+    fn close(&mut self, _key: SlotKey, io: &mut Io) -> bool {
+        if !io.closing {
+            io.closing = true;
+            // Completes the receive and the send in flight, if any.
+            shutdown(io.fd, std::net::Shutdown::Both);
+        }
+        if io.receiving || io.sending {
+            return false;
+        }
+        self.close_fd(io.fd);
+        true
+    }
+
+    fn refuse_now(&mut self, io: Io, answer: &[u8]) {
+        if !answer.is_empty() {
+            let mut io = io;
+            let _ = self.send_now(&mut io, answer);
+            shutdown(io.fd, std::net::Shutdown::Write);
+            self.close_fd(io.fd);
+            return;
+        }
+        self.close_fd(io.fd);
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stopped = true;
+        for i in 0..self.listeners.len() {
+            let cancel = opcode::AsyncCancel::new(other(ACCEPT, i)).build();
+            self.push(cancel.user_data(other(IGNORE, 0)));
+            lifecycle::refuse_new_connections(&self.listeners[i].0);
+        }
+    }
+
+    fn accept_again(&mut self) {
+        for l in std::mem::take(&mut self.accept_paused) {
+            self.arm_accept(l);
+        }
+    }
 }
 
-/// Whether this kernel gives the ring what engine v2 needs; the reason if not.
+/// Whether this kernel gives the ring what the io_uring engine needs; the reason if not.
 pub fn probe() -> Result<(), String> {
     let ring = IoUring::builder()
         .setup_single_issuer()
@@ -282,7 +363,7 @@ pub fn probe() -> Result<(), String> {
         .map_err(|e| format!("a provided-buffer ring (Linux 5.19): {e}"))
 }
 
-/// Entry point of a worker thread on engine v2.
+/// Entry point of a worker thread on the io_uring engine.
 pub(super) fn thread_main(
     index: usize,
     listeners: Vec<(TcpListener, ListenerKind)>,
@@ -307,102 +388,43 @@ pub(super) fn thread_main(
             return;
         }
     };
-    let origin = Instant::now();
     let mut w = Worker {
-        index: index as u32,
-        cfg: shared.config.conn_config(),
-        ids: IdAllocator::with_last(
-            index as u32 + 1,
-            shared.config.workers as u32,
-            super::debug::id_space_last(),
-        ),
-        wheel: TimerWheel::new(origin, shared.config.timer_tick, WHEEL_SLOTS),
-        conns: Slab::new(),
-        generation: 0,
-        metrics: WorkerMetrics::new(),
-        listeners,
-        refusing: 0,
-        accept_paused: Vec::new(),
-        stopped: false,
-        last_warn: None,
-        now: origin,
-        cq_lost: 0,
-        scratch: Vec::with_capacity(256),
-        tick_due: false,
-        tick_ts: types::Timespec::from(shared.config.timer_tick),
-        ring,
-        bufs,
-        shared,
+        b: Uring {
+            listeners,
+            accept_paused: Vec::new(),
+            stopped: false,
+            last_warn: None,
+            cq_lost: 0,
+            tick_due: false,
+            tick_ts: types::Timespec::from(shared.config.timer_tick),
+            ring,
+            bufs,
+        },
+        core: Core::new(index, shared),
     };
-    for i in 0..w.listeners.len() {
-        w.arm_accept(i);
+    for i in 0..w.b.listeners.len() {
+        w.b.arm_accept(i);
     }
-    w.shared.health.listening.fetch_add(1, Ordering::AcqRel);
+    w.core
+        .shared
+        .health
+        .listening
+        .fetch_add(1, Ordering::AcqRel);
     w.run();
 }
 
+/// One worker: the shared lifecycle and this backend.
+struct Worker {
+    core: Core<Uring>,
+    b: Uring,
+}
+
 impl Worker {
-    fn push(&mut self, e: squeue::Entry) {
-        // SAFETY: every entry refers to memory that outlives its operation: listener and
-        // connection descriptors closed only when nothing is in flight on them, `out`
-        // buffers left untouched while their send is in flight, the registered buffer ring.
-        while unsafe { self.ring.submission().push(&e) }.is_err() {
-            let _ = self.ring.submit();
-        }
-    }
-
-    /// Closes a descriptor through the ring (one syscall fewer per connection); its
-    /// number is not reused before the close runs, so nothing can mistake a new one for it.
-    fn close_fd(&mut self, fd: RawFd) {
-        self.push(
-            opcode::Close::new(types::Fd(fd))
-                .build()
-                .user_data(ud(IGNORE, 0, 0)),
-        );
-    }
-
-    fn arm_accept(&mut self, i: usize) {
-        let fd = self.listeners[i].0.as_raw_fd();
-        self.push(
-            opcode::AcceptMulti::new(types::Fd(fd))
-                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-                .build()
-                .user_data(ud(ACCEPT, i, 0)),
-        );
-    }
-
-    fn arm_recv(&mut self, i: usize) {
-        let Some(c) = self.conns.get_mut(i) else {
-            return;
-        };
-        if c.receiving || c.sending || c.hard.is_some() {
-            return;
-        }
-        c.receiving = true;
-        let e = opcode::RecvMulti::new(types::Fd(c.fd), BGID)
-            .build()
-            .user_data(ud(RECV, i, c.generation));
-        self.push(e);
-    }
-
-    /// Arms the next tick: a timeout operation in the ring, so the wait in
-    /// `io_uring_enter` needs no timeout of its own (a timed wait arms and cancels a kernel
-    /// timer every time the worker sleeps; this arms one per tick).
-    fn arm_tick(&mut self) {
-        let e = opcode::Timeout::new(&self.tick_ts)
-            .build()
-            .user_data(ud(IGNORE, TICK, 0));
-        // The kernel copies the timespec when it takes the entry, at the next enter;
-        // `tick_ts` is a field of this worker, which does not move while it runs.
-        self.push(e);
-    }
-
     fn run(&mut self) {
-        let mut drain: Option<super::Drain<(usize, u32)>> = None;
         let mut done = Vec::with_capacity(1024);
-        self.arm_tick();
+        self.b.arm_tick();
         loop {
-            match self.ring.submit_and_wait(1) {
+            match self.b.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
                 Err(e) => {
@@ -410,495 +432,142 @@ impl Worker {
                     return;
                 }
             }
-            self.now = Instant::now();
-            let lost = self.ring.completion().overflow();
-            if lost != self.cq_lost {
+            self.core.now = Instant::now();
+            let lost = self.b.ring.completion().overflow();
+            if lost != self.b.cq_lost {
                 tracing::error!(
-                    lost = lost.wrapping_sub(self.cq_lost),
+                    lost = lost.wrapping_sub(self.b.cq_lost),
                     "io_uring completions lost (completion queue overflow with no memory \
                      for the kernel's overflow list): connections may be left open"
                 );
-                self.cq_lost = lost;
+                self.b.cq_lost = lost;
             }
             done.extend(
-                self.ring
+                self.b
+                    .ring
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             for (u, res, flags) in done.drain(..) {
                 self.complete(u, res, flags);
             }
-            if !std::mem::take(&mut self.tick_due) {
+            if !std::mem::take(&mut self.b.tick_due) {
                 continue;
             }
-            self.arm_tick();
-            let now = self.now;
-            self.expire(now);
-            let draining = self.shared.health.draining.load(Ordering::Acquire);
-            if !draining {
-                for l in std::mem::take(&mut self.accept_paused) {
-                    self.arm_accept(l);
-                }
+            self.b.arm_tick();
+            if self.core.tick(&mut self.b) {
+                break;
             }
-            if drain.is_none() && draining {
-                self.stop_accepting();
-                drain = Some(super::Drain::new(now, &self.shared.config));
-            }
-            if let Some(d) = drain.as_mut() {
-                if self.drain_step(d, now) {
-                    break;
-                }
-            }
-            self.commands(now);
-            self.metrics
-                .bans_active(self.shared.admission.bans_active(now));
-            self.metrics.names_held(self.shared.names.len());
-            self.metrics.flush();
         }
-        self.metrics.flush();
+        self.core.finish();
     }
 
     fn complete(&mut self, u: u64, res: i32, flags: u32) {
-        let (kind, i, generation) = ud_parts(u);
+        let (kind, key) = ud_parts(u);
         match kind {
-            ACCEPT => {
-                let exhausted = matches!(
-                    -res,
-                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-                );
-                if res >= 0 && self.stopped {
-                    // Accepted just before the drain stopped the listener: closed, as
-                    // the ones still in its backlog were.
-                    self.close_fd(res);
-                } else if res >= 0 {
-                    self.accepted(res, self.listeners[i].1);
-                } else if res != -libc::ECANCELED && !self.stopped {
-                    self.metrics.accept_error();
-                }
-                if exhausted {
-                    // Out of descriptors: accept again at the next tick, not at once.
-                    if self
-                        .last_warn
-                        .is_none_or(|t| self.now.duration_since(t) >= Duration::from_secs(5))
-                    {
-                        tracing::warn!(
-                            "accept failed ({}); backing off until descriptors free up",
-                            std::io::Error::from_raw_os_error(-res)
-                        );
-                        self.last_warn = Some(self.now);
-                    }
-                    self.accept_paused.push(i);
-                } else if !cqueue::more(flags)
-                    && !self.shared.health.draining.load(Ordering::Acquire)
-                {
-                    self.arm_accept(i);
-                }
-            }
+            ACCEPT => self.accept_done(key.slot, res, cqueue::more(flags)),
             RECV => {
                 let bid = cqueue::buffer_select(flags);
-                let live = self
-                    .conns
-                    .get(i)
-                    .is_some_and(|c| c.generation == generation);
-                if live {
-                    self.received(i, res, bid, cqueue::more(flags));
+                if self.core.exists(key) {
+                    self.received(key.slot, res, bid, cqueue::more(flags));
                 }
                 if let Some(bid) = bid {
-                    self.bufs.give_back(bid);
+                    self.b.bufs.give_back(bid);
                 }
             }
-            SEND if self
-                .conns
-                .get(i)
-                .is_some_and(|c| c.generation == generation) =>
-            {
-                self.sent(i, res);
+            SEND if self.core.exists(key) => {
+                let i = key.slot;
+                self.core.slots[i].io.sending = false;
+                if self.core.slots[i].closing() {
+                    self.core.released(&mut self.b, i);
+                } else if res < 0 {
+                    self.core.send_failed(&mut self.b, i);
+                } else {
+                    self.core.sent(&mut self.b, i, res as usize);
+                }
             }
-            IGNORE if i == TICK => self.tick_due = true,
+            IGNORE if key.slot == TICK => self.b.tick_due = true,
             _ => {}
         }
     }
 
-    fn accepted(&mut self, fd: RawFd, kind: ListenerKind) {
-        super::debug::maybe_panic("accept");
-        let peer = with_sock(fd, |s| s.peer_addr())
-            .ok()
-            .and_then(|a| a.as_socket());
-        let Some(peer) = peer else {
-            self.close_fd(fd);
-            return;
-        };
-        let now = self.now;
-        match self.shared.admit(peer, kind.proxy(), now) {
-            super::Admission::Untrusted => {
-                tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
-                self.metrics.refused_untrusted(kind);
-                self.close_fd(fd);
-            }
-            super::Admission::Refused(r) if kind.tls() => {
-                // No EventError can go out before a handshake: closed without a byte.
-                self.metrics.refused(kind, r, false);
-                self.close_fd(fd);
-            }
-            super::Admission::Refused(r) => self.refuse(fd, peer, now, kind, r),
-            super::Admission::Admitted { counted } => {
-                let (shared, metrics) = (&self.shared, &self.metrics);
-                let opened = lifecycle::open(shared, metrics, now, peer, kind, &self.cfg, counted);
-                let Some((conn, t)) = opened else {
-                    self.close_fd(fd);
-                    return;
-                };
-                let i = self.insert(conn, fd, true);
-                self.apply_timer(i, t);
-                self.arm_recv(i);
-            }
-        }
-    }
-
-    /// Refused at accept: its EventError (10 or 16), closed once written (lingering
-    /// refusals are capped at `REFUSALS_LINGERING_MAX`; beyond the cap it is sent and the
-    /// socket closed).
-    fn refuse(
-        &mut self,
-        fd: RawFd,
-        peer: std::net::SocketAddr,
-        now: Instant,
-        kind: ListenerKind,
-        r: crate::admission::Refusal,
-    ) {
-        self.metrics.refused(kind, r, true);
-        let mut out = Vec::with_capacity(64);
-        let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
-        if self.refusing >= lifecycle::REFUSALS_LINGERING_MAX {
-            let _ = send(fd, &out);
-            shutdown(fd, std::net::Shutdown::Write);
-            close(fd);
+    fn accept_done(&mut self, l: usize, res: i32, more: bool) {
+        if res >= 0 && self.b.stopped {
+            // Accepted just before the drain stopped the listener: closed, as the ones
+            // still in its backlog were.
+            self.b.close_fd(res);
             return;
         }
-        self.refusing += 1;
-        let i = self.insert(conn, fd, false);
-        self.conns[i].later = out;
-        self.carry_out(i, p);
-    }
-
-    fn insert(&mut self, conn: Connection, fd: RawFd, counted: bool) -> usize {
-        self.generation = self.generation.wrapping_add(1) & 0x3fff_ffff;
-        self.conns.insert(Conn {
-            generation: self.generation,
-            conn,
-            fd,
-            timer: None,
-            write_timer: None,
-            pending: Vec::new(),
-            out: Vec::new(),
-            sent: 0,
-            later: Vec::new(),
-            receiving: false,
-            sending: false,
-            close_after_write: false,
-            half_closed: false,
-            hard: None,
-            counted,
-        })
-    }
-
-    fn apply_timer(&mut self, i: usize, change: TimerChange) {
-        let c = &mut self.conns[i];
-        lifecycle::apply_timer(&mut self.wheel, &mut c.timer, i, c.generation, change);
+        if res >= 0 {
+            let fd = res;
+            let peer = with_sock(fd, |s| s.peer_addr())
+                .ok()
+                .and_then(|a| a.as_socket());
+            let io = Io {
+                fd,
+                receiving: false,
+                sending: false,
+                closing: false,
+            };
+            match peer {
+                Some(peer) => {
+                    let kind = self.b.listeners[l].1;
+                    self.core.accepted(&mut self.b, io, peer, kind);
+                }
+                None => self.b.close_fd(fd),
+            }
+        } else if res != -libc::ECANCELED && !self.b.stopped {
+            self.core.metrics.accept_error();
+        }
+        if res < 0 && lifecycle::out_of_descriptors(-res, &mut self.b.last_warn, self.core.now) {
+            self.b.accept_paused.push(l);
+        } else if !more && !self.b.stopped {
+            self.b.arm_accept(l);
+        }
     }
 
     fn received(&mut self, i: usize, res: i32, bid: Option<u16>, more: bool) {
+        let key = SlotKey {
+            slot: i,
+            generation: self.core.slots[i].generation,
+        };
         if !more {
-            self.conns[i].receiving = false;
+            self.core.slots[i].io.receiving = false;
+        }
+        if self.core.slots[i].closing() {
+            if !more {
+                self.core.released(&mut self.b, i);
+            }
+            return;
         }
         if res > 0 {
-            let n = res as usize;
-            self.metrics.bytes_in(n);
             let off = usize::from(bid.unwrap_or(0)) * BUF_LEN;
-            if let Some(p) = self.feed(i, off, n) {
-                self.carry_out(i, p);
+            let data = &self.b.bufs.bufs[off..off + res as usize];
+            if let Some(p) = self.core.feed(i, data) {
+                self.core.carry_out(&mut self.b, i, p);
             }
-            if !more && self.conns.contains(i) {
-                self.arm_recv(i);
+            if !more && self.core.exists(key) && self.core.reading(i) {
+                self.b.arm_recv(key, &mut self.core.slots[i].io);
             }
             return;
         }
         if res == -libc::ENOBUFS {
-            self.metrics.recv_no_buffers();
-            self.arm_recv(i);
-            return;
+            self.core.metrics.recv_no_buffers();
         }
-        if res == -libc::ECANCELED {
-            self.maybe_close(i);
+        if res == -libc::ENOBUFS || res == -libc::ECANCELED {
+            // Ended without a close: armed again, unless answers wait for the socket (the
+            // receive was cancelled for them; it is armed once they are written).
+            if self.core.reading(i) {
+                self.b.arm_recv(key, &mut self.core.slots[i].io);
+            }
             return;
         }
         if !more {
-            // End of stream or an error: the receive is over.
-            let c = &mut self.conns[i];
-            if res == 0 && c.sending && c.hard.is_none() {
-                // The peer half-closed while answers are still going out: they finish
-                // first (N4). The receive armed once they are written sees the end of
-                // stream again, and closes then.
-                return;
-            }
-            let reason = c.hard.unwrap_or_else(|| c.conn.on_eof());
-            c.hard = Some(reason);
-            self.maybe_close(i);
-        }
-    }
-
-    /// Hands received bytes (in the provided buffer at `off`) to the connection, in place:
-    /// only the tail of a frame split across receives is copied, into `pending`.
-    fn feed(&mut self, i: usize, off: usize, n: usize) -> Option<Progress> {
-        let c = &mut self.conns[i];
-        if c.hard.is_some() {
-            return None;
-        }
-        // Answers go into the worker's scratch buffer unless some already wait for a send
-        // in flight: no allocation per registration, and no buffer kept per idle
-        // connection (`write` gives it back once sent).
-        let mut answers = if c.later.is_empty() {
-            std::mem::take(&mut self.scratch)
-        } else {
-            std::mem::take(&mut c.later)
-        };
-        let cx = lifecycle::cx!(self);
-        let data = &self.bufs.bufs[off..off + n];
-        let p = lifecycle::feed(
-            cx,
-            i,
-            c.generation,
-            &mut c.conn,
-            &mut c.pending,
-            data,
-            self.now,
-            &mut answers,
-        );
-        c.later = answers;
-        Some(p)
-    }
-
-    /// Carries out a connection's progress: its timer, its answers (in `later`), a close.
-    fn carry_out(&mut self, i: usize, p: Progress) {
-        self.apply_timer(i, p.timer);
-        match p.action {
-            Action::Continue => self.write(i),
-            Action::CloseAfterWrite => {
-                self.conns[i].close_after_write = true;
-                self.conns[i].pending = Vec::new();
-                self.write(i);
-            }
-            Action::CloseNow(r) => self.close_hard(i, r),
-        }
-    }
-
-    /// Writes what is in `later`: inline first, the rest through the ring.
-    fn write(&mut self, i: usize) {
-        let c = &mut self.conns[i];
-        if c.sending || c.hard.is_some() {
-            return;
-        }
-        if c.later.is_empty() {
-            recycle(&mut self.scratch, &mut c.later);
-        } else {
-            let n = send(c.fd, &c.later).or_else(|e| {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    Ok(0)
-                } else {
-                    Err(e)
-                }
-            });
-            match n {
-                Ok(n) if n == c.later.len() => {
-                    self.metrics.bytes_out(n);
-                    c.later.clear();
-                    recycle(&mut self.scratch, &mut c.later);
-                }
-                Ok(n) => {
-                    self.metrics.bytes_out(n);
-                    c.out = std::mem::take(&mut c.later);
-                    c.sent = n;
-                    c.sending = true;
-                    let at = deadline(self.now, self.shared.config.write_timeout);
-                    c.write_timer =
-                        Some(self.wheel.insert(at, (i, c.generation, Timer::WriteStall)));
-                    let (fd, g) = (c.fd, c.generation);
-                    let rest = &c.out[n..];
-                    let e = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(ud(SEND, i, g));
-                    let receiving = c.receiving;
-                    self.push(e);
-                    if receiving {
-                        // A peer that does not read stops being read from.
-                        self.push(
-                            opcode::AsyncCancel::new(ud(RECV, i, g))
-                                .build()
-                                .user_data(ud(IGNORE, 0, 0)),
-                        );
-                    }
-                    return;
-                }
-                Err(_) => {
-                    self.close_hard(i, CloseReason::Peer);
-                    return;
-                }
+            if res == 0 {
+                self.core.eof(&mut self.b, i);
+            } else {
+                self.core.reset(&mut self.b, i);
             }
         }
-        let c = &mut self.conns[i];
-        if c.close_after_write && !c.half_closed {
-            c.half_closed = true;
-            let fd = c.fd;
-            let t = c.conn.on_flushed(self.now, &self.cfg);
-            shutdown(fd, std::net::Shutdown::Write);
-            self.apply_timer(i, t);
-        }
-        self.arm_recv(i);
-    }
-
-    fn sent(&mut self, i: usize, res: i32) {
-        let c = &mut self.conns[i];
-        c.sending = false;
-        if res < 0 || c.hard.is_some() {
-            let r = c.hard.unwrap_or(CloseReason::Peer);
-            self.close_hard(i, r);
-            return;
-        }
-        let n = res as usize;
-        self.metrics.bytes_out(n);
-        c.sent += n;
-        if c.sent < c.out.len() {
-            c.sending = true;
-            let rest = &c.out[c.sent..];
-            let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ud(SEND, i, c.generation));
-            self.push(e);
-            return;
-        }
-        if let Some(k) = c.write_timer.take() {
-            self.wheel.cancel(k);
-        }
-        c.out = Vec::new();
-        c.sent = 0;
-        self.write(i);
-    }
-
-    /// Closes now: shuts the socket down (completing any operation in flight) and closes
-    /// the descriptor once nothing is in flight.
-    fn close_hard(&mut self, i: usize, reason: CloseReason) {
-        let c = &mut self.conns[i];
-        if c.hard.is_none() {
-            c.hard = Some(reason);
-            let fd = c.fd;
-            shutdown(fd, std::net::Shutdown::Both);
-        }
-        self.maybe_close(i);
-    }
-
-    fn maybe_close(&mut self, i: usize) {
-        let c = &self.conns[i];
-        if c.receiving || c.sending {
-            return;
-        }
-        let Some(reason) = c.hard else {
-            // The receive ended without closing (cancelled for a write): arm it again.
-            self.arm_recv(i);
-            return;
-        };
-        let mut c = self.conns.remove(i);
-        c.later.clear();
-        recycle(&mut self.scratch, &mut c.later);
-        for k in [c.timer, c.write_timer].into_iter().flatten() {
-            self.wheel.cancel(k);
-        }
-        // Nothing is in flight on the descriptor and the slab entry is gone.
-        self.close_fd(c.fd);
-        let cx = lifecycle::cx!(self);
-        let refusing = &mut self.refusing;
-        lifecycle::gone(
-            cx,
-            i,
-            c.generation,
-            &mut c.conn,
-            c.counted,
-            reason,
-            refusing,
-        );
-    }
-
-    fn expire(&mut self, now: Instant) {
-        for (i, p) in lifecycle::expire(&mut self.wheel, &mut self.conns, now, &self.metrics) {
-            self.carry_out(i, p);
-        }
-    }
-
-    fn stop_accepting(&mut self) {
-        self.stopped = true;
-        for i in 0..self.listeners.len() {
-            self.push(
-                opcode::AsyncCancel::new(ud(ACCEPT, i, 0))
-                    .build()
-                    .user_data(ud(IGNORE, 0, 0)),
-            );
-            lifecycle::refuse_new_connections(&self.listeners[i].0);
-        }
-        self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// One tick of the drain: when the spread begins, unregistered connections close and
-    /// registered ones queue; then the slice due gets EventError 11. Whether the worker
-    /// may stop.
-    fn drain_step(&mut self, d: &mut super::Drain<(usize, u32)>, now: Instant) -> bool {
-        let hurry = self.shared.hurry.load(Ordering::Acquire);
-        for i in lifecycle::drain_tick(d, now, hurry, &self.conns, &self.metrics) {
-            self.notify(i, now, Notice::Drain);
-        }
-        d.done(now, self.conns.is_empty(), self.shared.config.drain_timeout)
-    }
-
-    /// Tells one connection of the drain (registered: EventError 11 and close once
-    /// written; unregistered: close now) or of a kick (registered: EventError 15 and close
-    /// once written).
-    fn notify(&mut self, i: usize, now: Instant, notice: Notice) {
-        let c = &mut self.conns[i];
-        if c.conn.is_closing() || c.hard.is_some() {
-            return;
-        }
-        let mut answers = std::mem::take(&mut c.later);
-        let cx = lifecycle::cx!(self);
-        let p = lifecycle::tell(cx, i, c.generation, &mut c.conn, now, notice, &mut answers);
-        c.later = answers;
-        self.carry_out(i, p);
-    }
-
-    /// The admin API's commands (and replaced names' kicks), taken at each tick.
-    fn commands(&mut self, now: Instant) {
-        for k in lifecycle::commands(&self.shared, self.index, &self.conns) {
-            self.notify(k.slot, now, Notice::Kick(k.kick));
-        }
-    }
-}
-
-impl lifecycle::Slot for Conn {
-    fn generation(&self) -> u32 {
-        self.generation
-    }
-    fn conn(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-    fn timers(&mut self) -> (&mut Option<TimerKey>, &mut Option<TimerKey>) {
-        (&mut self.timer, &mut self.write_timer)
-    }
-    fn writing(&self) -> bool {
-        self.sending
-    }
-    fn gone(&self) -> bool {
-        self.hard.is_some()
-    }
-    fn core(&self) -> &Connection {
-        &self.conn
     }
 }
