@@ -36,12 +36,15 @@
 //!
 //! # Closing
 //!
-//! A descriptor is closed only once no operation on it is in flight: a hard close shuts
-//! the socket down (which completes the multishot receive) and closes when that final
-//! completion arrives; a close once written shuts down our sending side and keeps
-//! receiving (and discarding) until the peer's end of stream or the linger deadline.
-//! Closes are operations in the ring; shutdowns are `shutdown(2)` calls, because the ring
-//! runs a shutdown late, on another thread, by descriptor number (see `shutdown`).
+//! No operation outlives its descriptor's number. A hard close with only the receive in
+//! flight (a deadline drop, a reset: nearly all) cancels it and closes in one linked pair
+//! of operations whose own completions are skipped, and frees the slot at once: no
+//! syscall and one completion per drop. With a send in flight, the socket is shut down
+//! (completing the send) and closed when that completion arrives, since the send reads
+//! the connection's `out` until then. A close once written shuts down our sending side
+//! and keeps receiving (and discarding) until the peer's end of stream or the linger
+//! deadline. Shutdowns are `shutdown(2)` calls, because the ring runs a shutdown late, on
+//! another thread, by descriptor number (see `shutdown`).
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -308,16 +311,32 @@ impl Backend for Uring {
         shutdown(io.fd, std::net::Shutdown::Write);
     }
 
-    fn close(&mut self, _key: SlotKey, io: &mut Io) -> bool {
-        if !io.closing {
-            io.closing = true;
-            // Completes the receive and the send in flight, if any.
-            shutdown(io.fd, std::net::Shutdown::Both);
-        }
-        if io.receiving || io.sending {
+    fn close(&mut self, key: SlotKey, io: &mut Io) -> bool {
+        if io.sending {
+            // The send reads `out` until it completes: shut down (which completes it) and
+            // wait for its completion before the slot, and `out`, go.
+            if !io.closing {
+                io.closing = true;
+                shutdown(io.fd, std::net::Shutdown::Both);
+            }
             return false;
         }
-        self.close_fd(io.fd);
+        // At most the receive is in flight (a deadline drop, a reset): cancel it and close
+        // in one linked pair, their own completions skipped. The close runs only once the
+        // cancel has run, so no operation outlives the descriptor's number; the receive's
+        // last completion, if any, carries this slot's generation and is ignored once the
+        // slot is free, which it is at once (nothing of the slot is in the kernel's hands).
+        if io.receiving {
+            io.receiving = false;
+            let cancel = opcode::AsyncCancel::new(ud(RECV, key))
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS);
+            self.push(cancel.user_data(other(IGNORE, 0)));
+        }
+        let close = opcode::Close::new(types::Fd(io.fd))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(close.user_data(other(IGNORE, 0)));
         true
     }
 
