@@ -17,7 +17,8 @@
 //! Answers are encoded into one scratch buffer per worker and offered to the socket at
 //! once; what it does not take moves to the connection's `out`, which the backend sends
 //! from (and which stays untouched while it does: io_uring's send points into it). Answers
-//! produced meanwhile wait in `later`. While `out` is being sent the connection is not
+//! produced meanwhile wait in the worker's `later` map (kept out of the slot: only a
+//! client that pipelines without reading has any, and an idle slot stays small). While `out` is being sent the connection is not
 //! read: a peer that does not read stops being read from, and the write-stall deadline
 //! runs.
 
@@ -96,9 +97,7 @@ pub(super) struct Slot<Io> {
     /// Answers the backend is sending (untouched until it is done).
     out: Vec<u8>,
     /// How much of `out` is sent.
-    sent: usize,
-    /// Answers produced while `out` is being sent.
-    later: Vec<u8>,
+    sent: u32,
     /// The backend holds `out`.
     sending: bool,
     /// Close once every answer is written.
@@ -136,6 +135,8 @@ pub(super) struct Core<B: Backend> {
     /// The buffer answers are written into: no allocation per registration, and no buffer
     /// kept per idle connection.
     scratch: Vec<u8>,
+    /// Answers produced while a connection's `out` is being sent, by slot.
+    later: std::collections::HashMap<usize, Vec<u8>>,
     drain: Option<Drain<(usize, u32)>>,
 }
 
@@ -158,6 +159,7 @@ impl<B: Backend> Core<B> {
             refusing: 0,
             now: origin,
             scratch: Vec::with_capacity(256),
+            later: std::collections::HashMap::new(),
             drain: None,
             shared,
         }
@@ -246,7 +248,6 @@ impl<B: Backend> Core<B> {
             pending: Vec::new(),
             out: Vec::new(),
             sent: 0,
-            later: Vec::new(),
             sending: false,
             close_after_write: false,
             half_closed: false,
@@ -296,7 +297,7 @@ impl<B: Backend> Core<B> {
         }
         let now = self.now;
         let mut answers = if s.sending {
-            std::mem::take(&mut s.later)
+            self.later.remove(&i).unwrap_or_default()
         } else {
             self.scratch.clear();
             std::mem::take(&mut self.scratch)
@@ -329,10 +330,10 @@ impl<B: Backend> Core<B> {
             s.pending.drain(..p.consumed);
             p
         };
-        if s.sending {
-            s.later = answers;
-        } else {
+        if !s.sending {
             self.scratch = answers;
+        } else if !answers.is_empty() {
+            self.later.insert(i, answers);
         }
         if failures.get() > 0 {
             shared.failed_registrations(conn.peer(), failures.get(), now);
@@ -433,13 +434,15 @@ impl<B: Backend> Core<B> {
             return;
         }
         self.metrics.bytes_out(n);
-        s.sent += n;
+        s.sent += n as u32;
         let key = SlotKey {
             slot: i,
             generation: s.generation,
         };
-        if s.sent < s.out.len() {
-            if b.send_later(key, &mut s.io, &s.out[s.sent..]).is_err() {
+        if (s.sent as usize) < s.out.len() {
+            if b.send_later(key, &mut s.io, &s.out[s.sent as usize..])
+                .is_err()
+            {
                 self.close_now(b, i, CloseReason::Peer);
             }
             return;
@@ -453,10 +456,9 @@ impl<B: Backend> Core<B> {
         // Answers produced meanwhile go out now (copied: the scratch buffer keeps its
         // capacity, and an idle connection keeps none).
         self.scratch.clear();
-        if !s.later.is_empty() {
-            self.scratch.extend_from_slice(&s.later);
+        if let Some(later) = self.later.remove(&i) {
+            self.scratch.extend_from_slice(&later);
         }
-        s.later = Vec::new();
         self.write(b, i);
         if let Some(s) = self
             .slots
@@ -475,7 +477,7 @@ impl<B: Backend> Core<B> {
             if !s.sending || s.hard.is_some() {
                 return;
             }
-            match b.send_now(&mut s.io, &s.out[s.sent..]) {
+            match b.send_now(&mut s.io, &s.out[s.sent as usize..]) {
                 Ok(0) => return,
                 Ok(n) => self.sent(b, i, n),
                 Err(_) => return self.close_now(b, i, CloseReason::Peer),
@@ -546,6 +548,7 @@ impl<B: Backend> Core<B> {
     /// lingering refusals).
     fn free(&mut self, i: usize) {
         let mut s = self.slots.remove(i);
+        self.later.remove(&i);
         let reason = s.hard.unwrap_or(CloseReason::Peer);
         self.shared.release(&s.conn);
         let was_registered = s.conn.session().proxy_client_id().is_some();
@@ -661,7 +664,7 @@ impl<B: Backend> Core<B> {
             return;
         }
         let mut answers = if s.sending {
-            std::mem::take(&mut s.later)
+            self.later.remove(&i).unwrap_or_default()
         } else {
             self.scratch.clear();
             std::mem::take(&mut self.scratch)
@@ -678,10 +681,10 @@ impl<B: Backend> Core<B> {
         let p = s
             .conn
             .on_notice(now, notice, &mut env, &mut answers, |o| metrics.output(o));
-        if s.sending {
-            s.later = answers;
-        } else {
+        if !s.sending {
             self.scratch = answers;
+        } else if !answers.is_empty() {
+            self.later.insert(i, answers);
         }
         self.carry_out(b, i, p);
     }
