@@ -6,12 +6,17 @@
 # loadgen's.
 # First, the stress run of hardening round 3 at full size: STRESS connections (default
 # 100,000) on one worker, half resetting at random points, half registering and reading,
-# on every engine (tests/misbehaviour.rs; `cargo test` runs it with 8,000).
+# on every engine (tests/misbehaviour.rs; `cargo test` runs it with 8,000); then the
+# differential test against the Connection model on more clients and seeds.
 #   scripts/soak.sh [DURATION_SECONDS=600] [RATE=2000] [HOLD=2000] [STRESS=100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-600}; rate=${2:-2000}; hold=${3:-2000}; stress=${4:-100000}
 IXN_STRESS_CONNECTIONS=$stress cargo test --release -q --test misbehaviour stress_half_reset
+# The differential test (tests/differential.rs) at 20,000 clients per engine, on three seeds.
+for seed in 1 2 3; do
+  IXN_DIFF_SEED=$seed IXN_DIFF_CLIENTS=20000 cargo test --release -q --test differential
+done
 cargo build --release -q
 dir=$(mktemp -d); trap 'kill $srv 2>/dev/null || true; rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')

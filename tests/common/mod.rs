@@ -116,7 +116,11 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ixn-server"));
+        // `IXN_TEST_SERVER_BIN` runs a suite against another build (an older commit's, to
+        // show that a test fails where a defect still is).
+        let bin = std::env::var("IXN_TEST_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ixn-server").to_string());
+        let mut cmd = Command::new(bin);
         cmd.envs(env.iter().copied());
         cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(args);
