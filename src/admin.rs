@@ -1,4 +1,4 @@
-//! The admin API (IXN1.md section 10): list and close registered clients, list and lift bans.
+//! The admin API (docs/PROTOCOL.md §10): list and close registered clients, list and lift bans.
 //!
 //! Served by hyper on its own thread (like `/metrics`), never on a worker. The connections
 //! live in the workers' slabs, which only their own thread touches, so the API asks: each

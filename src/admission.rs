@@ -1,4 +1,4 @@
-//! Admission control (IXN1.md section 11): the connection rate, the per-address cap and
+//! Admission control (docs/PROTOCOL.md §11): the connection rate, the per-address cap and
 //! temporary bans after repeated failed registrations, across every worker.
 //!
 //! Cost on the hot path: with every control off (the default) nothing here is touched.

@@ -1,4 +1,4 @@
-//! Server settings (IXN1.md section 8): command line, `IXN_…` environment and TOML `--config`, merged.
+//! Server settings (docs/PROTOCOL.md §8): command line, `IXN_…` environment and TOML `--config`, merged.
 //!
 //! Precedence: command line, then environment (both handled by clap), then the config file,
 //! then the defaults of section 8.
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::protocol::{MAX_FRAME_LEN_LIMIT, MIN_FRAME_LEN};
 use crate::session::SessionConfig;
 
-/// Every setting's default (IXN1.md section 8), one typed constant each: the resolver
+/// Every setting's default (docs/PROTOCOL.md §8), one typed constant each: the resolver
 /// below uses them, the core's own defaults come from `ixn_proto::defaults`, and
 /// `tests/docs.rs` checks them against `--help` and the README's flag table.
 pub mod defaults {
@@ -207,7 +207,7 @@ pub struct Args {
     /// [default: 0s].
     #[arg(long, env = "IXN_LAME_DUCK_GRACE", value_name = "DUR")]
     pub lame_duck_grace: Option<Dur>,
-    /// Admin API (IXN1.md section 10): list and close clients, list and lift bans.
+    /// Admin API (docs/PROTOCOL.md §10): list and close clients, list and lift bans.
     #[arg(long, env = "IXN_ADMIN_LISTEN", value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token of the admin API (the file's content without its trailing newline);
@@ -246,7 +246,8 @@ pub struct Args {
     /// Listen backlog of each worker's socket [default: 4096].
     #[arg(long, env = "IXN_BACKLOG", value_name = "N")]
     pub backlog: Option<u32>,
-    /// TCP keepalive idle time on registered connections; `0s` turns it off [default: 60s].
+    /// TCP keepalive idle time of client connections (set on the listeners, so every
+    /// accepted connection has it); `0s` turns it off [default: 60s].
     #[arg(long, env = "IXN_TCP_KEEPALIVE", value_name = "DUR")]
     pub tcp_keepalive: Option<Dur>,
     /// Close a connection whose answers have not drained for this long [default: 10s].
@@ -353,7 +354,7 @@ pub struct Config {
     pub proxy_tls_listen: Vec<SocketAddr>,
     /// Certificate, key and client-certificate settings of the TLS listeners.
     pub tls: crate::tls::TlsFiles,
-    /// Admission control (IXN1.md section 11).
+    /// Admission control (docs/PROTOCOL.md §11).
     pub admission: crate::admission::Limits,
     /// Drain: the spread of EventError 11 over registered clients (zero: at once).
     pub lame_duck_duration: Duration,
@@ -638,7 +639,7 @@ fn load_file(path: &Path) -> Result<Args, ConfigError> {
     })
 }
 
-/// Shortest duration any setting accepts (IXN1.md section 8).
+/// Shortest duration any setting accepts (docs/PROTOCOL.md §8).
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
 /// Longest duration any setting accepts: 7 days. Bounding every duration keeps all deadline
 /// arithmetic (`Instant + Duration`, ticks of the timer wheel) far from overflow.

@@ -1,4 +1,4 @@
-//! `ixn-server`: parses the operating interface (IXN1.md section 8) and runs the server.
+//! `ixn-server`: parses the operating interface (docs/PROTOCOL.md §8) and runs the server.
 
 use std::process::ExitCode;
 

@@ -26,7 +26,7 @@ pub const REFUSED: &str = "ixn_connections_refused_total";
 pub const DRAIN_REMAINING: &str = "ixn_drain_remaining";
 /// `ixn_bans_active`: addresses banned now.
 pub const BANS_ACTIVE: &str = "ixn_bans_active";
-/// `ixn_admin_requests_total{action}`: admin API requests (IXN1.md section 10).
+/// `ixn_admin_requests_total{action}`: admin API requests (docs/PROTOCOL.md §10).
 pub const ADMIN_REQUESTS: &str = "ixn_admin_requests_total";
 /// `ixn_engine_info{engine}`: 1 for the engine running (`io_uring_v2`,
 /// `epoll`).
@@ -92,7 +92,7 @@ pub fn describe() {
         REFUSED,
         "Connections refused at accept, by reason (banned, rate, per_ip, limit)."
     );
-    describe_gauge!(BANS_ACTIVE, "Addresses banned now (IXN1.md section 11).");
+    describe_gauge!(BANS_ACTIVE, "Addresses banned now (docs/PROTOCOL.md §11).");
     describe_gauge!(
         DRAIN_REMAINING,
         "Registered connections the drain has not yet sent ServerShuttingDown."
@@ -151,7 +151,7 @@ pub fn describe() {
     );
     describe_gauge!(
         NAMES_HELD,
-        "ClientNames held under on_duplicate reject or replace (IXN1.md section 7)."
+        "ClientNames held under on_duplicate reject or replace (docs/PROTOCOL.md §7)."
     );
     for a in crate::control::Action::ALL {
         let _ = counter!(ADMIN_REQUESTS, "action" => a.name());

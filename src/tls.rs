@@ -1,4 +1,4 @@
-//! The TLS listeners' rustls `ServerConfig`, built from PEM files (IXN1.md section 9).
+//! The TLS listeners' rustls `ServerConfig`, built from PEM files (docs/PROTOCOL.md §9).
 //!
 //! The protocol side of TLS lives in `ixn_proto::tls` (sans-IO, inside `Connection`); this
 //! module only reads files and sets policy: TLS 1.3 and 1.2, ALPN `ixn/1`, session tickets

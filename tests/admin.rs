@@ -1,4 +1,4 @@
-//! The admin API (IXN1.md section 10) and `on_duplicate` (section 7) over real sockets:
+//! The admin API (docs/PROTOCOL.md §10) and `on_duplicate` (section 7) over real sockets:
 //! listing, paging and kicking registered clients with and without the token, listing and
 //! lifting bans, and `reject` / `replace` across two workers.
 

@@ -1,4 +1,4 @@
-//! Admission control over real sockets (IXN1.md section 11): the per-address cap, the
+//! Admission control over real sockets (docs/PROTOCOL.md §11): the per-address cap, the
 //! connection rate and bans after failed registrations, by direct and PROXY listeners.
 
 #[macro_use]

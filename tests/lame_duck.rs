@@ -1,4 +1,4 @@
-//! Lame-duck drain over real sockets (IXN1.md section 8): `/ready` turns 503 at once, the
+//! Lame-duck drain over real sockets (docs/PROTOCOL.md §8): `/ready` turns 503 at once, the
 //! grace passes, then registered clients get EventError 11 spread evenly over the
 //! duration; a second SIGTERM sends the rest at once; the process exits 0.
 

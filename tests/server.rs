@@ -1,4 +1,4 @@
-//! Every row of IXN1.md section 6 over real loopback sockets against the real binary,
+//! Every row of docs/PROTOCOL.md §6 over real loopback sockets against the real binary,
 //! with short timeouts; after each scenario the server's slab is empty and its
 //! descriptors are back to their baseline.
 

@@ -1,4 +1,4 @@
-//! TLS listeners over real sockets (IXN1.md section 9): a private CA, server and client
+//! TLS listeners over real sockets (docs/PROTOCOL.md §9): a private CA, server and client
 //! certificates made at test time with rcgen; rustls as the client.
 
 #[macro_use]

@@ -138,7 +138,7 @@ pub struct Args {
     /// sockets; needed for long churn runs against a remote server.
     #[arg(long)]
     pub reset_close: bool,
-    /// Speak TLS (IXN1.md section 9): the handshake is timed as its own phase.
+    /// Speak TLS (docs/PROTOCOL.md §9): the handshake is timed as its own phase.
     #[arg(long)]
     pub tls: bool,
     /// PEM CA bundle that signed the server's certificate (with --tls).

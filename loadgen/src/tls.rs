@@ -1,4 +1,4 @@
-//! `--tls`: the client side of IXN1.md section 9 with rustls (aws-lc-rs), driven by
+//! `--tls`: the client side of docs/PROTOCOL.md §9 with rustls (aws-lc-rs), driven by
 //! hand over the thread's tokio-uring sockets: records are read into and written from
 //! owned buffers, rustls decrypts and encrypts in between.
 

@@ -1,5 +1,5 @@
 //! One connection's whole protocol, sans-IO: the PROXY preamble, the registration
-//! [`Session`], the frame deadline and the close-once-written rules of IXN1.md section 6.
+//! [`Session`], the frame deadline and the close-once-written rules of docs/PROTOCOL.md §6.
 //!
 //! An engine owns the socket, the clock and a timer wheel; it feeds a [`Connection`] what
 //! happened (bytes, end of stream, a deadline, the drain) and carries out the [`Progress`]
@@ -64,12 +64,12 @@ pub struct Env<'a> {
     pub ids: &'a mut IdAllocator,
     /// Shared settings.
     pub config: &'a ConnConfig,
-    /// Admission of the address a PROXY header carries (IXN1.md section 11), asked once
+    /// Admission of the address a PROXY header carries (docs/PROTOCOL.md §11), asked once
     /// the header has arrived: `Err` is the EventError to refuse with (the connection then
     /// closes once it is written; on TLS, at once and without a byte). `None` admits.
     pub gate: Option<&'a dyn Fn(IpAddr) -> Result<(), ErrorCode>>,
-    /// The process's held names as this connection sees them (`on_duplicate`, IXN1.md
-    /// section 7); `None` treats every entry as `allow`.
+    /// The process's held names as this connection sees them (`on_duplicate`, docs/PROTOCOL.md
+    /// §7); `None` treats every entry as `allow`.
     pub names: Option<Claims<'a>>,
 }
 
@@ -236,8 +236,8 @@ impl Connection {
     }
 
     /// A connection refused at accept (the limit, admission control): its
-    /// EventError{0, `code`} goes to `out`, and it closes once that is written (IXN1.md
-    /// sections 6 and 11).
+    /// EventError{0, `code`} goes to `out`, and it closes once that is written (docs/PROTOCOL.md
+    /// §6 and §11).
     pub fn refuse(
         now: Instant,
         peer: IpAddr,
@@ -581,8 +581,8 @@ impl Connection {
     }
 
     /// An operator closes it, or a newer registration of its name replaces it: a
-    /// registered connection gets EventError{0, 15} and closes once written (IXN1.md
-    /// section 6); any other is left alone.
+    /// registered connection gets EventError{0, 15} and closes once written (docs/PROTOCOL.md
+    /// §6); any other is left alone.
     pub fn on_kick(
         &mut self,
         now: Instant,

@@ -1,4 +1,4 @@
-//! The protocol's default settings (IXN1.md section 8), one typed constant each. The
+//! The protocol's default settings (docs/PROTOCOL.md §8), one typed constant each. The
 //! server's configuration, [`crate::session::SessionConfig::default`],
 //! [`crate::connection::ConnConfig::default`] and the load generator all take them from
 //! here; a test checks them against the README's flag table and `--help`.

@@ -1,5 +1,5 @@
-//! Who holds which ClientName across the whole process, for `on_duplicate` (IXN1.md
-//! section 7).
+//! Who holds which ClientName across the whole process, for `on_duplicate` (docs/PROTOCOL.md
+//! §7).
 //!
 //! Only names whose registry entry says `reject` or `replace` are entered: under `allow`
 //! (the default) nobody asks, so the common registration never touches this shared table.

@@ -1,4 +1,4 @@
-//! The client registry (IXN1.md section 7): who may register, as what, with which secret, from where.
+//! The client registry (docs/PROTOCOL.md §7): who may register, as what, with which secret, from where.
 //!
 //! Parsed from TOML text once (and again on SIGHUP by the server, which reads the file and
 //! swaps whole registries); lookups are a hash of the ClientName. Pure: parsing takes text,
@@ -20,7 +20,7 @@ use crate::tls::TlsPeer;
 /// The registry compiled into the binary, used when no `--registry` is given.
 pub const EMBEDDED_REGISTRY: &str = include_str!("../../config/registry.toml");
 
-/// Default for `max_logical_clients` (IXN1.md section 7).
+/// Default for `max_logical_clients` (docs/PROTOCOL.md §7).
 pub const DEFAULT_MAX_LOGICAL_CLIENTS: u32 = 64;
 
 /// A registry file that could not be used; the message names file, line and field.
@@ -41,8 +41,8 @@ pub enum RegistryError {
 }
 
 label_enum! {
-    /// What a registration does when its ClientName is already registered (IXN1.md
-    /// section 7, `on_duplicate`).
+    /// What a registration does when its ClientName is already registered (docs/PROTOCOL.md
+    /// §7, `on_duplicate`).
     pub enum OnDuplicate {
         /// Both stay registered (the default).
         Allow => "allow",
@@ -130,7 +130,7 @@ struct RawClient {
     on_duplicate: Option<toml::Spanned<String>>,
 }
 
-/// The kinds of certificate identity `tls_identities` may name (IXN1.md section 7).
+/// The kinds of certificate identity `tls_identities` may name (docs/PROTOCOL.md §7).
 pub const IDENTITY_KINDS: [&str; 4] = ["dns:", "uri:", "ip:", "cn:"];
 
 fn de_sha256<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
@@ -289,7 +289,7 @@ impl Registry {
         self.clients.get(name)
     }
 
-    /// Validates a registration in the spec's order (IXN1.md section 6): name (2), type
+    /// Validates a registration in the spec's order (docs/PROTOCOL.md §6): name (2), type
     /// (3), peer address (5), TLS required (17), then credential and certificate identity
     /// (4); `tls` is the connection's TLS, if it has one. The address comes before any secret, so
     /// a peer outside an entry's networks learns nothing about its credential. Returns the

@@ -1,4 +1,4 @@
-//! One connection's registration state machine (IXN1.md section 6), sans-IO.
+//! One connection's registration state machine (docs/PROTOCOL.md §6), sans-IO.
 //!
 //! [`Session::handle`] takes one input (a decoded frame, a malformed one, a framing error,
 //! a deadline or the drain signal), the peer address, the registry and the current time
@@ -23,7 +23,7 @@ use crate::protocol::{
 use crate::registry::{ClientEntry, OnDuplicate, Registry, SharedName};
 
 /// Longest timeout a deadline is ever armed with: the 7 days the settings allow
-/// (IXN1.md section 8). [`deadline`] clamps to it, so no `Instant + Duration` can overflow
+/// (docs/PROTOCOL.md §8). [`deadline`] clamps to it, so no `Instant + Duration` can overflow
 /// whatever configuration reaches the core.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -119,7 +119,7 @@ pub enum Input<'a> {
     Kick(Kick),
 }
 
-/// Why a registered connection is closed with EventError 15 (IXN1.md section 6).
+/// Why a registered connection is closed with EventError 15 (docs/PROTOCOL.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
     /// Through the admin API (section 10).
@@ -324,7 +324,7 @@ pub struct Ctx<'a> {
     pub ids: &'a mut IdAllocator,
     /// Timeouts (kept here, not in every session, to keep sessions small).
     pub config: SessionConfig,
-    /// The process's held names, for `on_duplicate` (IXN1.md section 7); `None` treats
+    /// The process's held names, for `on_duplicate` (docs/PROTOCOL.md §7); `None` treats
     /// every entry as `allow`.
     pub names: Option<Claims<'a>>,
 }

@@ -1,4 +1,4 @@
-//! Unit tests: one or more per row of IXN1.md section 6.
+//! Unit tests: one or more per row of docs/PROTOCOL.md §6.
 
 use super::*;
 use crate::protocol::{decode, encode, EventAck, EventError, Message as M, UnregisterClient as U};

@@ -1,4 +1,4 @@
-//! TLS as a sans-IO layer (IXN1.md section 9): rustls between the bytes an engine reads and
+//! TLS as a sans-IO layer (docs/PROTOCOL.md §9): rustls between the bytes an engine reads and
 //! the IXN/1 frames, and the certificate identities `tls_identities` matches.
 //!
 //! rustls is itself sans-IO: ciphertext goes in with `read_tls` from a byte slice,
@@ -18,7 +18,7 @@ use rustls::ServerConfig;
 
 label_enum! {
     /// The kind of listener a connection came through: the `listener` label of
-    /// `ixn_connections_accepted_total` (IXN1.md section 9).
+    /// `ixn_connections_accepted_total` (docs/PROTOCOL.md §9).
     pub enum ListenerKind {
         /// Plain TCP.
         Plain => "plain",

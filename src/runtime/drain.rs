@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 
-/// One worker's drain (IXN1.md section 8): at once, or as a lame duck — after
+/// One worker's drain (docs/PROTOCOL.md §8): at once, or as a lame duck — after
 /// `--lame-duck-grace`, its registered connections get EventError 11 spread evenly over
 /// `--lame-duck-duration`, a slice each timer tick (no timer or task per client). A second
 /// SIGTERM (`Shared::hurry`) sends the rest at once.

@@ -34,7 +34,7 @@ pub struct Shared {
     /// The TLS files' bytes when `tls` was loaded: a SIGHUP that changes none of them
     /// keeps `tls`, and with it the session-ticket key (tickets stay valid).
     pub(super) tls_files: std::sync::Mutex<Option<Vec<u8>>>,
-    /// Connection rate, per-address caps and bans (IXN1.md section 11).
+    /// Connection rate, per-address caps and bans (docs/PROTOCOL.md §11).
     pub admission: Arc<crate::admission::Admission>,
     /// A second SIGTERM: finish the lame-duck spread at once.
     pub hurry: std::sync::atomic::AtomicBool,

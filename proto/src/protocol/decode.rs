@@ -49,7 +49,7 @@ pub enum FramingError {
     },
 }
 
-/// A well-framed message whose content breaks IXN1.md section 2 or 3.
+/// A well-framed message whose content breaks docs/PROTOCOL.md §2 or §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed message 0x{msg_id:04x}: {reason}")]
 pub struct Malformed {

@@ -1,4 +1,4 @@
-//! IXN/1 wire codec: frames, attributes and messages of IXN1.md sections 1-5, pure and copy-free.
+//! IXN/1 wire codec: frames, attributes and messages of docs/PROTOCOL.md §1–5, pure and copy-free.
 //!
 //! The decoder is a function over a byte slice ([`decode`]); decoded messages borrow
 //! their strings and binaries from that slice, so decoding never allocates. The encoder
@@ -21,7 +21,7 @@ pub use types::{
 pub const HEADER_LEN: usize = 8;
 /// Bytes of an attribute header: `attr_id` (u16), `type` (u8), `len` (u16).
 pub const ATTR_HEADER_LEN: usize = 5;
-/// Default bound on a whole frame, length field included (IXN1.md section 1).
+/// Default bound on a whole frame, length field included (docs/PROTOCOL.md §1).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 8192;
 /// Hard upper bound any `max_frame_len` setting may take (1 MiB).
 pub const MAX_FRAME_LEN_LIMIT: usize = 1 << 20;

@@ -2,7 +2,7 @@
 
 use super::decode::{read_u16, MalformedReason};
 
-/// Message ids (IXN1.md section 3).
+/// Message ids (docs/PROTOCOL.md §3).
 pub mod msg {
     /// client → server: register this connection (or a Proxy's logical client).
     pub const REQUEST_REGISTER_CLIENT: u16 = 0x0001;
@@ -14,7 +14,7 @@ pub mod msg {
     pub const EVENT_ERROR: u16 = 0x0081;
 }
 
-/// Attribute ids (IXN1.md section 2).
+/// Attribute ids (docs/PROTOCOL.md §2).
 pub mod attr {
     /// int: the client's correlation id, echoed in answers.
     pub const REFERENCE_ID: u16 = 1;
@@ -130,7 +130,7 @@ macro_rules! wire_enum {
 }
 
 wire_enum! {
-    /// ClientType values (IXN1.md section 4).
+    /// ClientType values (docs/PROTOCOL.md §4).
     #[derive(serde::Deserialize, serde::Serialize)]
     pub enum ClientType {
         /// 1
@@ -154,7 +154,7 @@ impl ClientType {
 }
 
 wire_enum! {
-    /// ErrorCode values (IXN1.md section 5).
+    /// ErrorCode values (docs/PROTOCOL.md §5).
     pub enum ErrorCode {
         /// A message other than RequestRegisterClient before registration, or any after a rejection.
         ClientNotRegistered = 1,
