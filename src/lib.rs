@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod runtime;
 pub mod tls;
 
-pub use ixn_proto::{connection, names, protocol, proxy, registry, session, timer_wheel};
+pub mod names;
+pub use ixn_proto::{connection, protocol, proxy, registry, session, timer_wheel};

@@ -33,3 +33,53 @@ pub fn check_timer(c: &Connection, p: &Progress) {
         TimerChange::Keep => {}
     }
 }
+
+/// A name table for one connection's fuzzing (the server's sharded one lives in the server
+/// crate, which the fuzzed binaries leave out): `reject` refuses while a name is held,
+/// `replace` takes it over, `allow` enters nothing.
+#[derive(Default)]
+#[allow(dead_code)] // Used by the session target, not the tls one.
+pub struct Names(std::sync::Mutex<std::collections::HashMap<String, Vec<ixn::names::Holder>>>);
+
+impl ixn::names::Names for Names {
+    fn claim(
+        &self,
+        name: &ixn::registry::SharedName,
+        policy: ixn::registry::OnDuplicate,
+        holder: ixn::names::Holder,
+    ) -> Result<(), ixn::protocol::ErrorCode> {
+        use ixn::registry::OnDuplicate;
+        if policy == OnDuplicate::Allow {
+            return Ok(());
+        }
+        let mut held = self.0.lock().unwrap();
+        let holders = held.entry(name.to_string()).or_default();
+        match policy {
+            OnDuplicate::Reject if !holders.is_empty() => {
+                return Err(ixn::protocol::ErrorCode::DuplicateClient)
+            }
+            OnDuplicate::Replace => holders.retain(|h| h.conn == holder.conn),
+            _ => {}
+        }
+        holders.push(holder);
+        Ok(())
+    }
+
+    fn release(&self, name: &str, holder: ixn::names::Holder) {
+        let mut held = self.0.lock().unwrap();
+        if let Some(holders) = held.get_mut(name) {
+            holders.retain(|h| *h != holder);
+            if holders.is_empty() {
+                held.remove(name);
+            }
+        }
+    }
+}
+
+#[allow(dead_code)]
+impl Names {
+    /// Whether no name is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap().is_empty()
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ixn::connection::{Action, ConnConfig, Connection, Env, Notice};
-use ixn::names::{Claims, ConnKey, NameTable};
+use ixn::names::{Claims, ConnKey};
 use ixn::protocol::{decode, Message};
 use ixn::registry::Registry;
 use ixn::session::{IdAllocator, Kick, State};
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         let text = format!("{}{DUPLICATES}", ixn::registry::EMBEDDED_REGISTRY);
         Registry::parse(&text, "fuzz").expect("the fuzz registry parses")
     });
-    let table = NameTable::new(4, |_| {});
+    let table = common::Names::default();
     let claims = Claims {
         table: &table,
         conn: ConnKey {
@@ -58,7 +58,12 @@ fuzz_target!(|data: &[u8]| {
     // bits 1..: the read size.
     let proxy = mode & 1 == 1;
     let read_size = usize::from(mode >> 1).max(1);
-    let (mut c, _) = Connection::accept(now, (IpAddr::V4(Ipv4Addr::LOCALHOST), 40000).into(), proxy, &config);
+    let (mut c, _) = Connection::accept(
+        now,
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), 40000).into(),
+        proxy,
+        &config,
+    );
     let mut pending = Vec::new();
     let mut decided = false;
     let mut errors_when_rejected = 0usize;
@@ -118,6 +123,9 @@ fuzz_target!(|data: &[u8]| {
         "{errors_when_rejected} errors to a rejected connection"
     );
     c.release(&mut ids, Some(claims));
-    assert!(table.is_empty(), "names left held after the connection is gone");
+    assert!(
+        table.is_empty(),
+        "names left held after the connection is gone"
+    );
     assert_eq!(ids.live(), 0, "ids left live after the connection is gone");
 });

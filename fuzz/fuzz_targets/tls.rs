@@ -54,9 +54,14 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let proxy = mode & 1 == 1;
     let read_size = usize::from(mode >> 1).max(1);
-    let (mut c, _) =
-        Connection::accept_tls(now, (IpAddr::V4(Ipv4Addr::LOCALHOST), 40000).into(), proxy, tls, &config)
-            .expect("a valid config");
+    let (mut c, _) = Connection::accept_tls(
+        now,
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), 40000).into(),
+        proxy,
+        tls,
+        &config,
+    )
+    .expect("a valid config");
     let mut pending = Vec::new();
     let mut decided = false;
     for chunk in data.chunks(read_size) {

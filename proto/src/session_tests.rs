@@ -17,7 +17,7 @@ struct H {
     peer: IpAddr,
     outputs: Vec<Output>,
     /// The process's name table and this session's connection, when a test shares one.
-    names: Option<(Arc<crate::names::NameTable>, crate::names::ConnKey)>,
+    names: Option<(Arc<TestNames>, crate::names::ConnKey)>,
 }
 
 fn cfg() -> SessionConfig {
@@ -68,10 +68,10 @@ impl H {
             now: self.now,
             ids: &mut self.ids,
             config: cfg(),
-            names: self
-                .names
-                .as_ref()
-                .map(|(table, conn)| Claims { table, conn: *conn }),
+            names: self.names.as_ref().map(|(table, conn)| Claims {
+                table: &**table,
+                conn: *conn,
+            }),
         };
         let outputs = &mut self.outputs;
         let fed = self
@@ -89,10 +89,10 @@ impl H {
             now: self.now,
             ids: &mut self.ids,
             config: cfg(),
-            names: self
-                .names
-                .as_ref()
-                .map(|(table, conn)| Claims { table, conn: *conn }),
+            names: self.names.as_ref().map(|(table, conn)| Claims {
+                table: &**table,
+                conn: *conn,
+            }),
         };
         let o = self.s.handle(input, &mut ctx, &mut out);
         (answers(&out), o)
@@ -761,14 +761,83 @@ fn deadlines_never_overflow_whatever_the_config() {
     );
 }
 
+/// A name table for these tests (the server's is `ixn::names::NameTable`, with its own
+/// tests): one map, `reject` refusing another connection's holder, `replace` displacing
+/// them into `replaced`.
+struct TestNames {
+    held: std::sync::Mutex<std::collections::HashMap<String, Vec<crate::names::Holder>>>,
+    replaced: Arc<std::sync::Mutex<Vec<crate::names::Holder>>>,
+}
+
+impl crate::names::Names for TestNames {
+    fn claim(
+        &self,
+        name: &crate::registry::SharedName,
+        policy: crate::registry::OnDuplicate,
+        holder: crate::names::Holder,
+    ) -> Result<(), ErrorCode> {
+        use crate::registry::OnDuplicate;
+        if policy == OnDuplicate::Allow {
+            return Ok(());
+        }
+        let mut held = self.held.lock().unwrap();
+        let holders = held.entry(name.to_string()).or_default();
+        let others: Vec<_> = holders
+            .iter()
+            .copied()
+            .filter(|h| h.conn != holder.conn)
+            .collect();
+        match policy {
+            OnDuplicate::Reject if !holders.is_empty() => return Err(ErrorCode::DuplicateClient),
+            OnDuplicate::Replace => {
+                holders.retain(|h| h.conn == holder.conn);
+                self.replaced.lock().unwrap().extend(others);
+            }
+            _ => {}
+        }
+        holders.push(holder);
+        Ok(())
+    }
+
+    fn release(&self, name: &str, holder: crate::names::Holder) {
+        let mut held = self.held.lock().unwrap();
+        if let Some(holders) = held.get_mut(name) {
+            holders.retain(|h| *h != holder);
+            if holders.is_empty() {
+                held.remove(name);
+            }
+        }
+    }
+}
+
+impl TestNames {
+    fn holders(&self, name: &str) -> Vec<crate::names::Holder> {
+        self.held
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Two connections of a process sharing one name table, with a registry of policies.
 fn pair(replaced: Arc<std::sync::Mutex<Vec<crate::names::Holder>>>) -> (H, H) {
     let text = "[[client]]\nname = \"Rej\"\ntypes = [\"MediaServer\", \"Proxy\"]\non_duplicate = \"reject\"\n\
                 [[client]]\nname = \"Rep\"\ntypes = [\"MediaServer\", \"Proxy\"]\non_duplicate = \"replace\"\n\
                 [[client]]\nname = \"All\"\ntypes = [\"MediaServer\"]\n";
-    let table = Arc::new(crate::names::NameTable::new(2, move |h| {
-        replaced.lock().unwrap().push(h)
-    }));
+    let table = Arc::new(TestNames {
+        held: Default::default(),
+        replaced,
+    });
     let mk = |worker| {
         let mut h = H::new();
         h.reg = Registry::parse(text, "dup.toml").unwrap();
@@ -817,7 +886,10 @@ fn reject_refuses_a_second_holder_until_the_first_is_gone() {
     assert!(table.is_empty());
     a.s.release(
         &mut a.ids,
-        a.names.as_ref().map(|(t, c)| Claims { table: t, conn: *c }),
+        a.names.as_ref().map(|(t, c)| Claims {
+            table: &**t,
+            conn: *c,
+        }),
     );
     assert!(table.is_empty());
     let mut c = pair(Arc::clone(&seen)).0;

@@ -39,7 +39,7 @@ pub struct Shared {
     /// A second SIGTERM: finish the lame-duck spread at once.
     pub hurry: std::sync::atomic::AtomicBool,
     /// ClientNames held under `on_duplicate` reject or replace, across workers.
-    pub names: ixn_proto::names::NameTable,
+    pub names: crate::names::NameTable,
     /// The admin API's (and the name table's) commands to each worker.
     pub inboxes: Arc<crate::control::Inboxes>,
     /// The start, on both clocks: admin ids count from it, and wall times derive from it.
@@ -66,7 +66,7 @@ impl Shared {
             tls_files: std::sync::Mutex::new(tls_files),
             tls: ArcSwapOption::new(tls),
             hurry: std::sync::atomic::AtomicBool::new(false),
-            names: ixn_proto::names::NameTable::new(NAME_SHARDS, move |h| posts.replaced(h.conn)),
+            names: crate::names::NameTable::new(NAME_SHARDS, move |h| posts.replaced(h.conn)),
             inboxes,
             origin: (now, std::time::SystemTime::now()),
         }
