@@ -134,7 +134,7 @@ proptest! {
                     continue;
                 }
                 Event::Deadline => match c.armed() {
-                    Some(t) => c.on_deadline(t),
+                    Some(t) => c.on_deadline(t, &mut Vec::new()),
                     None => continue,
                 },
                 Event::Drain => c.on_drain(now, &mut env, &mut out, |_| {}),

@@ -5,10 +5,11 @@
 //!
 //! The mix: registrations (valid, unknown, duplicate), other messages before and after,
 //! unregistrations, malformed messages, framing errors, frames split at random points
-//! across writes, and how a client ends: it half-closes and reads to the end, reads
-//! without closing, reads late through a 4 KiB receive buffer (a slow reader), or
-//! misbehaves (resets mid-frame, resets right after sending, half-closes without ever
-//! reading) while the others are served. The model feeds the same bytes to
+//! across writes (across TLS records on TLS), over plain TCP or TLS, and how a client
+//! ends: it half-closes (FIN, or close_notify on TLS) and reads to the end, reads without
+//! closing, reads late through a 4 KiB receive buffer (a slow reader), is kicked by the
+//! operator through the admin API, or misbehaves (resets mid-frame, resets right after
+//! sending, half-closes without ever reading) while the others are served. The model feeds the same bytes to
 //! `ixn_proto::connection::Connection` with no I/O at all; ProxyClientIds are compared
 //! by presence (the server hands them out in the order clients arrive).
 //!
@@ -60,6 +61,9 @@ enum End {
     ResetAfterSend,
     /// Half-closes and never reads; closes 300 ms later.
     FinWithoutReading,
+    /// Registered, then closed by the operator (admin API): EventError{0, 15}, then the
+    /// end of stream.
+    Kicked,
 }
 
 /// One client of the mix.
@@ -70,9 +74,25 @@ struct Script {
     /// Where its writes are cut (each a separate write, a few ms apart).
     cuts: Vec<usize>,
     end: End,
+    tls: bool,
 }
 
 fn script(rng: &mut Rng) -> Script {
+    let tls = rng.below(6) == 0;
+    if rng.below(10) == 0 {
+        // Registered, a few frames answered, then kicked.
+        let mut bytes = rrc(1, "MediaServer_email", 1, None);
+        for n in 0..rng.below(3) {
+            bytes.extend(other(2 + n as i32));
+        }
+        let cuts = vec![1 + rng.below(bytes.len() as u64 - 1) as usize];
+        return Script {
+            bytes,
+            cuts,
+            end: End::Kicked,
+            tls,
+        };
+    }
     let mut bytes = Vec::new();
     let frames = 1 + rng.below(6);
     for n in 0..frames {
@@ -97,12 +117,18 @@ fn script(rng: &mut Rng) -> Script {
     let end = match rng.below(12) {
         0..=3 => End::HalfCloseAndRead,
         4..=6 => End::ReadOpen,
-        7 => End::SlowReader,
+        7 if !tls => End::SlowReader,
+        7 => End::HalfCloseAndRead,
         8 | 9 => End::ResetMidFrame,
         10 => End::ResetAfterSend,
         _ => End::FinWithoutReading,
     };
-    Script { bytes, cuts, end }
+    Script {
+        bytes,
+        cuts,
+        end,
+        tls,
+    }
 }
 
 /// What the model says a client is owed.
@@ -165,9 +191,18 @@ fn model(s: &Script, registry: &Registry) -> Expected {
         gate: None,
         names: None,
     };
-    let p = conn.on_bytes(now, &s.bytes, &mut env, &mut out, |_| {});
+    let mut p = conn.on_bytes(now, &s.bytes, &mut env, &mut out, |_| {});
     if p.timer != ixn::connection::TimerChange::Keep {
         timer = p.timer;
+    }
+    if s.end == End::Kicked {
+        p = conn.on_kick(
+            now,
+            ixn::session::Kick::Operator,
+            &mut env,
+            &mut out,
+            |_| {},
+        );
     }
     let (answers, _) = decode_all(&out);
     let closes_after_ms = match p.action {
@@ -194,15 +229,103 @@ struct Seen {
     closed_after: Option<Duration>,
 }
 
-fn run_client(addr: SocketAddr, s: &Script, expected: &Expected) -> Option<Seen> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    if s.end == End::SlowReader {
-        sock.set_recv_buffer_size(4096).unwrap();
+/// A client's connection: plain TCP or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
     }
+
+    fn send(&mut self, bytes: &[u8]) {
+        // The server may already have closed (a framing error): later writes may fail.
+        let _ = match self {
+            Stream::Plain(s) => s.write_all(bytes),
+            Stream::Tls(t) => t.write_all(bytes).and_then(|()| t.flush()),
+        };
+    }
+
+    /// Our side is done: FIN, or close_notify on TLS.
+    fn half_close(&mut self) {
+        match self {
+            Stream::Plain(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            Stream::Tls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.flush();
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+
+    fn reset(self) {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => t.sock,
+        };
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+}
+
+/// Where a client connects, and how it is kicked.
+#[derive(Clone)]
+struct Target {
+    plain: SocketAddr,
+    tls: SocketAddr,
+    admin: SocketAddr,
+    tls_config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+/// The operator closes the registered client at `peer` through the admin API.
+fn kick(admin: SocketAddr, peer: SocketAddr) -> Result<(), String> {
+    let (status, body) = http(admin, "GET", "/v1/clients?limit=1000", &[]);
+    let list: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    let id = list["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["peer"].as_str() == Some(&peer.to_string()))
+        .and_then(|c| c["id"].as_str())
+        .ok_or_else(|| format!("{peer} not listed ({status}): {body}"))?
+        .to_string();
+    match http(admin, "DELETE", &format!("/v1/clients/{id}"), &[]) {
+        (204, _) => Ok(()),
+        (status, body) => Err(format!("kick {id}: {status} {body}")),
+    }
+}
+
+fn run_client(t: &Target, s: &Script, expected: &Expected) -> Result<Option<Seen>, String> {
     let started = Instant::now();
-    sock.connect(&addr.into()).unwrap();
-    let mut c: TcpStream = sock.into();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut c = if s.tls {
+        Stream::Tls(Box::new(tls_open(t.tls, &t.tls_config)))
+    } else {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if s.end == End::SlowReader {
+            sock.set_recv_buffer_size(4096).unwrap();
+        }
+        sock.connect(&t.plain.into()).unwrap();
+        Stream::Plain(sock.into())
+    };
+    c.tcp()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut from = 0;
     let last = if s.end == End::ResetMidFrame {
         s.bytes.len() - 1
@@ -212,47 +335,45 @@ fn run_client(addr: SocketAddr, s: &Script, expected: &Expected) -> Option<Seen>
     for &cut in s.cuts.iter().chain([last].iter()) {
         let cut = cut.min(last);
         if cut > from {
-            // The server may already have closed (a framing error): later writes may fail.
-            let _ = c.write_all(&s.bytes[from..cut]);
+            c.send(&s.bytes[from..cut]);
             from = cut;
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    let reset = |c: TcpStream| {
-        socket2::SockRef::from(&c)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(c);
-    };
     match s.end {
         End::ResetMidFrame | End::ResetAfterSend => {
-            reset(c);
-            return None;
+            c.reset();
+            return Ok(None);
         }
         End::FinWithoutReading => {
-            let _ = c.shutdown(std::net::Shutdown::Write);
+            c.half_close();
             std::thread::sleep(Duration::from_millis(300));
-            return None;
+            return Ok(None);
         }
         End::SlowReader => {
-            let _ = c.shutdown(std::net::Shutdown::Write);
+            c.half_close();
             std::thread::sleep(Duration::from_millis(200));
         }
-        End::HalfCloseAndRead => {
-            let _ = c.shutdown(std::net::Shutdown::Write);
-        }
-        End::ReadOpen => {}
+        End::HalfCloseAndRead => c.half_close(),
+        End::ReadOpen | End::Kicked => {}
     }
     let mut bytes = Vec::new();
     let mut closed_after = None;
     let mut chunk = [0u8; 4096];
+    let mut kicked = false;
     loop {
-        if s.end == End::ReadOpen && expected.closes_after_ms.is_none() {
-            // The server keeps it open: read what is owed, then stop.
-            let (got, _) = decode_all(&bytes);
-            if got.len() >= expected.answers.len() {
-                break;
-            }
+        let (got, _) = decode_all(&bytes);
+        if s.end == End::ReadOpen
+            && expected.closes_after_ms.is_none()
+            && got.len() >= expected.answers.len()
+        {
+            // The server keeps it open: what is owed has come.
+            break;
+        }
+        if s.end == End::Kicked && !kicked && got.len() + 1 >= expected.answers.len() {
+            // Every answer before the kick has come: the operator closes it now.
+            kick(t.admin, c.tcp().local_addr().unwrap())?;
+            kicked = true;
         }
         match c.read(&mut chunk) {
             Ok(0) => {
@@ -265,11 +386,11 @@ fn run_client(addr: SocketAddr, s: &Script, expected: &Expected) -> Option<Seen>
         }
     }
     let (answers, stray) = decode_all(&bytes);
-    Some(Seen {
+    Ok(Some(Seen {
         answers,
         stray,
         closed_after,
-    })
+    }))
 }
 
 /// Whether what the client saw is what the model says.
@@ -284,6 +405,7 @@ fn agrees(s: &Script, e: &Expected, seen: &Seen) -> Result<(), String> {
         // The client half-closed: the server closes once its answers are out.
         (End::HalfCloseAndRead | End::SlowReader, _, Some(_)) => Ok(()),
         (End::ReadOpen, None, _) => Ok(()),
+        (End::Kicked, Some(0), Some(_)) => Ok(()),
         (End::ReadOpen, Some(ms), Some(t)) => {
             let (lo, hi) = (ms, ms + TICK_MS + 400);
             let t = t.as_millis() as u64;
@@ -319,7 +441,20 @@ each_engine! {
     /// and half-close around it, on a one-worker server.
     fn transcripts_match_the_connection_model() {
         let registry = Registry::embedded();
+        let dir = test_dir("differential");
+        let (cert, key) = self_signed();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, &cert).unwrap();
+        std::fs::write(&key_file, &key).unwrap();
         let s = Server::start(&[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
             "--workers",
             "1",
             "--timer-tick",
@@ -345,22 +480,29 @@ each_engine! {
                     .collect()
             })
             .collect();
-        let addr = s.addr;
+        let target = Target {
+            plain: s.addr,
+            tls: s.tls_addr.unwrap(),
+            admin: s.admin.unwrap(),
+            tls_config: tls_client(&cert),
+        };
         let handles: Vec<_> = scripts
             .into_iter()
             .enumerate()
             .map(|(t, scripts)| {
+                let target = target.clone();
                 std::thread::spawn(move || {
                     let mut failed = Vec::new();
                     for (n, (s, e)) in scripts.iter().enumerate() {
-                        if let Some(seen) = run_client(addr, s, e) {
-                            if let Err(why) = agrees(s, e, &seen) {
-                                failed.push(format!(
-                                    "thread {t} client {n} ({:?}, bytes {}): {why}",
-                                    s.end,
-                                    hex::encode(&s.bytes)
-                                ));
-                            }
+                        let outcome = run_client(&target, s, e)
+                            .and_then(|seen| seen.map_or(Ok(()), |seen| agrees(s, e, &seen)));
+                        if let Err(why) = outcome {
+                            failed.push(format!(
+                                "thread {t} client {n} ({:?}{}, bytes {}): {why}",
+                                s.end,
+                                if s.tls { ", TLS" } else { "" },
+                                hex::encode(&s.bytes)
+                            ));
                         }
                     }
                     failed

@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
         let was_rejected = c.session().state() == State::Rejected;
         let p = match chunk.first() {
             Some(&DEADLINE) => match c.armed() {
-                Some(t) => c.on_deadline(t),
+                Some(t) => c.on_deadline(t, &mut out),
                 None => continue,
             },
             Some(&DRAIN) => c.on_drain(now, &mut env, &mut out, |_| {}),

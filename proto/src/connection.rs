@@ -533,8 +533,21 @@ impl Connection {
         }
     }
 
-    /// The connection's timer passed. Needs no registry and writes nothing.
-    pub fn on_deadline(&mut self, timer: Timer) -> Progress {
+    /// The connection's timer passed. Needs no registry; the only bytes it may write to
+    /// `out` are a TLS connection's close_notify, when it closes once written (a TLS peer
+    /// then sees a clean close, not a truncated stream).
+    pub fn on_deadline(&mut self, timer: Timer, out: &mut impl BufMut) -> Progress {
+        let p = self.deadline_passed(timer);
+        if p.action == Action::CloseAfterWrite {
+            if let Some(tls) = self.tls.as_deref_mut() {
+                tls.close_notify();
+                tls.flush(out);
+            }
+        }
+        p
+    }
+
+    fn deadline_passed(&mut self, timer: Timer) -> Progress {
         if self.armed != Some(timer) && timer != Timer::WriteStall {
             // Cancelled or replaced after the wheel handed it out.
             return Progress::NOTHING;

@@ -143,11 +143,11 @@ fn accept_arms_the_registration_deadline() {
 fn registration_deadline_closes_now_and_a_stale_one_is_ignored() {
     let (mut h, _) = H::new(false);
     assert_eq!(
-        h.c.on_deadline(Timer::Frame),
+        h.c.on_deadline(Timer::Frame, &mut Vec::new()),
         Progress::NOTHING,
         "not armed"
     );
-    let p = h.c.on_deadline(Timer::Registration);
+    let p = h.c.on_deadline(Timer::Registration, &mut Vec::new());
     assert_eq!(p.action, Action::CloseNow(CloseReason::RegistrationTimeout));
 }
 
@@ -205,7 +205,7 @@ fn frame_deadline_runs_from_a_frames_first_byte() {
     assert_eq!(p.timer, TimerChange::Cancel, "nothing partial left");
     assert_eq!(h.c.armed(), None);
     let _ = h.read(&f[..1]);
-    let p = h.c.on_deadline(Timer::Frame);
+    let p = h.c.on_deadline(Timer::Frame, &mut Vec::new());
     assert_eq!(p.action, Action::CloseAfterWrite);
     assert_eq!(h.c.on_eof(), CloseReason::FrameTimeout);
 }
@@ -230,7 +230,7 @@ fn unregister_closes_once_written_then_lingers_and_discards() {
     assert!(h.pending.is_empty(), "consumed, not kept");
     assert!(h.answers().is_empty());
     assert_eq!(h.c.on_eof(), CloseReason::Unregister);
-    let p = h.c.on_deadline(Timer::CloseLinger);
+    let p = h.c.on_deadline(Timer::CloseLinger, &mut Vec::new());
     assert_eq!(p.action, Action::CloseNow(CloseReason::Unregister));
 }
 
@@ -243,7 +243,7 @@ fn error_deadline_closes_once_written_and_registration_deadline_now() {
         TimerChange::Arm(Timer::ErrorDisconnect, _)
     ));
     assert_eq!(h.answers(), vec![(1, 1)]);
-    let p = h.c.on_deadline(Timer::ErrorDisconnect);
+    let p = h.c.on_deadline(Timer::ErrorDisconnect, &mut Vec::new());
     assert_eq!(
         p.action,
         Action::CloseAfterWrite,

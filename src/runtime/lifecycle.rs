@@ -610,14 +610,14 @@ impl<B: Backend> Core<B> {
             } else {
                 s.timer = None;
             }
-            let mut p = s.conn.on_deadline(timer);
+            self.scratch.clear();
+            let mut p = s.conn.on_deadline(timer, &mut self.scratch);
             if p.action != Action::Continue {
                 counts[timer.index()] += 1;
             }
             if p.action == Action::CloseAfterWrite && s.sending {
                 p.action = Action::CloseNow(s.conn.on_eof());
             }
-            self.scratch.clear();
             self.carry_out(b, i, p);
         }
         self.metrics.tick_expired(&counts);
