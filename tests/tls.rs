@@ -1,5 +1,8 @@
 //! TLS listeners over real sockets (docs/PROTOCOL.md §9): a private CA, server and client
 //! certificates made at test time with rcgen; rustls as the client.
+//!
+//! Over 600 lines on purpose: every TLS behaviour over real sockets shares this file's CA,
+//! certificate files and client harness.
 
 #[macro_use]
 mod common;

@@ -1,5 +1,8 @@
 //! One load thread: a tokio-uring event loop running scenario tasks, closed or open loop.
 //!
+//! Over 600 lines on purpose: the event loop and every scenario's task share the same
+//! connection and timing helpers.
+//!
 //! Connections are made with `socket2` (so they can be bound to a chosen source address
 //! with `IP_BIND_ADDRESS_NO_PORT`) and connected without blocking; the first io_uring
 //! operation on the socket waits for the handshake to finish, so no thread ever blocks.

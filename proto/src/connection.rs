@@ -1,6 +1,9 @@
 //! One connection's whole protocol, sans-IO: the PROXY preamble, the registration
 //! [`Session`], the frame deadline and the close-once-written rules of docs/PROTOCOL.md §6.
 //!
+//! Over 600 lines on purpose: everything one socket's protocol does, and the contract an
+//! engine relies on, is in one place; split, the close rules would be read in pieces.
+//!
 //! An engine owns the socket, the clock and a timer wheel; it feeds a [`Connection`] what
 //! happened (bytes, end of stream, a deadline, the drain) and carries out the [`Progress`]
 //! that comes back: which timer to arm or cancel, what to write, whether to close now or

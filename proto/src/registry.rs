@@ -1,5 +1,8 @@
 //! The client registry (docs/PROTOCOL.md §7): who may register, as what, with which secret, from where.
 //!
+//! Over 600 lines on purpose: parsing, validating and looking up one file format stay
+//! together, and half of the file is its tests.
+//!
 //! Parsed from TOML text once (and again on SIGHUP by the server, which reads the file and
 //! swaps whole registries); lookups are a hash of the ClientName. Pure: parsing takes text,
 //! validation takes the peer address as an argument.

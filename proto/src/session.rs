@@ -1,5 +1,8 @@
 //! One connection's registration state machine (docs/PROTOCOL.md §6), sans-IO.
 //!
+//! Over 600 lines on purpose: the state machine of §6 whole, one `match` per input; its
+//! tests are in `session_tests.rs`.
+//!
 //! [`Session::handle`] takes one input (a decoded frame, a malformed one, a framing error,
 //! a deadline or the drain signal), the peer address, the registry and the current time
 //! as arguments, writes its answer into the caller's buffer and returns what the caller

@@ -1,4 +1,6 @@
 //! Unit tests: one or more per row of docs/PROTOCOL.md §6.
+//!
+//! Over 600 lines on purpose: table-driven, one test or more per row of the table.
 
 use super::*;
 use crate::protocol::{decode, encode, EventAck, EventError, Message as M, UnregisterClient as U};

@@ -5,6 +5,9 @@
 //! drain and its lame-duck slices, kicks and replaced names, the tick's expiries, metrics,
 //! and the close's accounting (per-address counts, ProxyClientIds, names).
 //!
+//! Over 600 lines on purpose: this file is the one place where what happens at an accept,
+//! a close, a kick or a deadline is written, for both backends.
+//!
 //! A backend only moves bytes ([`Backend`]): it sends inline what the socket takes now,
 //! holds the rest until the socket takes it, shuts down, closes, and watches for input.
 //! Its event loop feeds what happened into [`Core`] ([`Core::accepted`], [`Core::feed`]
