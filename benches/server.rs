@@ -629,12 +629,20 @@ fn epoll_bulk_baseline_main() {
 
 /// Opens `n` silent connections to `p`, waits for the server to drop them at its 4 s
 /// deadline, and returns (server CPU µs per dropped connection, last close after the
-/// first connect, time to open them).
+/// first connect, time to open them). Every close is watched (a pass of non-blocking
+/// peeks over the sockets, on this thread's own core), and one seen in a pass that ended
+/// before its connection's deadline (4 s after its connect began, earlier than the
+/// server's accept) fails the benchmark: the timer wheel may close late, never early.
 fn measure_bulk(p: &Proc, n: usize) -> (f64, Duration, Duration) {
     let pid = p.child.id();
+    let deadline = Duration::from_millis(4000);
     let t0 = Instant::now();
-    let mut held: Vec<TcpStream> = (0..n)
-        .map(|_| TcpStream::connect(p.addr).unwrap())
+    let mut began = Vec::with_capacity(n);
+    let held: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            began.push(t0.elapsed());
+            TcpStream::connect(p.addr).unwrap()
+        })
         .collect();
     let opened = t0.elapsed();
     assert!(
@@ -643,15 +651,33 @@ fn measure_bulk(p: &Proc, n: usize) -> (f64, Duration, Duration) {
     );
     // Idle until just before the deadline, then measure the drop.
     std::thread::sleep(Duration::from_millis(3800).saturating_sub(t0.elapsed()));
+    for s in &held {
+        s.set_nonblocking(true).unwrap();
+    }
     let cpu0 = cpu_ns(pid);
     let mut b = [0u8; 1];
-    let mut latest = Duration::ZERO;
-    for s in &mut held {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = s.read(&mut b);
-        latest = t0.elapsed();
+    let mut open: Vec<usize> = (0..n).collect();
+    let (mut latest, mut early) = (Duration::ZERO, 0usize);
+    while !open.is_empty() && t0.elapsed() < Duration::from_secs(20) {
+        let mut seen = Vec::new();
+        open.retain(|&i| match held[i].peek(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => {
+                seen.push(i);
+                false
+            }
+        });
+        let pass_end = t0.elapsed();
+        for i in seen {
+            latest = pass_end;
+            if pass_end < began[i] + deadline {
+                early += 1;
+            }
+        }
     }
     let cpu = cpu_ns(pid) - cpu0;
+    assert!(open.is_empty(), "{} connections never dropped", open.len());
+    assert_eq!(early, 0, "connections closed before their deadline");
     (cpu as f64 / 1000.0 / n as f64, latest, opened)
 }
 
