@@ -296,11 +296,13 @@ fn kick(admin: SocketAddr, peer: SocketAddr) -> Result<(), String> {
     let (status, body) = http(admin, "GET", "/v1/clients?limit=1000", &[]);
     let list: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    // The newest with this address: an earlier connection from the same port (reused at
+    // once on loopback) may still be closing.
     let id = list["clients"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|c| c["peer"].as_str() == Some(&peer.to_string()))
+        .rfind(|c| c["peer"].as_str() == Some(&peer.to_string()))
         .and_then(|c| c["id"].as_str())
         .ok_or_else(|| format!("{peer} not listed ({status}): {body}"))?
         .to_string();
