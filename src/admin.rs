@@ -14,7 +14,9 @@
 //! server's start to its registration, then where it lives. Ordering ids orders clients
 //! oldest first, so `after=ID` needs no cursor kept on the server and stays valid when
 //! the connection it names is gone; the generation keeps an id from reaching a later
-//! connection in the same slot.
+//! connection in the same slot. In a fleet (docs/PROTOCOL.md §13) the id ends in
+//! `@INSTANCE`, the server holding it: a `DELETE` with another server's id is passed to
+//! that server through the fleet's Redis.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct Context {
     pub admission: Arc<Admission>,
     /// The monotonic and the wall-clock time at start.
     pub origin: (Instant, SystemTime),
+    /// The fleet, with `--fleet-redis`.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// `limit` when a listing gives none.
@@ -85,7 +89,7 @@ fn wall(origin: (Instant, SystemTime), at: Instant) -> SystemTime {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -179,7 +183,17 @@ impl Api {
             (&Method::DELETE, ["v1", "clients", id]) => (Action::Kick, self.kick(id).await),
             (&Method::GET, ["v1", "bans"]) => (Action::ListBans, self.bans()),
             (&Method::DELETE, ["v1", "bans", address]) => (Action::LiftBan, self.lift(address)),
-            (_, ["v1", "clients"] | ["v1", "clients", _] | ["v1", "bans"] | ["v1", "bans", _]) => (
+            (&Method::GET, ["v1", "names", name]) => (Action::Names, self.holder(name).await),
+            (&Method::GET, ["v1", "instances"]) => (Action::Instances, self.instances().await),
+            (
+                _,
+                ["v1", "clients"]
+                | ["v1", "clients", _]
+                | ["v1", "bans"]
+                | ["v1", "bans", _]
+                | ["v1", "names", _]
+                | ["v1", "instances"],
+            ) => (
                 Action::Other,
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             ),
@@ -216,7 +230,7 @@ impl Api {
             .map(|c| {
                 let registered = origin.0 + Duration::from_millis(c.key.registered_ms);
                 serde_json::json!({
-                    "id": c.key.to_string(),
+                    "id": self.id_text(c.key),
                     "worker": c.key.conn.worker,
                     "peer": c.peer.to_string(),
                     "client_name": &*c.name,
@@ -235,16 +249,47 @@ impl Api {
             StatusCode::OK,
             &serde_json::json!({
                 "clients": clients,
-                "next": next.map(|k| k.to_string()),
+                "next": next.map(|k| self.id_text(k)),
             }),
         )
     }
 
-    /// Closes one registered connection with EventError 15: 204, or 404.
+    /// A client's id as the API shows it: in a fleet, with `@INSTANCE`.
+    fn id_text(&self, key: ClientKey) -> String {
+        match &self.server.fleet {
+            Some(f) => format!("{key}@{}", f.keys.instance),
+            None => key.to_string(),
+        }
+    }
+
+    /// Closes one registered connection with EventError 15: 204, or 404. In a fleet, an
+    /// id of another server is passed to it.
     async fn kick(&self, id: &str) -> Response<Full<Bytes>> {
-        let Ok(key) = id.parse::<ClientKey>() else {
+        let (local, instance) = match id.split_once('@') {
+            Some((l, i)) => (l, Some(i)),
+            None => (id, None),
+        };
+        let Ok(key) = local.parse::<ClientKey>() else {
             return error(StatusCode::NOT_FOUND, "no such client");
         };
+        if let (Some(instance), Some(fleet)) = (instance, &self.server.fleet) {
+            if instance != fleet.keys.instance {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                fleet.post(crate::fleet::Op::Kick {
+                    instance: instance.to_string(),
+                    conn: key.conn,
+                    done,
+                });
+                let wait = (fleet.config.timeout * 4).max(Duration::from_secs(2));
+                return match tokio::time::timeout(wait, answer).await {
+                    Ok(Ok(Some(true))) => {
+                        tracing::info!(client = %id, "admin: client of another server closed with EventError 15");
+                        empty(StatusCode::NO_CONTENT)
+                    }
+                    _ => error(StatusCode::NOT_FOUND, "no live server has such a client"),
+                };
+            }
+        }
         let (done, answer) = tokio::sync::oneshot::channel();
         let command = Command::Kick {
             conn: key.conn,
@@ -289,6 +334,10 @@ impl Api {
         let Ok(ip) = address.parse::<IpAddr>() else {
             return error(StatusCode::BAD_REQUEST, "not an IP address");
         };
+        if let Some(f) = self.server.fleet.as_ref().filter(|f| f.config.bans) {
+            // Lifted everywhere, whether or not this server had it.
+            f.post(crate::fleet::Op::Unban { address: ip });
+        }
         if self.server.admission.lift(ip) {
             tracing::info!(address = %ip, "admin: ban lifted");
             empty(StatusCode::NO_CONTENT)
@@ -296,6 +345,51 @@ impl Api {
             error(StatusCode::NOT_FOUND, "no ban on that address")
         }
     }
+}
+
+impl Api {
+    /// `GET /v1/names/NAME`: the name's holder on whichever server of the fleet.
+    async fn holder(&self, name: &str) -> Response<Full<Bytes>> {
+        let Some(fleet) = &self.server.fleet else {
+            return error(StatusCode::NOT_FOUND, "not in a fleet (--fleet-redis)");
+        };
+        let name = percent_decode(name);
+        let (done, answer) = tokio::sync::oneshot::channel();
+        fleet.post(crate::fleet::Op::WhoHolds {
+            name: name.clone(),
+            done,
+        });
+        match tokio::time::timeout(fleet.config.timeout * 4, answer).await {
+            Ok(Ok(Ok(Some((instance, id))))) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "name": name, "instance": instance, "id": id }),
+            ),
+            Ok(Ok(Ok(None))) => error(StatusCode::NOT_FOUND, "no live holder of that name"),
+            Ok(Ok(Err(e))) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+            _ => error(StatusCode::SERVICE_UNAVAILABLE, "the fleet did not answer"),
+        }
+    }
+
+    /// `GET /v1/instances`: the fleet's live servers.
+    async fn instances(&self) -> Response<Full<Bytes>> {
+        let Some(fleet) = &self.server.fleet else {
+            return error(StatusCode::NOT_FOUND, "not in a fleet (--fleet-redis)");
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        fleet.post(crate::fleet::Op::Instances { done });
+        match tokio::time::timeout(fleet.config.timeout * 4, answer).await {
+            Ok(Ok(Ok(all))) => json(StatusCode::OK, &serde_json::json!({ "instances": all })),
+            Ok(Ok(Err(e))) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+            _ => error(StatusCode::SERVICE_UNAVAILABLE, "the fleet did not answer"),
+        }
+    }
+}
+
+/// A path segment with its %-escapes decoded (a ClientName may hold any UTF-8).
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Binds `--admin-listen` now (a bad address fails start-up) and serves the API on a

@@ -337,6 +337,26 @@ impl Admission {
         all
     }
 
+    /// Bans `ip` until `until` (a ban another server of the fleet made, docs/PROTOCOL.md
+    /// §13): entered like one of ours, or extended.
+    pub fn ban(&self, ip: IpAddr, until: Instant, failures: u32) {
+        let ip = ip.to_canonical();
+        let mut s = self.shard(ip);
+        if self.bans.load(Ordering::Acquire) >= MAX_TRACKED && !s.bans.contains_key(&ip) {
+            self.untracked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let entry = s.bans.entry(ip).or_insert_with(|| {
+            self.bans.fetch_add(1, Ordering::AcqRel);
+            (until, failures)
+        });
+        if entry.0 < until {
+            *entry = (until, failures);
+        }
+        self.next_expiry_ms
+            .fetch_min(self.ms(until), Ordering::AcqRel);
+    }
+
     /// Lifts the ban on `ip`; whether there was one.
     pub fn lift(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();

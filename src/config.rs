@@ -69,6 +69,26 @@ pub mod defaults {
     pub const LAME_DUCK_DURATION: Duration = Duration::ZERO;
     /// `--lame-duck-grace`.
     pub const LAME_DUCK_GRACE: Duration = Duration::ZERO;
+    /// `--fleet-name`: the key prefix shared by one fleet's servers.
+    pub const FLEET_NAME: &str = "ixn";
+    /// `--fleet-lease`.
+    pub const FLEET_LEASE: Duration = Duration::from_secs(10);
+    /// `--fleet-timeout`.
+    pub const FLEET_TIMEOUT: Duration = Duration::from_millis(500);
+    /// `--fleet-bans`.
+    pub const FLEET_BANS: bool = true;
+}
+
+/// What a registration under `reject`/`replace` gets when the fleet's name table does
+/// not answer in time (docs/PROTOCOL.md §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetUnavailable {
+    /// Registered on this server's word alone (logged, counted).
+    #[default]
+    Allow,
+    /// EventError 18.
+    Refuse,
 }
 
 /// A duration written as `250ms`, `5s`, `1m` (humantime syntax).
@@ -293,6 +313,42 @@ pub struct Args {
     /// Retired with engine v1: refused, with what to say instead.
     #[arg(long, env = "IXN_IO_ENGINE", hide = true)]
     pub io_engine: Option<String>,
+    /// Redis of the fleet (docs/PROTOCOL.md §13), repeatable: one URL a single primary,
+    /// several the seed nodes of a Redis Cluster; redis:// or rediss:// (TLS).
+    #[arg(
+        long,
+        env = "IXN_FLEET_REDIS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub fleet_redis: Vec<String>,
+    /// Redis AUTH password (the file's content without its trailing newline).
+    #[arg(long, env = "IXN_FLEET_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub fleet_redis_password_file: Option<PathBuf>,
+    /// Key prefix shared by the servers of one fleet [default: ixn].
+    #[arg(long, env = "IXN_FLEET_NAME", value_name = "NAME")]
+    pub fleet_name: Option<String>,
+    /// This server's id in the fleet, unique among live servers [default: host name, -,
+    /// process id].
+    #[arg(long, env = "IXN_FLEET_INSTANCE", value_name = "ID")]
+    pub fleet_instance: Option<String>,
+    /// A server whose lease is not renewed for this long is dead to the fleet
+    /// [default: 10s].
+    #[arg(long, env = "IXN_FLEET_LEASE", value_name = "DUR")]
+    pub fleet_lease: Option<Dur>,
+    /// Longest wait for the fleet's name table before --fleet-unavailable applies
+    /// [default: 500ms].
+    #[arg(long, env = "IXN_FLEET_TIMEOUT", value_name = "DUR")]
+    pub fleet_timeout: Option<Dur>,
+    /// What a registration under reject/replace gets when the fleet's name table does not
+    /// answer in time: allow (registered on this server's word) or refuse (EventError 18)
+    /// [default: allow].
+    #[arg(long, env = "IXN_FLEET_UNAVAILABLE", value_enum)]
+    pub fleet_unavailable: Option<FleetUnavailable>,
+    /// With --fleet-redis: a ban made by any server applies on every server [default: true].
+    #[arg(long, env = "IXN_FLEET_BANS", value_name = "BOOL")]
+    pub fleet_bans: Option<bool>,
     /// Validate the configuration and the registry, then exit.
     #[arg(long)]
     #[serde(skip)]
@@ -407,6 +463,58 @@ pub struct Config {
     pub metrics_max_connections: usize,
     /// io_uring or epoll.
     pub engine: Engine,
+    /// The fleet (docs/PROTOCOL.md §13); `None` without `--fleet-redis`.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// A fleet's settings (docs/PROTOCOL.md §13).
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Redis URLs: one a primary, several a Redis Cluster's seed nodes.
+    pub redis: Vec<String>,
+    /// AUTH password file.
+    pub password_file: Option<PathBuf>,
+    /// Key prefix.
+    pub name: String,
+    /// This server's id.
+    pub instance: String,
+    /// Lease.
+    pub lease: Duration,
+    /// Longest wait for the name table.
+    pub timeout: Duration,
+    /// What a registration gets when the table does not answer.
+    pub unavailable: FleetUnavailable,
+    /// Bans shared.
+    pub bans: bool,
+}
+
+impl FleetConfig {
+    /// The AUTH password, if a file gives one.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Ok(Some(
+            text.strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text)
+                .to_string(),
+        ))
+    }
+}
+
+/// The default `--fleet-instance`: the host name, `-`, the process id.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ixn".into());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Args {
@@ -456,6 +564,14 @@ impl Args {
             metrics_max_connections,
             engine,
             io_engine,
+            fleet_redis,
+            fleet_redis_password_file,
+            fleet_name,
+            fleet_instance,
+            fleet_lease,
+            fleet_timeout,
+            fleet_unavailable,
+            fleet_bans,
             check_config: _,
             signal_drain: _,
         } = file;
@@ -508,6 +624,14 @@ impl Args {
             metrics_max_connections: self.metrics_max_connections.or(metrics_max_connections),
             engine: self.engine.or(engine),
             io_engine: self.io_engine.or(io_engine),
+            fleet_redis: list(self.fleet_redis, fleet_redis),
+            fleet_redis_password_file: self.fleet_redis_password_file.or(fleet_redis_password_file),
+            fleet_name: self.fleet_name.or(fleet_name),
+            fleet_instance: self.fleet_instance.or(fleet_instance),
+            fleet_lease: self.fleet_lease.or(fleet_lease),
+            fleet_timeout: self.fleet_timeout.or(fleet_timeout),
+            fleet_unavailable: self.fleet_unavailable.or(fleet_unavailable),
+            fleet_bans: self.fleet_bans.or(fleet_bans),
             config: self.config,
             check_config: self.check_config,
             signal_drain: self.signal_drain,
@@ -598,6 +722,16 @@ impl Args {
                 .metrics_max_connections
                 .unwrap_or(def::METRICS_MAX_CONNECTIONS),
             engine: args.engine.unwrap_or_default(),
+            fleet: (!args.fleet_redis.is_empty()).then(|| FleetConfig {
+                redis: args.fleet_redis,
+                password_file: args.fleet_redis_password_file,
+                name: args.fleet_name.unwrap_or_else(|| def::FLEET_NAME.into()),
+                instance: args.fleet_instance.unwrap_or_else(default_instance),
+                lease: d(args.fleet_lease, def::FLEET_LEASE),
+                timeout: d(args.fleet_timeout, def::FLEET_TIMEOUT),
+                unavailable: args.fleet_unavailable.unwrap_or_default(),
+                bans: args.fleet_bans.unwrap_or(def::FLEET_BANS),
+            }),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -789,12 +923,62 @@ impl Config {
                 SOCKET_SEND_BUFFER_RANGE.end()
             ));
         }
+        if let Some(f) = &self.fleet {
+            f.validate()?;
+        }
         if !(1..=65_536).contains(&self.metrics_max_connections) {
             return bad(format!(
                 "--metrics-max-connections {} is outside 1..=65536",
                 self.metrics_max_connections
             ));
         }
+        Ok(())
+    }
+}
+
+impl FleetConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for url in &self.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad(format!(
+                    "--fleet-redis {url}: a redis:// or rediss:// URL is needed"
+                ));
+            }
+        }
+        let id_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !id_ok(&self.name) {
+            return bad(format!(
+                "--fleet-name {:?}: 1 to 128 characters of A-Z a-z 0-9 . _ -",
+                self.name
+            ));
+        }
+        if !id_ok(&self.instance) {
+            return bad(format!(
+                "--fleet-instance {:?}: 1 to 128 characters of A-Z a-z 0-9 . _ -",
+                self.instance
+            ));
+        }
+        for (flag, d) in [
+            ("--fleet-lease", self.lease),
+            ("--fleet-timeout", self.timeout),
+        ] {
+            if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
+                return bad(format!("{flag} {} is outside 1ms..=7days", fmt_dur(d)));
+            }
+        }
+        if self.lease < Duration::from_millis(300) {
+            return bad(format!(
+                "--fleet-lease {} is shorter than 300ms: it is renewed three times per lease",
+                fmt_dur(self.lease)
+            ));
+        }
+        self.password()?;
         Ok(())
     }
 }

@@ -27,6 +27,10 @@ ixn_proto::label_enum! {
         ListBans => "list_bans",
         /// `DELETE /v1/bans/ADDRESS`.
         LiftBan => "lift_ban",
+        /// `GET /v1/names/NAME` (a fleet's name holder).
+        Names => "names",
+        /// `GET /v1/instances` (a fleet's live servers).
+        Instances => "instances",
         /// Refused for a missing or wrong token (401).
         Unauthorized => "unauthorized",
         /// Anything else (404, 405, 400).

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod control;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod runtime;

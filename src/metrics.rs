@@ -71,6 +71,17 @@ pub const REGISTRY_CLIENTS: &str = "ixn_registry_clients";
 /// `ixn_registry_reloads_total{result}`
 pub const REGISTRY_RELOADS: &str = "ixn_registry_reloads_total";
 
+/// `ixn_fleet_up`: 1 while the fleet's Redis answers (docs/PROTOCOL.md §13).
+pub const FLEET_UP: &str = "ixn_fleet_up";
+/// `ixn_fleet_requests_total{op,result}`: operations on the fleet's Redis.
+pub const FLEET_REQUESTS: &str = "ixn_fleet_requests_total";
+/// `ixn_fleet_request_duration_seconds`: each operation's time, Redis round trips included.
+pub const FLEET_REQUEST_DURATION: &str = "ixn_fleet_request_duration_seconds";
+/// `ixn_fleet_names_held`: ClientNames this server holds in the fleet.
+pub const FLEET_NAMES_HELD: &str = "ixn_fleet_names_held";
+/// `ixn_fleet_conflicts_total`: names found held on two servers after an outage.
+pub const FLEET_CONFLICTS: &str = "ixn_fleet_conflicts_total";
+
 /// Buckets of the registration histogram: 50 µs to 10 s.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -152,6 +163,27 @@ pub fn describe() {
     describe_gauge!(
         NAMES_HELD,
         "ClientNames held under on_duplicate reject or replace (docs/PROTOCOL.md §7)."
+    );
+    describe_gauge!(
+        FLEET_UP,
+        "1 while the fleet's Redis answers, 0 otherwise (docs/PROTOCOL.md §13)."
+    );
+    describe_counter!(
+        FLEET_REQUESTS,
+        "Operations on the fleet's Redis, by op and result (ok, error, timeout, unavailable)."
+    );
+    describe_histogram!(
+        FLEET_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time of each operation on the fleet's Redis."
+    );
+    describe_gauge!(
+        FLEET_NAMES_HELD,
+        "ClientNames this server holds in the fleet."
+    );
+    describe_counter!(
+        FLEET_CONFLICTS,
+        "Names found held on two servers after an outage (on_duplicate reject keeps both)."
     );
     for a in crate::control::Action::ALL {
         let _ = counter!(ADMIN_REQUESTS, "action" => a.name());

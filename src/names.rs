@@ -23,6 +23,14 @@
 //! close them. A holder's later release then finds nothing of its own and does nothing, so
 //! it can never remove the newer holder. A connection never replaces itself: a Proxy that
 //! registers a logical client under a name it already holds keeps both.
+//!
+//! # In a fleet
+//!
+//! With `--fleet-redis` (docs/PROTOCOL.md §13) this table is the first word, Redis the
+//! last: a claim this table refuses is refused at once (no round trip); one it enters is
+//! posted to the fleet thread and answered [`Claim::Pending`], the registration waiting for
+//! the fleet's verdict. Every release of an entered name is posted too (Redis deletes it
+//! only if the name is still that holder's).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -30,7 +38,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-pub use ixn_proto::names::{Claims, ConnKey, Holder, Names};
+pub use ixn_proto::names::{Claim, Claims, ConnKey, Holder, Names, Ticket};
 use ixn_proto::protocol::ErrorCode;
 use ixn_proto::registry::{OnDuplicate, SharedName};
 
@@ -68,6 +76,8 @@ pub struct NameTable {
     replaced: Box<dyn Fn(Holder) + Send + Sync>,
     /// Names held, all shards together (read without locking any).
     held: AtomicUsize,
+    /// The fleet that decides last, with `--fleet-redis`.
+    fleet: Option<std::sync::Arc<crate::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for NameTable {
@@ -88,7 +98,14 @@ impl NameTable {
             hasher: Default::default(),
             replaced: Box::new(replaced),
             held: AtomicUsize::new(0),
+            fleet: None,
         }
+    }
+
+    /// The same table, deciding last through `fleet`.
+    pub fn with_fleet(mut self, fleet: Option<std::sync::Arc<crate::fleet::Fleet>>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     fn shard(&self, name: &str) -> MutexGuard<'_, Shard> {
@@ -126,9 +143,10 @@ impl Names for NameTable {
         name: &SharedName,
         policy: OnDuplicate,
         holder: Holder,
-    ) -> Result<(), ErrorCode> {
+        ticket: Ticket,
+    ) -> Result<Claim, ErrorCode> {
         if policy == OnDuplicate::Allow {
-            return Ok(());
+            return Ok(Claim::Done);
         }
         let mut displaced = Vec::new();
         {
@@ -156,19 +174,37 @@ impl Names for NameTable {
         for h in displaced {
             (self.replaced)(h);
         }
-        Ok(())
+        let Some(fleet) = &self.fleet else {
+            return Ok(Claim::Done);
+        };
+        fleet.post(crate::fleet::Op::Claim {
+            name: name.clone(),
+            policy,
+            holder,
+            ticket,
+        });
+        Ok(Claim::Pending)
     }
 
     /// `holder` no longer holds `name` (it unregistered or closed); nothing if it was
     /// replaced meanwhile.
     fn release(&self, name: &str, holder: Holder) {
         let mut shard = self.shard(name);
+        let Some((key, holders)) = shard.get_key_value(name) else {
+            return;
+        };
+        let key = key.0.clone();
+        let had = holders.contains(&holder);
         if let Some(holders) = shard.get_mut(name) {
             holders.retain(|h| *h != holder);
             if holders.is_empty() {
                 shard.remove(name);
                 self.held.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        drop(shard);
+        if let (true, Some(fleet)) = (had, &self.fleet) {
+            fleet.post(crate::fleet::Op::Release { name: key, holder });
         }
     }
 }
@@ -177,6 +213,12 @@ impl Names for NameTable {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex as StdMutex};
+
+    const T: Ticket = Ticket {
+        reference_id: 1,
+        client_type: 1,
+        logical: false,
+    };
 
     fn key(worker: u32, slot: u32) -> ConnKey {
         ConnKey {
@@ -200,8 +242,8 @@ mod tests {
             conn: key(0, 1),
             id: 1,
         };
-        assert_eq!(t.claim(&n, OnDuplicate::Allow, h), Ok(()));
-        assert_eq!(t.claim(&n, OnDuplicate::Allow, h), Ok(()));
+        assert_eq!(t.claim(&n, OnDuplicate::Allow, h, T), Ok(Claim::Done));
+        assert_eq!(t.claim(&n, OnDuplicate::Allow, h, T), Ok(Claim::Done));
         assert!(t.is_empty());
     }
 
@@ -217,14 +259,14 @@ mod tests {
             conn: key(1, 1),
             id: 2,
         };
-        assert_eq!(t.claim(&n, OnDuplicate::Reject, first), Ok(()));
+        assert_eq!(t.claim(&n, OnDuplicate::Reject, first, T), Ok(Claim::Done));
         assert_eq!(
-            t.claim(&n, OnDuplicate::Reject, second),
+            t.claim(&n, OnDuplicate::Reject, second, T),
             Err(ErrorCode::DuplicateClient)
         );
         t.release(&n, first);
         assert!(t.is_empty());
-        assert_eq!(t.claim(&n, OnDuplicate::Reject, second), Ok(()));
+        assert_eq!(t.claim(&n, OnDuplicate::Reject, second, T), Ok(Claim::Done));
         assert!(seen.lock().unwrap().is_empty());
     }
 
@@ -244,11 +286,11 @@ mod tests {
             conn: key(1, 7),
             id: 2,
         };
-        t.claim(&n, OnDuplicate::Replace, old).unwrap();
+        t.claim(&n, OnDuplicate::Replace, old, T).unwrap();
         // The same connection keeps both of its registrations.
-        t.claim(&n, OnDuplicate::Replace, own_logical).unwrap();
+        t.claim(&n, OnDuplicate::Replace, own_logical, T).unwrap();
         assert!(seen.lock().unwrap().is_empty());
-        t.claim(&n, OnDuplicate::Replace, new).unwrap();
+        t.claim(&n, OnDuplicate::Replace, new, T).unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![old, own_logical]);
         assert_eq!(t.holders(&n), vec![new]);
         // The displaced connection closes and releases: the newer holder stays.

@@ -47,10 +47,11 @@ impl ixn::names::Names for Names {
         name: &ixn::registry::SharedName,
         policy: ixn::registry::OnDuplicate,
         holder: ixn::names::Holder,
-    ) -> Result<(), ixn::protocol::ErrorCode> {
+        _ticket: ixn::names::Ticket,
+    ) -> Result<ixn::names::Claim, ixn::protocol::ErrorCode> {
         use ixn::registry::OnDuplicate;
         if policy == OnDuplicate::Allow {
-            return Ok(());
+            return Ok(ixn::names::Claim::Done);
         }
         let mut held = self.0.lock().unwrap();
         let holders = held.entry(name.to_string()).or_default();
@@ -62,7 +63,7 @@ impl ixn::names::Names for Names {
             _ => {}
         }
         holders.push(holder);
-        Ok(())
+        Ok(ixn::names::Claim::Done)
     }
 
     fn release(&self, name: &str, holder: ixn::names::Holder) {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 
-use crate::names::Claims;
+use crate::names::{Claims, Verdict};
 use crate::protocol::ErrorCode;
 use crate::registry::Registry;
 use crate::session::{
@@ -291,6 +291,12 @@ impl Connection {
         self.armed
     }
 
+    /// Whether a registration waits for an outside verdict on its name (docs/PROTOCOL.md
+    /// §13): frames behind it are not read until [`Connection::on_verdict`].
+    pub fn awaiting(&self) -> bool {
+        self.phase == Phase::Open && self.session.awaiting()
+    }
+
     /// Whether a close has been decided (flushing or lingering).
     pub fn is_closing(&self) -> bool {
         self.phase != Phase::Open
@@ -503,8 +509,9 @@ impl Connection {
             progress.action = closing.action;
             return progress;
         }
-        if self.session.state() == State::Registered {
-            // The frame deadline runs from a frame's first byte to its last.
+        if self.session.state() == State::Registered && !self.session.awaiting() {
+            // The frame deadline runs from a frame's first byte to its last (not while
+            // whole frames wait behind a registration's verdict).
             let partial = frames.len() > fed.consumed || mid_record;
             let began_now = fed.consumed > 0 || self.armed != Some(Timer::Frame);
             if partial && began_now {
@@ -673,6 +680,62 @@ impl Connection {
         match was {
             State::Registered | State::Rejected => self.flush_then_close(reason),
             _ => self.close_now(reason),
+        }
+    }
+
+    /// The fleet's verdict on the name a registration waits for: its answer (EventAck, or
+    /// EventError 14 or 18, docs/PROTOCOL.md §13) goes to `out`. The engine then offers the
+    /// input that waited behind it again ([`Connection::on_bytes`] with what it kept).
+    /// A verdict nobody waits for (a stale one) does nothing.
+    pub fn on_verdict(
+        &mut self,
+        now: Instant,
+        verdict: Verdict,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
+        mut each: impl FnMut(&Output),
+    ) -> Progress {
+        if !self.awaiting() {
+            return Progress::NOTHING;
+        }
+        let logical_before = self.session.logical_clients() as i64;
+        let mut tls = self.tls.take();
+        let mut answers = Vec::new();
+        let o = {
+            let mut ctx = Ctx {
+                registry: env.registry,
+                peer: self.peer,
+                tls: tls.as_deref().and_then(ServerTls::peer),
+                now,
+                ids: env.ids,
+                config: env.config.session,
+                names: env.names,
+            };
+            if tls.is_some() {
+                let o = self.session.verdict(verdict, &mut ctx, &mut answers);
+                if let Some(t) = tls.as_deref_mut() {
+                    t.send(&answers, out);
+                }
+                o
+            } else {
+                self.session.verdict(verdict, &mut ctx, out)
+            }
+        };
+        self.tls = tls;
+        each(&o);
+        let registered = matches!(
+            o.registration,
+            Some(Ok(Registration { logical: false, .. }))
+        );
+        if registered {
+            let after = now.saturating_duration_since(self.accepted_at).as_millis();
+            self.registered_after_ms = u32::try_from(after).unwrap_or(u32::MAX);
+        }
+        Progress {
+            timer: self.timer_change(o.timer),
+            registered,
+            logical_delta: self.session.logical_clients() as i64 - logical_before,
+            ..Progress::NOTHING
         }
     }
 

@@ -3,6 +3,11 @@
 //! and the [`Names`] interface a registration claims and releases through. The table
 //! itself (a process-wide, locked map) is the server's (`ixn::names::NameTable`); the
 //! core only calls it, so it stays free of locks and threads.
+//!
+//! In a fleet (docs/PROTOCOL.md §13) a claim may not be decided at once: the table answers
+//! [`Claim::Pending`], the registration waits (frames behind it wait too), and the engine
+//! later hands the connection a [`Verdict`] carrying the [`Ticket`] the claim was made
+//! with. The core never learns who decides or how.
 #![forbid(unsafe_code)]
 
 use crate::protocol::ErrorCode;
@@ -30,17 +35,53 @@ pub struct Holder {
     pub id: i32,
 }
 
+/// How a claim stands once the table has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Entered: the registration is answered now.
+    Done,
+    /// Entered here, and waiting for an outside verdict (the fleet's name table): the
+    /// registration is answered when the engine hands the connection its [`Verdict`].
+    Pending,
+}
+
+/// What a waiting registration needs to be answered later; the table carries it to the
+/// verdict untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The request's ReferenceId, echoed in its answer.
+    pub reference_id: i32,
+    /// Its ClientType's wire code.
+    pub client_type: u8,
+    /// A Proxy's logical client (not the connection's own registration).
+    pub logical: bool,
+}
+
+/// The outside decision on a [`Claim::Pending`] claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Who claimed (its connection and ProxyClientId).
+    pub holder: Holder,
+    /// What the claim was made with.
+    pub ticket: Ticket,
+    /// `Ok`: the name is its; else the EventError that refuses the registration (14, 18).
+    pub result: Result<(), ErrorCode>,
+}
+
 /// The process's table of held names, as the core uses it.
 pub trait Names: Sync {
     /// `holder` registers `name` under `policy`: `Err(DuplicateClient)` when `reject`
     /// finds it held by another; under `replace`, the older holders of other connections
     /// are displaced (and closed by their workers). Under `allow` nothing is entered.
+    /// `Ok(Claim::Pending)`: entered, and the registration waits for a [`Verdict`] made
+    /// with `ticket`.
     fn claim(
         &self,
         name: &SharedName,
         policy: OnDuplicate,
         holder: Holder,
-    ) -> Result<(), ErrorCode>;
+        ticket: Ticket,
+    ) -> Result<Claim, ErrorCode>;
     /// `holder` no longer holds `name` (it unregistered or closed); nothing if it was
     /// replaced meanwhile.
     fn release(&self, name: &str, holder: Holder);
@@ -65,7 +106,13 @@ impl std::fmt::Debug for Claims<'_> {
 
 impl Claims<'_> {
     /// See [`Names::claim`].
-    pub fn claim(&self, name: &SharedName, policy: OnDuplicate, id: i32) -> Result<(), ErrorCode> {
+    pub fn claim(
+        &self,
+        name: &SharedName,
+        policy: OnDuplicate,
+        id: i32,
+        ticket: Ticket,
+    ) -> Result<Claim, ErrorCode> {
         self.table.claim(
             name,
             policy,
@@ -73,6 +120,7 @@ impl Claims<'_> {
                 conn: self.conn,
                 id,
             },
+            ticket,
         )
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 
-use crate::names::Claims;
+use crate::names::{Claim, Claims, Ticket, Verdict};
 use crate::protocol::{
     encode_event_ack, encode_event_error, ClientType, ErrorCode, FramingError, Malformed, Message,
     RegisterClient, UnregisterClient,
@@ -347,6 +347,9 @@ pub struct Session {
     client_type: u8,
     /// Its own name is entered in the process's name table (`on_duplicate` not `allow`).
     claimed: bool,
+    /// A registration waits for the fleet's verdict on its name (docs/PROTOCOL.md §13):
+    /// no further frame is read until it comes.
+    awaiting: bool,
     /// A Proxy's logical clients. Boxed: only Proxies have any, and every idle
     /// connection carries this field (8 bytes instead of a `Vec`'s 24: the extra
     /// allocation is paid by Proxies only, and kept idle memory at its 2026-11-24 figure).
@@ -374,6 +377,7 @@ impl Session {
             name: None,
             client_type: 0,
             claimed: false,
+            awaiting: false,
             logical: None,
             closed_by: None,
         };
@@ -410,6 +414,12 @@ impl Session {
     pub fn registered_as(&self) -> Option<(&str, ClientType)> {
         let ty = ClientType::from_i32(self.client_type.into())?;
         self.name.as_deref().map(|n| (&**n, ty))
+    }
+
+    /// Whether a registration waits for an outside verdict on its name
+    /// ([`Session::verdict`]); frames behind it wait.
+    pub fn awaiting(&self) -> bool {
+        self.awaiting
     }
 
     fn is_proxy(&self) -> bool {
@@ -627,7 +637,13 @@ impl Session {
                         ..self.reject(ErrorCode::ServerOverloaded, req.reference_id, ctx, out)
                     };
                 };
-                let claimed = match claim(ctx, entry, id) {
+                // ClientType codes are 1..=5: the byte holds them.
+                let ticket = Ticket {
+                    reference_id: req.reference_id,
+                    client_type: ty.code() as u8,
+                    logical: false,
+                };
+                let (claimed, pending) = match claim(ctx, entry, id, ticket) {
                     Ok(c) => c,
                     Err(code) => {
                         ctx.ids.release(id);
@@ -637,32 +653,103 @@ impl Session {
                         };
                     }
                 };
-                self.state = State::Registered;
                 self.own_id = id;
                 self.name = Some(entry.name().clone());
                 self.claimed = claimed;
-                // ClientType codes are 1..=5: the byte holds them.
-                self.client_type = ty.code() as u8;
-                self.max_logical = if self.is_proxy() {
+                self.max_logical = if ty == ClientType::Proxy {
                     entry.max_logical_clients()
                 } else {
                     0
                 };
-                encode_event_ack(out, req.reference_id, Some(self.own_id));
-                Output {
-                    answer: Some(Answer::Ack),
-                    registration: Some(Ok(Registration {
-                        proxy_client_id: self.own_id,
-                        logical: false,
-                    })),
-                    timer: TimerAction::Cancel,
-                    close: Close::No,
+                if pending {
+                    // Answered by `verdict`; the registration deadline still runs.
+                    self.awaiting = true;
+                    return Output::NOTHING;
                 }
+                self.registered(ticket, out)
             }
             Err(code) => Output {
                 registration: Some(Err(code)),
                 ..self.reject(code, req.reference_id, ctx, out)
             },
+        }
+    }
+
+    /// The connection's own registration is decided: Registered, and its EventAck.
+    fn registered(&mut self, ticket: Ticket, out: &mut impl BufMut) -> Output {
+        self.state = State::Registered;
+        self.client_type = ticket.client_type;
+        encode_event_ack(out, ticket.reference_id, Some(self.own_id));
+        Output {
+            answer: Some(Answer::Ack),
+            registration: Some(Ok(Registration {
+                proxy_client_id: self.own_id,
+                logical: false,
+            })),
+            timer: TimerAction::Cancel,
+            close: Close::No,
+        }
+    }
+
+    /// The outside verdict on the claim a registration waits for (docs/PROTOCOL.md §13):
+    /// its answer goes to `out` (EventAck, or the verdict's EventError, which rejects an
+    /// unregistered connection), and frames behind it may be read again. A verdict that
+    /// finds no such wait (the connection closed meanwhile) does nothing.
+    pub fn verdict(&mut self, v: Verdict, ctx: &mut Ctx<'_>, out: &mut impl BufMut) -> Output {
+        if !self.awaiting || self.state == State::Closing {
+            return Output::NOTHING;
+        }
+        let (ticket, id) = (v.ticket, v.holder.id);
+        if !ticket.logical {
+            if self.own_id != id || self.state != State::Unregistered {
+                return Output::NOTHING;
+            }
+            self.awaiting = false;
+            return match v.result {
+                Ok(()) => self.registered(ticket, out),
+                Err(code) => {
+                    self.release_names(ctx.names);
+                    ctx.ids.release(id);
+                    self.own_id = 0;
+                    self.name = None;
+                    self.max_logical = 0;
+                    Output {
+                        registration: Some(Err(code)),
+                        ..self.reject(code, ticket.reference_id, ctx, out)
+                    }
+                }
+            };
+        }
+        let Some(l) = self.logical.as_deref_mut() else {
+            return Output::NOTHING;
+        };
+        let Some(at) = l.iter().position(|x| x.id == id) else {
+            return Output::NOTHING;
+        };
+        self.awaiting = false;
+        match v.result {
+            Ok(()) => {
+                encode_event_ack(out, ticket.reference_id, Some(id));
+                Output {
+                    answer: Some(Answer::Ack),
+                    registration: Some(Ok(Registration {
+                        proxy_client_id: id,
+                        logical: true,
+                    })),
+                    ..Output::NOTHING
+                }
+            }
+            Err(code) => {
+                let gone = l.swap_remove(at);
+                if let (Some(names), Some(name)) = (ctx.names, &gone.claimed) {
+                    names.release(name, id);
+                }
+                ctx.ids.release(id);
+                Output {
+                    registration: Some(Err(code)),
+                    ..answer_error(out, ticket.reference_id, code)
+                }
+            }
         }
     }
 
@@ -684,18 +771,23 @@ impl Session {
                     ctx.peer,
                     ctx.tls,
                 )
-                .and_then(|(entry, _)| {
+                .and_then(|(entry, ty)| {
                     if self.logical_clients() as u64 >= u64::from(self.max_logical) {
                         Err(ErrorCode::TooManyClients)
                     } else {
-                        Ok(entry)
+                        Ok((entry, ty))
                     }
                 })
         };
-        let result = result.and_then(|entry| {
+        let result = result.and_then(|(entry, ty)| {
+            let ticket = Ticket {
+                reference_id: req.reference_id,
+                client_type: ty.code() as u8,
+                logical: true,
+            };
             let id = ctx.ids.next_id().ok_or(ErrorCode::ServerOverloaded)?;
-            match claim(ctx, entry, id) {
-                Ok(claimed) => Ok((id, claimed.then(|| entry.name().clone()))),
+            match claim(ctx, entry, id, ticket) {
+                Ok((claimed, pending)) => Ok((id, claimed.then(|| entry.name().clone()), pending)),
                 Err(code) => {
                     ctx.ids.release(id);
                     Err(code)
@@ -703,10 +795,15 @@ impl Session {
             }
         });
         match result {
-            Ok((id, claimed)) => {
+            Ok((id, claimed, pending)) => {
                 self.logical
                     .get_or_insert_with(Box::default)
                     .push(Logical { id, claimed });
+                if pending {
+                    // Answered by `verdict`; counted against the limit meanwhile.
+                    self.awaiting = true;
+                    return Output::NOTHING;
+                }
                 encode_event_ack(out, req.reference_id, Some(id));
                 Output {
                     answer: Some(Answer::Ack),
@@ -793,7 +890,7 @@ impl Session {
             timer: TimerAction::Keep,
             close: Close::No,
         };
-        while self.state != State::Closing {
+        while self.state != State::Closing && !self.awaiting {
             let (input_item, len) =
                 match crate::protocol::decode(&input[fed.consumed..], max_frame_len) {
                     Ok(None) => break,
@@ -819,11 +916,19 @@ impl Session {
 }
 
 /// Enters `entry`'s name for registration `id` under its `on_duplicate` policy: whether
-/// it was entered (and must be given back), or the EventError that refuses it (14).
-fn claim(ctx: &Ctx<'_>, entry: &ClientEntry, id: i32) -> Result<bool, ErrorCode> {
+/// it was entered (and must be given back) and whether its answer waits for an outside
+/// verdict, or the EventError that refuses it (14).
+fn claim(
+    ctx: &Ctx<'_>,
+    entry: &ClientEntry,
+    id: i32,
+    ticket: Ticket,
+) -> Result<(bool, bool), ErrorCode> {
     match (entry.on_duplicate(), ctx.names) {
-        (OnDuplicate::Allow, _) | (_, None) => Ok(false),
-        (policy, Some(names)) => names.claim(entry.name(), policy, id).map(|()| true),
+        (OnDuplicate::Allow, _) | (_, None) => Ok((false, false)),
+        (policy, Some(names)) => names
+            .claim(entry.name(), policy, id, ticket)
+            .map(|c| (true, c == Claim::Pending)),
     }
 }
 

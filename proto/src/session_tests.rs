@@ -769,6 +769,8 @@ fn deadlines_never_overflow_whatever_the_config() {
 struct TestNames {
     held: std::sync::Mutex<std::collections::HashMap<String, Vec<crate::names::Holder>>>,
     replaced: Arc<std::sync::Mutex<Vec<crate::names::Holder>>>,
+    /// As a fleet would: every claim entered waits for a verdict, and is recorded here.
+    pending: Option<std::sync::Mutex<Vec<(crate::names::Holder, crate::names::Ticket)>>>,
 }
 
 impl crate::names::Names for TestNames {
@@ -777,10 +779,12 @@ impl crate::names::Names for TestNames {
         name: &crate::registry::SharedName,
         policy: crate::registry::OnDuplicate,
         holder: crate::names::Holder,
-    ) -> Result<(), ErrorCode> {
+        ticket: crate::names::Ticket,
+    ) -> Result<crate::names::Claim, ErrorCode> {
+        use crate::names::Claim;
         use crate::registry::OnDuplicate;
         if policy == OnDuplicate::Allow {
-            return Ok(());
+            return Ok(Claim::Done);
         }
         let mut held = self.held.lock().unwrap();
         let holders = held.entry(name.to_string()).or_default();
@@ -798,7 +802,13 @@ impl crate::names::Names for TestNames {
             _ => {}
         }
         holders.push(holder);
-        Ok(())
+        match &self.pending {
+            Some(asked) => {
+                asked.lock().unwrap().push((holder, ticket));
+                Ok(Claim::Pending)
+            }
+            None => Ok(Claim::Done),
+        }
     }
 
     fn release(&self, name: &str, holder: crate::names::Holder) {
@@ -833,12 +843,18 @@ impl TestNames {
 
 /// Two connections of a process sharing one name table, with a registry of policies.
 fn pair(replaced: Arc<std::sync::Mutex<Vec<crate::names::Holder>>>) -> (H, H) {
+    pair_with(replaced, false)
+}
+
+/// Like [`pair`]; with `fleet`, every claim entered waits for a verdict.
+fn pair_with(replaced: Arc<std::sync::Mutex<Vec<crate::names::Holder>>>, fleet: bool) -> (H, H) {
     let text = "[[client]]\nname = \"Rej\"\ntypes = [\"MediaServer\", \"Proxy\"]\non_duplicate = \"reject\"\n\
                 [[client]]\nname = \"Rep\"\ntypes = [\"MediaServer\", \"Proxy\"]\non_duplicate = \"replace\"\n\
                 [[client]]\nname = \"All\"\ntypes = [\"MediaServer\"]\n";
     let table = Arc::new(TestNames {
         held: Default::default(),
         replaced,
+        pending: fleet.then(Default::default),
     });
     let mk = |worker| {
         let mut h = H::new();
@@ -968,4 +984,191 @@ fn only_a_registered_connection_answers_a_kick() {
     assert_eq!(h.s.close_reason(), Some(CloseReason::Operator));
     let (name, ty) = h.s.registered_as().unwrap();
     assert_eq!((name, ty), ("MediaServer_email", ClientType::MediaServer));
+}
+
+impl H {
+    /// The claims this session's table holds waiting for a verdict, taken.
+    fn asked(&self) -> Vec<(crate::names::Holder, crate::names::Ticket)> {
+        let table = &self.names.as_ref().unwrap().0;
+        std::mem::take(&mut *table.pending.as_ref().unwrap().lock().unwrap())
+    }
+
+    fn verdict(&mut self, v: crate::names::Verdict) -> (Vec<Answer2>, Output) {
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            registry: &self.reg,
+            peer: self.peer,
+            tls: None,
+            now: self.now,
+            ids: &mut self.ids,
+            config: cfg(),
+            names: self.names.as_ref().map(|(table, conn)| Claims {
+                table: &**table,
+                conn: *conn,
+            }),
+        };
+        let o = self.s.verdict(v, &mut ctx, &mut out);
+        (answers(&out), o)
+    }
+}
+
+fn decided(
+    asked: (crate::names::Holder, crate::names::Ticket),
+    result: Result<(), ErrorCode>,
+) -> crate::names::Verdict {
+    crate::names::Verdict {
+        holder: asked.0,
+        ticket: asked.1,
+        result,
+    }
+}
+
+// docs/PROTOCOL.md §6, revision 3: a registration that waits for the fleet's name table is
+// answered once it has answered; frames behind it wait, and answers stay in order.
+#[test]
+fn a_waiting_registration_holds_the_frames_behind_it_until_its_verdict() {
+    let (mut a, _) = pair_with(Arc::default(), true);
+    let frames = [rrc(1, "Rej", 1, None), unreg(2, None)];
+    let bytes = frames.concat();
+    let (ans, fed) = a.send_bytes(&bytes);
+    assert!(
+        ans.is_empty(),
+        "nothing is answered before the verdict: {ans:?}"
+    );
+    assert_eq!(fed.consumed, frames[0].len(), "the frame behind waits");
+    assert_eq!(
+        fed.timer,
+        TimerAction::Keep,
+        "the registration deadline still runs"
+    );
+    assert!(a.s.awaiting());
+    assert_eq!(a.s.state(), State::Unregistered);
+    assert!(
+        a.s.registered_as().is_none(),
+        "not listed as registered yet"
+    );
+    // More bytes while waiting: nothing is read.
+    let (ans, fed) = a.send_bytes(&bytes[frames[0].len()..]);
+    assert_eq!((ans.len(), fed.consumed), (0, 0));
+    let asked = a.asked();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].1.reference_id, 1);
+    let (ans, o) = a.verdict(decided(asked[0], Ok(())));
+    assert!(
+        matches!(
+            ans[..],
+            [Answer2::Ack {
+                reference_id: 1,
+                ..
+            }]
+        ),
+        "{ans:?}"
+    );
+    assert_eq!(o.timer, TimerAction::Cancel);
+    assert_eq!(a.s.state(), State::Registered);
+    assert_eq!(a.s.registered_as(), Some(("Rej", ClientType::MediaServer)));
+    // The frame behind it is read now.
+    let (ans, fed) = a.send_bytes(&bytes[frames[0].len()..]);
+    assert!(
+        matches!(
+            ans[..],
+            [Answer2::Ack {
+                reference_id: 2,
+                ..
+            }]
+        ),
+        "{ans:?}"
+    );
+    assert_eq!(fed.close, Close::AfterWrite);
+    // A second verdict for it (stale) does nothing.
+    let (ans, o) = a.verdict(decided(asked[0], Ok(())));
+    assert!(ans.is_empty() && o == Output::NOTHING);
+}
+
+// Row (revision 3): Unregistered | … fleet not answering, `fleet_unavailable = "refuse"` |
+// EventError{18} | Rejected; and a fleet-wide duplicate under `reject`: EventError{14}.
+#[test]
+fn a_refusing_verdict_rejects_and_gives_the_name_and_id_back() {
+    for code in [ErrorCode::FleetUnavailable, ErrorCode::DuplicateClient] {
+        let (mut a, mut b) = pair_with(Arc::default(), true);
+        let _ = a.send(&[rrc(7, "Rej", 1, None)]);
+        let asked = a.asked();
+        assert_eq!(a.ids.live(), 1);
+        let (ans, o) = a.verdict(decided(asked[0], Err(code)));
+        assert_eq!(ans, vec![err(7, code)]);
+        assert_eq!(o.registration, Some(Err(code)));
+        assert_eq!(o.timer, error_deadline(&a));
+        assert_eq!(a.s.state(), State::Rejected);
+        assert_eq!(a.ids.live(), 0, "its id is free");
+        assert!(a.names.as_ref().unwrap().0.is_empty(), "its name is free");
+        // Another connection may claim the name now.
+        let _ = b.send(&[rrc(8, "Rej", 1, None)]);
+        assert_eq!(b.asked().len(), 1);
+    }
+}
+
+#[test]
+fn a_waiting_registration_still_meets_its_deadline_and_frees_its_name() {
+    let (mut a, _) = pair_with(Arc::default(), true);
+    let _ = a.send(&[rrc(1, "Rep", 1, None)]);
+    let asked = a.asked();
+    let o = a.s.expire(TimerKind::Registration);
+    assert_eq!(o.close, Close::Now);
+    a.s.release(
+        &mut a.ids,
+        a.names.as_ref().map(|(t, c)| Claims {
+            table: &**t,
+            conn: *c,
+        }),
+    );
+    assert!(a.names.as_ref().unwrap().0.is_empty());
+    assert_eq!(a.ids.live(), 0);
+    // Its verdict arrives late: nothing.
+    let (ans, o) = a.verdict(decided(asked[0], Ok(())));
+    assert!(ans.is_empty() && o == Output::NOTHING);
+}
+
+#[test]
+fn a_proxy_s_logical_client_waits_for_its_verdict_too() {
+    let (mut p, _) = pair_with(Arc::default(), true);
+    let _ = p.send(&[rrc(1, "All", 1, None)]);
+    let mut p = {
+        // A Proxy under `replace`: its own claim waits, then is granted.
+        let (mut p2, _) = pair_with(Arc::default(), true);
+        let _ = p2.send(&[rrc(1, "Rep", 3, None)]);
+        let asked = p2.asked();
+        let (ans, _) = p2.verdict(decided(asked[0], Ok(())));
+        assert!(matches!(ans[..], [Answer2::Ack { .. }]), "{ans:?}");
+        drop(p);
+        p2
+    };
+    let (ans, _) = p.send(&[rrc(2, "Rej", 1, None), rrc(3, "Rej", 1, None)]);
+    assert!(ans.is_empty());
+    let asked = p.asked();
+    assert!(asked[0].1.logical);
+    assert_eq!(
+        p.s.logical_clients(),
+        1,
+        "counted against its limit while waiting"
+    );
+    let (ans, o) = p.verdict(decided(asked[0], Err(ErrorCode::DuplicateClient)));
+    assert_eq!(ans, vec![err(2, ErrorCode::DuplicateClient)]);
+    assert_eq!(o.registration, Some(Err(ErrorCode::DuplicateClient)));
+    assert_eq!(p.s.state(), State::Registered, "a Proxy stays registered");
+    assert_eq!(p.s.logical_clients(), 0);
+    // The next frame's claim goes out now.
+    let rest = rrc(3, "Rej", 1, None);
+    let (_, fed) = p.send_bytes(&rest);
+    assert_eq!(fed.consumed, rest.len());
+    let asked = p.asked();
+    let (ans, _) = p.verdict(decided(asked[0], Ok(())));
+    let [Answer2::Ack {
+        reference_id: 3,
+        proxy_client_id: Some(id),
+    }] = ans[..]
+    else {
+        panic!("{ans:?}")
+    };
+    assert_eq!(p.s.logical_clients(), 1);
+    assert_ne!(Some(id), p.s.proxy_client_id());
 }

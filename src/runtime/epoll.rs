@@ -55,6 +55,8 @@ const ACCEPTS_PER_EVENT: usize = 256;
 /// Listener tokens count down from here; connection tokens are `generation << 32 | slot`
 /// (generations stay below 2^30, so the two never meet).
 const LISTENER_BASE: usize = usize::MAX;
+/// The fleet thread's wake-up (above every connection token, below the listeners').
+const WAKE: Token = Token(1 << 62);
 
 fn token(key: SlotKey) -> Token {
     Token((key.generation as usize) << 32 | key.slot)
@@ -136,6 +138,11 @@ impl Backend for Epoll {
         self.again.push((key, true));
     }
 
+    fn pause(&mut self, _key: SlotKey, _io: &mut Io) {
+        // Edge-triggered: a connection the core does not read is simply not read; what
+        // waits in its socket is read after `resume`.
+    }
+
     fn shutdown_write(&mut self, io: &mut Io) {
         let _ = io.stream.shutdown(Shutdown::Write);
     }
@@ -206,6 +213,15 @@ pub(super) fn thread_main(
         },
         core: Core::new(index, shared),
     };
+    if let Some(fleet) = w.core.shared.fleet.clone() {
+        match mio::Waker::new(w.b.poll.registry(), WAKE) {
+            Ok(waker) => fleet.set_wake(index, crate::fleet::Wake::Mio(waker)),
+            Err(e) => tracing::warn!(
+                worker = index,
+                "no waker for the fleet's wake-ups ({e}): its verdicts wait for the tick"
+            ),
+        }
+    }
     w.core
         .shared
         .health
@@ -247,8 +263,13 @@ impl Worker {
                     self.readable(key.slot, closed);
                 }
             }
+            let mut woken = false;
             for e in events.iter() {
                 let t = e.token();
+                if t == WAKE {
+                    woken = true;
+                    continue;
+                }
                 if t.0 > LISTENER_BASE - self.b.listeners.len() {
                     self.accept(LISTENER_BASE - t.0);
                     continue;
@@ -261,6 +282,9 @@ impl Worker {
                 if (e.is_readable() || closed) && self.core.live(key) {
                     self.readable(key.slot, closed);
                 }
+            }
+            if woken {
+                self.core.woken(&mut self.b);
             }
             if self.core.now < next_tick {
                 continue;

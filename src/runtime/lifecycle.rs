@@ -50,6 +50,11 @@ pub(super) const REFUSALS_LINGERING_MAX: usize = 16;
 /// Slots of each worker's timer wheel.
 const WHEEL_SLOTS: usize = 4096;
 
+/// Input kept behind a registration that waits for the fleet's verdict (docs/PROTOCOL.md
+/// §13) before the connection stops being read: a client that pipelines while it waits
+/// pins at most this much (plus one receive).
+const AWAITING_INPUT_MAX: usize = 64 * 1024;
+
 /// A connection's place: its slab slot and the generation it was inserted with (a slot is
 /// reused; the generation tells a late event for its former tenant apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +79,9 @@ pub(super) trait Backend {
     fn send_later(&mut self, key: SlotKey, io: &mut Self::Io, buf: &[u8]) -> std::io::Result<()>;
     /// Everything is sent: watch for input again (and read what waited).
     fn resume(&mut self, key: SlotKey, io: &mut Self::Io);
+    /// Stop watching for input until [`Backend::resume`] (a registration waits for the
+    /// fleet with enough input behind it).
+    fn pause(&mut self, key: SlotKey, io: &mut Self::Io);
     /// Sends our FIN.
     fn shutdown_write(&mut self, io: &mut Self::Io);
     /// Closes the socket: `true` if it is closed now; `false` if an operation is still in
@@ -111,6 +119,9 @@ pub(super) struct Slot<Io> {
     hard: Option<CloseReason>,
     /// Counted in `Shared::active` (refusals are not).
     counted: bool,
+    /// Not read while its registration waits for the fleet's verdict with
+    /// [`AWAITING_INPUT_MAX`] bytes behind it.
+    paused: bool,
 }
 
 impl<Io> Slot<Io> {
@@ -141,6 +152,8 @@ pub(super) struct Core<B: Backend> {
     /// Answers produced while a connection's `out` is being sent, by slot.
     later: std::collections::HashMap<usize, Vec<u8>>,
     drain: Option<Drain<(usize, u32)>>,
+    /// Connections `feed` just paused: the backend is told by `carry_out`'s caller.
+    paused: Vec<SlotKey>,
 }
 
 impl<B: Backend> Core<B> {
@@ -164,6 +177,7 @@ impl<B: Backend> Core<B> {
             scratch: Vec::with_capacity(256),
             later: std::collections::HashMap::new(),
             drain: None,
+            paused: Vec::new(),
             shared,
         }
     }
@@ -178,7 +192,8 @@ impl<B: Backend> Core<B> {
     /// Whether connection `i` reads now: not closing hard, and no answers waiting for the
     /// socket (a peer that does not read stops being read from).
     pub fn reading(&self, i: usize) -> bool {
-        self.slots[i].hard.is_none() && !self.slots[i].sending
+        let s = &self.slots[i];
+        s.hard.is_none() && !s.sending && !s.paused
     }
 
     /// Whether `key` still names a connection, closing or not.
@@ -256,6 +271,7 @@ impl<B: Backend> Core<B> {
             half_closed: false,
             hard: None,
             counted,
+            paused: false,
         });
         let key = SlotKey {
             slot: i,
@@ -344,6 +360,14 @@ impl<B: Backend> Core<B> {
         if s.pending.is_empty() && s.pending.capacity() > 0 {
             s.pending = Vec::new();
         }
+        if conn.awaiting() && s.pending.len() >= AWAITING_INPUT_MAX && !s.paused {
+            s.paused = true;
+            let key = SlotKey {
+                slot: i,
+                generation: s.generation,
+            };
+            self.paused.push(key);
+        }
         metrics.logical_delta(p.logical_delta);
         if let Some(h) = p.handshake {
             metrics.handshake(h);
@@ -357,6 +381,15 @@ impl<B: Backend> Core<B> {
     /// Carries out a connection's progress: its timer, its answers (in the scratch buffer,
     /// or already behind answers being sent), a close.
     pub fn carry_out(&mut self, b: &mut B, i: usize, p: Progress) {
+        for key in std::mem::take(&mut self.paused) {
+            if let Some(s) = self
+                .slots
+                .get_mut(key.slot)
+                .filter(|s| s.generation == key.generation)
+            {
+                b.pause(key, &mut s.io);
+            }
+        }
         self.apply_timer(i, p.timer);
         match p.action {
             Action::Continue => self.write(b, i),
@@ -585,6 +618,7 @@ impl<B: Backend> Core<B> {
             done = self.drain_step(b, &mut d, now);
             self.drain = Some(d);
         }
+        self.verdicts(b, now);
         self.commands(b, now);
         self.metrics
             .bans_active(self.shared.admission.bans_active(now));
@@ -722,6 +756,84 @@ impl<B: Backend> Core<B> {
         }
         for (slot, kick) in kicks {
             self.notify(b, slot, now, Notice::Kick(kick));
+        }
+    }
+
+    /// The fleet thread woke the worker: the verdicts it posted, and the kicks (replaced
+    /// names, operators on other servers) it put in the inbox.
+    pub fn woken(&mut self, b: &mut B) {
+        let now = self.now;
+        self.verdicts(b, now);
+        self.commands(b, now);
+    }
+
+    /// The fleet's verdicts on the names registrations wait for (docs/PROTOCOL.md §13):
+    /// each is answered, then the input that waited behind it is read.
+    fn verdicts(&mut self, b: &mut B, now: Instant) {
+        let Some(fleet) = self.shared.fleet.clone() else {
+            return;
+        };
+        for v in fleet.take(self.index as usize) {
+            let key = SlotKey {
+                slot: v.holder.conn.slot as usize,
+                generation: v.holder.conn.generation,
+            };
+            if !self.live(key) {
+                // Closed meanwhile: its close released the name (the fleet thread runs
+                // the release after this claim).
+                continue;
+            }
+            let i = key.slot;
+            let s = &mut self.slots[i];
+            let mut answers = if s.sending {
+                self.later.remove(&i).unwrap_or_default()
+            } else {
+                self.scratch.clear();
+                std::mem::take(&mut self.scratch)
+            };
+            let registry = self.shared.registry.load();
+            let mut env = Env {
+                registry: &registry,
+                ids: &mut self.ids,
+                config: &self.cfg,
+                gate: None,
+                names: Some(self.shared.claims(ConnKey {
+                    worker: self.index,
+                    slot: i as u32,
+                    generation: s.generation,
+                })),
+            };
+            let metrics = &self.metrics;
+            let p = s
+                .conn
+                .on_verdict(now, v, &mut env, &mut answers, |o| metrics.output(o));
+            if !s.sending {
+                self.scratch = answers;
+            } else if !answers.is_empty() {
+                self.later.insert(i, answers);
+            }
+            metrics.logical_delta(p.logical_delta);
+            if p.registered {
+                metrics.registration_duration(now.saturating_duration_since(s.conn.accepted_at()));
+            }
+            self.carry_out(b, i, p);
+            // The input that waited is read now (which may pause it again behind the next
+            // claim), and a paused socket is watched again.
+            if self.live(key) && !self.slots[i].conn.awaiting() {
+                let was_paused = std::mem::take(&mut self.slots[i].paused);
+                if let Some(p) = self.feed(i, &[]) {
+                    self.carry_out(b, i, p);
+                }
+                if let Some(s) = self
+                    .slots
+                    .get_mut(i)
+                    .filter(|s| s.generation == key.generation && s.hard.is_none())
+                {
+                    if was_paused && !s.paused && !s.sending {
+                        b.resume(key, &mut s.io);
+                    }
+                }
+            }
         }
     }
 

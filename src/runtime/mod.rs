@@ -100,6 +100,19 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         signal_hook::consts::SIGINT,
     ])?;
     let threads = start_workers(&shared, listeners)?;
+    if let Some(fleet) = &shared.fleet {
+        let counted = shared.clone();
+        crate::fleet::spawn(crate::fleet::Context {
+            fleet: fleet.clone(),
+            inboxes: shared.inboxes.clone(),
+            admission: shared.admission.clone(),
+            admin: admin_addr,
+            started: crate::admin::rfc3339(shared.origin.1),
+            clients: Box::new(move || {
+                counted.active.load(std::sync::atomic::Ordering::Relaxed) as u64
+            }),
+        })?;
+    }
     if shared.config.registry_watch {
         watch_registry(shared.clone());
     }
@@ -139,6 +152,12 @@ fn install_metrics(
         .and_then(|b| {
             b.set_buckets_for_metric(
                 Matcher::Full(crate::metrics::TLS_HANDSHAKE_DURATION.into()),
+                crate::metrics::DURATION_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(crate::metrics::FLEET_REQUEST_DURATION.into()),
                 crate::metrics::DURATION_BUCKETS,
             )
         })

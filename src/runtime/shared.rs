@@ -44,6 +44,8 @@ pub struct Shared {
     pub inboxes: Arc<crate::control::Inboxes>,
     /// The start, on both clocks: admin ids count from it, and wall times derive from it.
     pub origin: (Instant, std::time::SystemTime),
+    /// The fleet (docs/PROTOCOL.md §13), with `--fleet-redis`.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Shards of the name table: enough that two workers registering at once rarely meet.
@@ -56,6 +58,10 @@ impl Shared {
         let inboxes = Arc::new(crate::control::Inboxes::new(config.workers));
         let posts = inboxes.clone();
         let tls_files = tls.as_ref().and_then(|_| config.tls.file_bytes());
+        let fleet = config
+            .fleet
+            .clone()
+            .map(|f| Arc::new(crate::fleet::Fleet::new(f, config.workers)));
         Self {
             health: Arc::new(Health::new(config.workers, config.metrics_max_connections)),
             max_clients: AtomicUsize::new(config.max_connections),
@@ -66,9 +72,11 @@ impl Shared {
             tls_files: std::sync::Mutex::new(tls_files),
             tls: ArcSwapOption::new(tls),
             hurry: std::sync::atomic::AtomicBool::new(false),
-            names: crate::names::NameTable::new(NAME_SHARDS, move |h| posts.replaced(h.conn)),
+            names: crate::names::NameTable::new(NAME_SHARDS, move |h| posts.replaced(h.conn))
+                .with_fleet(fleet.clone()),
             inboxes,
             origin: (now, std::time::SystemTime::now()),
+            fleet,
         }
     }
 
@@ -79,6 +87,7 @@ impl Shared {
             inboxes: self.inboxes.clone(),
             admission: self.admission.clone(),
             origin: self.origin,
+            fleet: self.fleet.clone(),
         }
     }
 
@@ -196,6 +205,13 @@ impl Shared {
                     "address banned for {}",
                     humantime::format_duration(self.config.admission.ban_duration)
                 );
+                if let Some(fleet) = self.fleet.as_ref().filter(|f| f.config.bans) {
+                    fleet.post(crate::fleet::Op::Ban {
+                        address: ban.address,
+                        remaining: ban.until.saturating_duration_since(now),
+                        failures: ban.failures,
+                    });
+                }
             }
         }
     }

@@ -77,6 +77,8 @@ const SQ_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 16384;
 /// The index of the tick's timeout among `IGNORE` completions.
 const TICK: usize = 1;
+/// The index of the fleet's wake-up (a read of the worker's eventfd) among them.
+const WAKE: usize = 2;
 
 /// An operation's `user_data`: its kind, and the connection (slot and generation) it is
 /// for, checked on every completion.
@@ -218,6 +220,11 @@ pub(super) struct Uring {
     /// The tick's timeout fired.
     tick_due: bool,
     tick_ts: types::Timespec,
+    /// With a fleet: the eventfd the fleet thread writes to wake this worker, and the
+    /// buffer its armed read fills.
+    wake: Option<(RawFd, Box<[u8; 8]>)>,
+    /// The fleet woke the worker.
+    wake_due: bool,
     ring: IoUring,
     bufs: BufRing,
 }
@@ -256,6 +263,19 @@ impl Uring {
         io.receiving = true;
         let e = opcode::RecvMulti::new(types::Fd(io.fd), BGID).build();
         self.push(e.user_data(ud(RECV, key)));
+    }
+
+    /// Arms the read of the fleet's eventfd: its completion wakes the worker.
+    fn arm_wake(&mut self) {
+        let Some((fd, buf)) = &mut self.wake else {
+            return;
+        };
+        let e = opcode::Read::new(types::Fd(*fd), buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(other(IGNORE, WAKE));
+        // The buffer is boxed in this backend and the eventfd is owned by the fleet,
+        // which lives as long as the process: both outlive the read.
+        self.push(e);
     }
 
     /// Arms the next tick: a timeout operation in the ring, so the wait in
@@ -305,6 +325,14 @@ impl Backend for Uring {
 
     fn resume(&mut self, key: SlotKey, io: &mut Io) {
         self.arm_recv(key, io);
+    }
+
+    fn pause(&mut self, key: SlotKey, io: &mut Io) {
+        if io.receiving {
+            // Its completion (ECANCELED) is not armed again while the core is not reading.
+            let cancel = opcode::AsyncCancel::new(ud(RECV, key)).build();
+            self.push(cancel.user_data(other(IGNORE, 0)));
+        }
     }
 
     fn shutdown_write(&mut self, io: &mut Io) {
@@ -416,6 +444,8 @@ pub(super) fn thread_main(
             cq_lost: 0,
             tick_due: false,
             tick_ts: types::Timespec::from(shared.config.timer_tick),
+            wake: None,
+            wake_due: false,
             ring,
             bufs,
         },
@@ -423,6 +453,19 @@ pub(super) fn thread_main(
     };
     for i in 0..w.b.listeners.len() {
         w.b.arm_accept(i);
+    }
+    if let Some(fleet) = w.core.shared.fleet.clone() {
+        match eventfd() {
+            Ok(file) => {
+                w.b.wake = Some((file.as_raw_fd(), Box::new([0; 8])));
+                fleet.set_wake(index, crate::fleet::Wake::EventFd(file));
+                w.b.arm_wake();
+            }
+            Err(e) => tracing::warn!(
+                worker = index,
+                "no eventfd for the fleet's wake-ups ({e}): its verdicts wait for the tick"
+            ),
+        }
     }
     w.core
         .shared
@@ -470,6 +513,10 @@ impl Worker {
             for (u, res, flags) in done.drain(..) {
                 self.complete(u, res, flags);
             }
+            if std::mem::take(&mut self.b.wake_due) {
+                self.b.arm_wake();
+                self.core.woken(&mut self.b);
+            }
             if !std::mem::take(&mut self.b.tick_due) {
                 continue;
             }
@@ -506,6 +553,7 @@ impl Worker {
                 }
             }
             IGNORE if key.slot == TICK => self.b.tick_due = true,
+            IGNORE if key.slot == WAKE => self.b.wake_due = true,
             _ => {}
         }
     }
@@ -589,4 +637,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// A non-blocking eventfd, for the fleet thread to wake a worker through its ring.
+fn eventfd() -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd(2) takes no pointers; its result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }

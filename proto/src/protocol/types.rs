@@ -190,6 +190,9 @@ wire_enum! {
         AddressTemporarilyRefused = 16,
         /// The registry entry requires TLS and the connection is not TLS.
         TlsRequired = 17,
+        /// The fleet's name table did not answer in time for a name under `reject` or
+        /// `replace`, and `fleet_unavailable = "refuse"` (docs/PROTOCOL.md §13).
+        FleetUnavailable = 18,
     }
 }
 
@@ -215,6 +218,7 @@ impl ErrorCode {
             Self::ClientDisconnected => "client disconnected",
             Self::AddressTemporarilyRefused => "address temporarily refused",
             Self::TlsRequired => "tls required",
+            Self::FleetUnavailable => "fleet unavailable",
         }
     }
 }
@@ -225,7 +229,7 @@ mod enum_tests {
 
     #[test]
     fn one_declaration_gives_all_count_conversions_names_and_indexes() {
-        assert_eq!(ErrorCode::COUNT, 17);
+        assert_eq!(ErrorCode::COUNT, 18);
         for (i, c) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(c.index(), i);
             assert_eq!(c.code(), i as i32 + 1);
@@ -233,7 +237,7 @@ mod enum_tests {
             assert!(!c.description().is_empty());
         }
         assert_eq!(ErrorCode::from_i32(0), None);
-        assert_eq!(ErrorCode::from_i32(18), None);
+        assert_eq!(ErrorCode::from_i32(19), None);
         assert_eq!(ErrorCode::TlsRequired.name(), "TlsRequired");
         assert_eq!(ClientType::COUNT, 5);
         for (i, t) in ClientType::ALL.iter().enumerate() {

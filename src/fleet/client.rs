@@ -1,0 +1,1199 @@
+//! The fleet thread: one Redis connection (a `ConnectionManager` for a primary, a cluster
+//! connection for seed nodes; both multiplexed, both over RESP3 so that the channels'
+//! messages arrive on the same connection), the lease, names, bans and the admin API's
+//! fleet calls (docs/PROTOCOL.md §13).
+//!
+//! Operations on one name run one at a time, in the order workers posted them (a claim,
+//! then its release), so a release can never overtake the claim it undoes; operations on
+//! different names run concurrently and share round trips. Every operation is bounded by
+//! `fleet_timeout`; a claim that Redis does not answer in time is decided by
+//! `fleet_unavailable`. The names this server holds are kept here too, so that a lost
+//! lease or an emptied Redis is followed by re-asserting them all.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use ixn_proto::names::{ConnKey, Holder, Verdict};
+use ixn_proto::protocol::ErrorCode;
+use ixn_proto::registry::OnDuplicate;
+use ixn_proto::session::Kick;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisFuture, RedisResult, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::keys::{self, Held, Keys, Message};
+use super::{unix_ms, Fleet, Op};
+use crate::config::FleetUnavailable;
+use crate::control::{Command, Inboxes};
+
+/// Deletes a name only if this holder still holds it (one key: a Cluster's slot).
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local v = redis.call('GET', KEYS[1]) \
+         if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
+           return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
+/// Replaces a name's holder only if it is still the one read before.
+static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+           redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
+    )
+});
+
+/// What the fleet thread needs of the server.
+pub struct Context {
+    /// The fleet's shared half.
+    pub fleet: Arc<Fleet>,
+    /// Workers' command inboxes (kicks of replaced holders and operators' kicks).
+    pub inboxes: Arc<Inboxes>,
+    /// Admission control, where fleet bans are applied.
+    pub admission: Arc<crate::admission::Admission>,
+    /// The admin API's address, for `GET /v1/instances`.
+    pub admin: Option<std::net::SocketAddr>,
+    /// When the server started (RFC 3339).
+    pub started: String,
+    /// Registered clients now.
+    pub clients: Box<dyn Fn() -> u64 + Send>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Starts the fleet thread.
+pub fn spawn(ctx: Context) -> std::io::Result<()> {
+    let Some(ops) = ctx
+        .fleet
+        .receiver
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("ixn-fleet".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("fleet: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(run(ctx, ops));
+        })
+        .map(drop)
+}
+
+/// The Redis connection: a primary or a cluster, used alike.
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(channels).await,
+            Conn::Cluster(c) => c.subscribe(channels).await,
+        }
+    }
+}
+
+/// Connects (RESP3, so channel messages arrive as pushes on this connection) and
+/// subscribes to this server's channel and the bans channel.
+async fn connect(
+    cfg: &crate::config::FleetConfig,
+    keys: &Keys,
+    push: UnboundedSender<redis::PushInfo>,
+) -> RedisResult<Conn> {
+    use redis::IntoConnectionInfo;
+    let password = cfg.password().map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::Client, "password file", e.to_string()))
+    })?;
+    let timeout = cfg.timeout.max(Duration::from_millis(100));
+    let mut conn = if cfg.redis.len() == 1 {
+        let info = cfg.redis[0].as_str().into_connection_info()?;
+        let mut settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        if let Some(p) = &password {
+            settings = settings.set_password(p);
+        }
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_push_sender(push)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        Conn::Single(client.get_connection_manager_with_config(config).await?)
+    } else {
+        let mut b = redis::cluster::ClusterClient::builder(cfg.redis.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .connection_timeout(timeout)
+            .response_timeout(cfg.timeout)
+            .retries(1);
+        if let Some(p) = &password {
+            b = b.password(p.clone());
+        }
+        Conn::Cluster(b.build()?.get_async_connection().await?)
+    };
+    conn.subscribe(&[keys.to(&keys.instance), keys.ban_channel()])
+        .await?;
+    Ok(conn)
+}
+
+/// A name this server holds in Redis (or would, once Redis is back).
+#[derive(Debug, Clone)]
+struct Rec {
+    holder: Holder,
+    policy: OnDuplicate,
+    claimed_ms: u64,
+}
+
+/// What a task tells the loop when it ends.
+enum Done {
+    Connected(Conn),
+    Claimed {
+        name: String,
+        rec: Rec,
+        kept: bool,
+    },
+    Released {
+        name: String,
+    },
+    Renewed {
+        ok: bool,
+        lost: bool,
+    },
+    Conflict {
+        name: String,
+        settled: bool,
+    },
+    /// A re-assert under `replace` found a newer holder elsewhere: ours is replaced.
+    Displaced {
+        name: String,
+        holder: Holder,
+    },
+}
+
+struct State {
+    ctx: Context,
+    keys: Keys,
+    conn: Option<Conn>,
+    up: bool,
+    held: HashMap<String, Vec<Rec>>,
+    /// Names with an operation in flight, and the operations waiting behind it.
+    busy: HashMap<String, VecDeque<Op>>,
+    conflicts: HashSet<String>,
+    kicks: HashMap<u64, tokio::sync::oneshot::Sender<Option<bool>>>,
+    next_request: u64,
+    done: UnboundedSender<Done>,
+}
+
+async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
+    let (done, mut done_rx) = unbounded_channel();
+    let (push_tx, mut push_rx) = unbounded_channel();
+    let keys = ctx.fleet.keys.clone();
+    let cfg = ctx.fleet.config.clone();
+    let mut s = State {
+        keys,
+        conn: None,
+        up: false,
+        held: HashMap::new(),
+        busy: HashMap::new(),
+        conflicts: HashSet::new(),
+        kicks: HashMap::new(),
+        next_request: 1,
+        done,
+        ctx,
+    };
+    metrics::gauge!(crate::metrics::FLEET_UP).set(0.0);
+    // Connect in the background, backing off with full jitter: servers that lost Redis
+    // together do not come back in step.
+    {
+        let (cfg, keys, done) = (cfg.clone(), s.keys.clone(), s.done.clone());
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match connect(&cfg, &keys, push_tx.clone()).await {
+                    Ok(c) => {
+                        let _ = done.send(Done::Connected(c));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("fleet: cannot reach Redis: {e}");
+                        tokio::time::sleep(jitter(delay)).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+    let mut renew = tokio::time::interval(cfg.lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settle = tokio::time::interval(Duration::from_secs(1));
+    settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            op = ops.recv() => match op {
+                Some(op) => s.op(op),
+                None => return,
+            },
+            Some(d) = done_rx.recv() => s.done(d),
+            Some(p) = push_rx.recv() => s.push(p),
+            _ = renew.tick() => s.renew(),
+            _ = settle.tick() => s.settle(),
+        }
+    }
+}
+
+/// A delay drawn uniformly from zero to `d` (full jitter).
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(unix_ms());
+    let r = (h.finish() % 1_000_000) as f64 / 1_000_000.0;
+    d.mul_f64(r).max(Duration::from_millis(10))
+}
+
+/// Counts one Redis operation.
+fn count(op: &'static str, result: &'static str, took: Duration) {
+    metrics::counter!(crate::metrics::FLEET_REQUESTS, "op" => op, "result" => result).increment(1);
+    metrics::histogram!(crate::metrics::FLEET_REQUEST_DURATION).record(took.as_secs_f64());
+}
+
+/// Runs `f` under `timeout`, counted as `op`.
+async fn timed<T>(
+    op: &'static str,
+    timeout: Duration,
+    f: impl std::future::Future<Output = RedisResult<T>>,
+) -> Option<T> {
+    let t0 = Instant::now();
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => {
+            count(op, "ok", t0.elapsed());
+            Some(v)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("fleet: {op}: {e}");
+            count(op, "error", t0.elapsed());
+            None
+        }
+        Err(_) => {
+            count(op, "timeout", t0.elapsed());
+            None
+        }
+    }
+}
+
+/// Whether `cur` (a name's value) names a live holder other than this server's own
+/// stale entries: its server's lease holds its generation.
+async fn alive(conn: &mut Conn, keys: &Keys, cur: &str) -> RedisResult<Option<Held>> {
+    let Some(h) = Held::parse(cur) else {
+        return Ok(None);
+    };
+    if h.instance == keys.instance {
+        // This server's table said the name was free: a holder of ours that Redis still
+        // shows is gone (its release was lost), or of a predecessor.
+        return Ok(None);
+    }
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(keys.lease(&h.instance))
+        .query_async(conn)
+        .await?;
+    Ok((lease == Some(h.generation.to_string())).then_some(h))
+}
+
+/// How a claim ended in Redis.
+enum Claimed {
+    Granted { displaced: Option<Held> },
+    Refused,
+}
+
+async fn claim(
+    conn: &mut Conn,
+    keys: &Keys,
+    name: &str,
+    policy: OnDuplicate,
+    value: &str,
+) -> RedisResult<Claimed> {
+    let key = keys.name(name);
+    if policy == OnDuplicate::Replace {
+        let prev: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .arg("GET")
+            .query_async(conn)
+            .await?;
+        let displaced = prev.as_deref().and_then(Held::parse);
+        return Ok(Claimed::Granted { displaced });
+    }
+    let prev: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(value)
+        .arg("NX")
+        .arg("GET")
+        .query_async(conn)
+        .await?;
+    let Some(cur) = prev else {
+        return Ok(Claimed::Granted { displaced: None });
+    };
+    if alive(conn, keys, &cur).await?.is_some() {
+        return Ok(Claimed::Refused);
+    }
+    let swapped: i32 = SWAP
+        .key(&key)
+        .arg(&cur)
+        .arg(value)
+        .invoke_async(conn)
+        .await?;
+    Ok(if swapped == 1 {
+        Claimed::Granted { displaced: None }
+    } else {
+        Claimed::Refused
+    })
+}
+
+impl State {
+    fn timeout(&self) -> Duration {
+        self.ctx.fleet.config.timeout
+    }
+
+    fn op(&mut self, op: Op) {
+        let name = match &op {
+            Op::Claim { name, .. } | Op::Release { name, .. } => Some(name.to_string()),
+            _ => None,
+        };
+        if let Some(name) = name {
+            if let Some(q) = self.busy.get_mut(&name) {
+                q.push_back(op);
+                return;
+            }
+            self.busy.insert(name, VecDeque::new());
+        }
+        self.start(op);
+    }
+
+    /// Starts `op` (for a name, that name is marked busy already).
+    fn start(&mut self, op: Op) {
+        match op {
+            Op::Claim {
+                name,
+                policy,
+                holder,
+                ticket,
+            } => {
+                let rec = Rec {
+                    holder,
+                    policy,
+                    claimed_ms: unix_ms(),
+                };
+                let name = name.to_string();
+                let Some(mut conn) = self.conn.clone() else {
+                    count("claim", "unavailable", Duration::ZERO);
+                    let kept = self.unavailable(holder, ticket);
+                    let _ = self.done.send(Done::Claimed { name, rec, kept });
+                    return;
+                };
+                let (keys, fleet, done, timeout) = (
+                    self.keys.clone(),
+                    self.ctx.fleet.clone(),
+                    self.done.clone(),
+                    self.timeout(),
+                );
+                let inboxes = self.ctx.inboxes.clone();
+                tokio::spawn(async move {
+                    let value = keys.holder_value(holder, rec.claimed_ms);
+                    let r = timed(
+                        "claim",
+                        timeout,
+                        claim(&mut conn, &keys, &name, policy, &value),
+                    )
+                    .await;
+                    let result = match &r {
+                        Some(Claimed::Granted { .. }) => Ok(()),
+                        Some(Claimed::Refused) => Err(ErrorCode::DuplicateClient),
+                        None => {
+                            match fleet.config.unavailable {
+                                FleetUnavailable::Allow => {
+                                    tracing::warn!(name, "fleet: no answer in time; registered on this server's word");
+                                    Ok(())
+                                }
+                                FleetUnavailable::Refuse => Err(ErrorCode::FleetUnavailable),
+                            }
+                        }
+                    };
+                    let kept = result.is_ok();
+                    fleet.deliver(Verdict {
+                        holder,
+                        ticket,
+                        result,
+                    });
+                    fleet.wake(holder.conn.worker as usize);
+                    if let Some(Claimed::Granted {
+                        displaced: Some(old),
+                    }) = r
+                    {
+                        displace(&mut conn, &keys, &inboxes, &fleet, old, timeout).await;
+                    }
+                    let _ = done.send(Done::Claimed { name, rec, kept });
+                });
+            }
+            Op::Release { name, holder } => {
+                let name = name.to_string();
+                if let Some(recs) = self.held.get_mut(&name) {
+                    recs.retain(|r| r.holder != holder);
+                    if recs.is_empty() {
+                        self.held.remove(&name);
+                        self.conflicts.remove(&name);
+                    }
+                }
+                self.gauge();
+                let Some(mut conn) = self.conn.clone() else {
+                    let _ = self.done.send(Done::Released { name });
+                    return;
+                };
+                let (keys, done, timeout) = (self.keys.clone(), self.done.clone(), self.timeout());
+                tokio::spawn(async move {
+                    let prefix = keys.holder_prefix(holder);
+                    let _: Option<i32> = timed(
+                        "release",
+                        timeout,
+                        RELEASE
+                            .key(keys.name(&name))
+                            .arg(prefix)
+                            .invoke_async(&mut conn),
+                    )
+                    .await;
+                    let _ = done.send(Done::Released { name });
+                });
+            }
+            Op::Ban {
+                address,
+                remaining,
+                failures,
+            } => {
+                let Some(mut conn) = self.conn.clone() else {
+                    return;
+                };
+                let (keys, timeout) = (self.keys.clone(), self.timeout());
+                tokio::spawn(async move {
+                    let until = unix_ms() + remaining.as_millis() as u64;
+                    let addr = address.to_string();
+                    let msg = Message::Ban {
+                        address: addr.clone(),
+                        until_ms: until,
+                        failures,
+                    };
+                    let mut p = redis::pipe();
+                    p.cmd("SET")
+                        .arg(keys.ban(&addr))
+                        .arg(keys::ban_value(until, failures))
+                        .arg("PX")
+                        .arg(remaining.as_millis().max(1) as u64)
+                        .ignore();
+                    let _: Option<()> = timed("ban", timeout, p.query_async(&mut conn)).await;
+                    let _: Option<()> = timed(
+                        "ban",
+                        timeout,
+                        redis::cmd("HSET")
+                            .arg(keys.bans())
+                            .arg(&addr)
+                            .arg(until)
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                    let _: Option<i64> = timed(
+                        "publish",
+                        timeout,
+                        redis::cmd("PUBLISH")
+                            .arg(keys.ban_channel())
+                            .arg(msg.encode())
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                });
+            }
+            Op::Unban { address } => {
+                let Some(mut conn) = self.conn.clone() else {
+                    return;
+                };
+                let (keys, timeout) = (self.keys.clone(), self.timeout());
+                tokio::spawn(async move {
+                    let addr = address.to_string();
+                    let _: Option<i64> = timed(
+                        "unban",
+                        timeout,
+                        redis::cmd("DEL")
+                            .arg(keys.ban(&addr))
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                    let _: Option<i64> = timed(
+                        "unban",
+                        timeout,
+                        redis::cmd("HDEL")
+                            .arg(keys.bans())
+                            .arg(&addr)
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                    let _: Option<i64> = timed(
+                        "publish",
+                        timeout,
+                        redis::cmd("PUBLISH")
+                            .arg(keys.ban_channel())
+                            .arg(Message::Unban { address: addr }.encode())
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                });
+            }
+            Op::WhoHolds { name, done } => {
+                let Some(mut conn) = self.conn.clone() else {
+                    let _ = done.send(Err("the fleet's Redis is not reachable".into()));
+                    return;
+                };
+                let (keys, timeout) = (self.keys.clone(), self.timeout());
+                let local = self
+                    .held
+                    .get(&name)
+                    .and_then(|r| r.last())
+                    .map(|r| r.holder);
+                tokio::spawn(async move {
+                    let r = timed("lookup", timeout, async {
+                        let cur: Option<String> = redis::cmd("GET")
+                            .arg(keys.name(&name))
+                            .query_async(&mut conn)
+                            .await?;
+                        let Some(cur) = cur else { return Ok(None) };
+                        let Some(h) = Held::parse(&cur) else {
+                            return Ok(None);
+                        };
+                        let live = if h.instance == keys.instance {
+                            h.generation == keys.generation
+                                && local.is_some_and(|l| l.conn == h.conn)
+                        } else {
+                            alive(&mut conn, &keys, &cur).await?.is_some()
+                        };
+                        Ok(live.then(|| {
+                            let c = h.conn;
+                            (
+                                h.instance.clone(),
+                                format!(
+                                    "{}-{}-{}-{}@{}",
+                                    h.claimed_ms, c.worker, c.slot, c.generation, h.instance
+                                ),
+                            )
+                        }))
+                    })
+                    .await;
+                    let _ = done.send(r.ok_or_else(|| "the fleet's Redis did not answer".into()));
+                });
+            }
+            Op::Instances { done } => {
+                let Some(mut conn) = self.conn.clone() else {
+                    let _ = done.send(Err("the fleet's Redis is not reachable".into()));
+                    return;
+                };
+                let (keys, timeout) = (self.keys.clone(), self.timeout());
+                tokio::spawn(async move {
+                    let r = timed("instances", timeout, async {
+                        let all: HashMap<String, String> = redis::cmd("HGETALL")
+                            .arg(keys.instances())
+                            .query_async(&mut conn)
+                            .await?;
+                        let mut live = Vec::new();
+                        for (id, desc) in all {
+                            let lease: Option<String> = redis::cmd("GET")
+                                .arg(keys.lease(&id))
+                                .query_async(&mut conn)
+                                .await?;
+                            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&desc) else {
+                                continue;
+                            };
+                            let generation = v.get("generation").and_then(|g| g.as_str());
+                            match lease {
+                                Some(l) if Some(l.as_str()) == generation => {
+                                    if let Some(o) = v.as_object_mut() {
+                                        o.remove("generation");
+                                    }
+                                    live.push(v);
+                                }
+                                None => {
+                                    let _: i64 = redis::cmd("HDEL")
+                                        .arg(keys.instances())
+                                        .arg(&id)
+                                        .query_async(&mut conn)
+                                        .await?;
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                        live.sort_by(|a, b| a["instance"].as_str().cmp(&b["instance"].as_str()));
+                        Ok(live)
+                    })
+                    .await;
+                    let _ = done.send(r.ok_or_else(|| "the fleet's Redis did not answer".into()));
+                });
+            }
+            Op::Kick {
+                instance,
+                conn: target,
+                done,
+            } => {
+                let Some(mut conn) = self.conn.clone() else {
+                    let _ = done.send(None);
+                    return;
+                };
+                let request = self.next_request;
+                self.next_request += 1;
+                self.kicks.insert(request, done);
+                let (keys, timeout, tx) = (self.keys.clone(), self.timeout(), self.done.clone());
+                let _ = tx;
+                tokio::spawn(async move {
+                    let msg = Message::Kick {
+                        request,
+                        reply_to: keys.instance.clone(),
+                        conn: target,
+                    };
+                    let _: Option<i64> = timed(
+                        "publish",
+                        timeout,
+                        redis::cmd("PUBLISH")
+                            .arg(keys.to(&instance))
+                            .arg(msg.encode())
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                });
+                // Unanswered requests are forgotten after a while (the caller has its own
+                // timeout): see `settle`.
+            }
+        }
+    }
+
+    /// A claim Redis cannot decide: `fleet_unavailable` does. Whether the name is kept.
+    fn unavailable(&self, holder: Holder, ticket: ixn_proto::names::Ticket) -> bool {
+        let fleet = &self.ctx.fleet;
+        let result = match fleet.config.unavailable {
+            FleetUnavailable::Allow => Ok(()),
+            FleetUnavailable::Refuse => Err(ErrorCode::FleetUnavailable),
+        };
+        fleet.deliver(Verdict {
+            holder,
+            ticket,
+            result,
+        });
+        fleet.wake(holder.conn.worker as usize);
+        result.is_ok()
+    }
+
+    fn gauge(&self) {
+        let n: usize = self.held.len();
+        self.ctx.fleet.names_held.store(n as u64, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::FLEET_NAMES_HELD).set(n as f64);
+    }
+
+    fn set_up(&mut self, up: bool) {
+        if self.up != up {
+            if up {
+                tracing::info!("fleet: Redis answers");
+            } else {
+                tracing::warn!(
+                    "fleet: Redis does not answer; names are decided by --fleet-unavailable"
+                );
+            }
+        }
+        self.up = up;
+        self.ctx.fleet.up.store(up, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::FLEET_UP).set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn done(&mut self, d: Done) {
+        match d {
+            Done::Connected(c) => {
+                self.conn = Some(c);
+                self.renew();
+                self.load_bans();
+            }
+            Done::Claimed { name, rec, kept } => {
+                if kept {
+                    self.held.entry(name.clone()).or_default().push(rec);
+                    self.gauge();
+                }
+                self.next(&name);
+            }
+            Done::Released { name } => self.next(&name),
+            Done::Renewed { ok, lost } => {
+                let was = self.up;
+                self.set_up(ok);
+                if ok && (lost || !was) {
+                    self.reassert();
+                    if !was {
+                        self.load_bans();
+                    }
+                }
+            }
+            Done::Conflict { name, settled } => {
+                if settled {
+                    self.conflicts.remove(&name);
+                } else if self.held.contains_key(&name) && self.conflicts.insert(name.clone()) {
+                    metrics::counter!(crate::metrics::FLEET_CONFLICTS).increment(1);
+                    tracing::warn!(
+                        name,
+                        "fleet: a name is held on two servers (reject keeps both until one closes)"
+                    );
+                }
+                self.next(&name);
+            }
+            Done::Displaced { name, holder } => {
+                self.kick_local(holder.conn, Kick::Replaced, None);
+                if let Some(recs) = self.held.get_mut(&name) {
+                    recs.retain(|r| r.holder != holder);
+                    if recs.is_empty() {
+                        self.held.remove(&name);
+                    }
+                }
+                self.gauge();
+                self.next(&name);
+            }
+        }
+    }
+
+    /// The operation on `name` ended: the next one waiting starts.
+    fn next(&mut self, name: &str) {
+        let next = match self.busy.get_mut(name) {
+            Some(q) => q.pop_front(),
+            None => return,
+        };
+        match next {
+            Some(op) => self.start(op),
+            None => {
+                self.busy.remove(name);
+            }
+        }
+    }
+
+    /// Renews the lease (and this server's description); a lease found missing (expired,
+    /// or Redis restarted empty) is followed by re-asserting every name.
+    fn renew(&mut self) {
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        let (keys, done, timeout) = (self.keys.clone(), self.done.clone(), self.timeout());
+        let lease = self.ctx.fleet.config.lease;
+        let desc = serde_json::json!({
+            "instance": keys.instance,
+            "admin": self.ctx.admin.map(|a| a.to_string()),
+            "started_at": self.ctx.started,
+            "clients": (self.ctx.clients)(),
+            "generation": keys.generation_text(),
+        })
+        .to_string();
+        tokio::spawn(async move {
+            let r = timed("renew", timeout, async {
+                let prev: Option<String> = redis::cmd("SET")
+                    .arg(keys.lease(&keys.instance))
+                    .arg(keys.generation_text())
+                    .arg("PX")
+                    .arg(lease.as_millis() as u64)
+                    .arg("GET")
+                    .query_async(&mut conn)
+                    .await?;
+                let _: i64 = redis::cmd("HSET")
+                    .arg(keys.instances())
+                    .arg(&keys.instance)
+                    .arg(desc)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(prev != Some(keys.generation_text()))
+            })
+            .await;
+            let _ = done.send(Done::Renewed {
+                ok: r.is_some(),
+                lost: r.unwrap_or(false),
+            });
+        });
+    }
+
+    /// Re-asserts every name this server holds (after an outage, a lost lease or an
+    /// emptied Redis).
+    fn reassert(&mut self) {
+        let names: Vec<(String, Rec)> = self
+            .held
+            .iter()
+            .filter_map(|(n, recs)| {
+                recs.iter()
+                    .max_by_key(|r| r.claimed_ms)
+                    .map(|r| (n.clone(), r.clone()))
+            })
+            .collect();
+        if !names.is_empty() {
+            tracing::info!(
+                names = names.len(),
+                "fleet: re-asserting the names this server holds"
+            );
+        }
+        for (name, rec) in names {
+            if self.busy.contains_key(&name) {
+                continue;
+            }
+            self.busy.insert(name.clone(), VecDeque::new());
+            self.assert_one(name, rec);
+        }
+    }
+
+    /// Puts `rec` back as `name`'s holder, settling a conflict as §13 says.
+    fn assert_one(&mut self, name: String, rec: Rec) {
+        let Some(mut conn) = self.conn.clone() else {
+            let _ = self.done.send(Done::Conflict {
+                name,
+                settled: true,
+            });
+            return;
+        };
+        let (keys, done, timeout) = (self.keys.clone(), self.done.clone(), self.timeout());
+        let (inboxes, fleet) = (self.ctx.inboxes.clone(), self.ctx.fleet.clone());
+        tokio::spawn(async move {
+            let value = keys.holder_value(rec.holder, rec.claimed_ms);
+            let key = keys.name(&name);
+            let r = timed("reassert", timeout, async {
+                let prev: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("GET")
+                    .query_async(&mut conn)
+                    .await?;
+                let Some(cur) = prev else {
+                    return Ok(Done::Conflict {
+                        name: name.clone(),
+                        settled: true,
+                    });
+                };
+                if cur == value {
+                    return Ok(Done::Conflict {
+                        name: name.clone(),
+                        settled: true,
+                    });
+                }
+                let Some(other) = alive(&mut conn, &keys, &cur).await? else {
+                    let _: i32 = SWAP
+                        .key(&key)
+                        .arg(&cur)
+                        .arg(&value)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    return Ok(Done::Conflict {
+                        name: name.clone(),
+                        settled: true,
+                    });
+                };
+                if rec.policy == OnDuplicate::Replace {
+                    if rec.claimed_ms > other.claimed_ms {
+                        let swapped: i32 = SWAP
+                            .key(&key)
+                            .arg(&cur)
+                            .arg(&value)
+                            .invoke_async(&mut conn)
+                            .await?;
+                        if swapped == 1 {
+                            displace(&mut conn, &keys, &inboxes, &fleet, other, timeout).await;
+                        }
+                        return Ok(Done::Conflict {
+                            name: name.clone(),
+                            settled: swapped == 1,
+                        });
+                    }
+                    return Ok(Done::Displaced {
+                        name: name.clone(),
+                        holder: rec.holder,
+                    });
+                }
+                Ok(Done::Conflict {
+                    name: name.clone(),
+                    settled: false,
+                })
+            })
+            .await;
+            let _ = done.send(r.unwrap_or(Done::Conflict {
+                name,
+                settled: false,
+            }));
+        });
+    }
+
+    /// Every second: names held twice under `reject` are tried again (the survivor takes
+    /// the name in Redis once the other holder is gone); unanswered kick requests expire;
+    /// a server not connected yet counts as down.
+    fn settle(&mut self) {
+        if self.conn.is_none() {
+            self.set_up(false);
+        }
+        let names: Vec<String> = self.conflicts.iter().cloned().collect();
+        for name in names {
+            if self.busy.contains_key(&name) {
+                continue;
+            }
+            let Some(rec) = self
+                .held
+                .get(&name)
+                .and_then(|r| r.iter().max_by_key(|r| r.claimed_ms))
+                .cloned()
+            else {
+                self.conflicts.remove(&name);
+                continue;
+            };
+            self.busy.insert(name.clone(), VecDeque::new());
+            self.assert_one(name, rec);
+        }
+        // Kick requests older than this are answered "no answer" by their caller already.
+        if self.kicks.len() > 1024 {
+            self.kicks.clear();
+        }
+    }
+
+    /// Loads the bans in force into admission control.
+    fn load_bans(&mut self) {
+        if !self.ctx.fleet.config.bans {
+            return;
+        }
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        let (keys, timeout, admission) = (
+            self.keys.clone(),
+            self.timeout(),
+            self.ctx.admission.clone(),
+        );
+        tokio::spawn(async move {
+            let all: Option<HashMap<String, u64>> = timed(
+                "bans",
+                timeout,
+                redis::cmd("HGETALL")
+                    .arg(keys.bans())
+                    .query_async(&mut conn),
+            )
+            .await;
+            let now = unix_ms();
+            for (addr, until) in all.unwrap_or_default() {
+                if until <= now {
+                    let _: Option<i64> = timed(
+                        "bans",
+                        timeout,
+                        redis::cmd("HDEL")
+                            .arg(keys.bans())
+                            .arg(&addr)
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                    continue;
+                }
+                let cur: Option<Option<String>> = timed(
+                    "bans",
+                    timeout,
+                    redis::cmd("GET")
+                        .arg(keys.ban(&addr))
+                        .query_async(&mut conn),
+                )
+                .await;
+                if let (Ok(ip), Some((until, failures))) = (
+                    addr.parse(),
+                    cur.flatten().as_deref().and_then(keys::parse_ban),
+                ) {
+                    apply_ban(&admission, ip, until, failures);
+                }
+            }
+        });
+    }
+
+    /// A message on one of this server's channels.
+    fn push(&mut self, p: redis::PushInfo) {
+        if p.kind == redis::PushKind::Disconnection {
+            return;
+        }
+        if p.kind != redis::PushKind::Message || p.data.len() < 2 {
+            return;
+        }
+        let Ok(text) = redis::from_redis_value_ref::<String>(&p.data[1]) else {
+            return;
+        };
+        let Some(m) = Message::decode(&text) else {
+            return;
+        };
+        match m {
+            Message::Replaced { generation, conn } => {
+                if generation == self.keys.generation {
+                    self.kick_local(conn, Kick::Replaced, None);
+                }
+            }
+            Message::Kick {
+                request,
+                reply_to,
+                conn: target,
+            } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.kick_local(target, Kick::Operator, Some(tx));
+                let Some(mut conn) = self.conn.clone() else {
+                    return;
+                };
+                let (keys, timeout) = (self.keys.clone(), self.timeout());
+                tokio::spawn(async move {
+                    let found = tokio::time::timeout(Duration::from_secs(2), rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(false);
+                    let _: Option<i64> = timed(
+                        "publish",
+                        timeout,
+                        redis::cmd("PUBLISH")
+                            .arg(keys.to(&reply_to))
+                            .arg(Message::Kicked { request, found }.encode())
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                });
+            }
+            Message::Kicked { request, found } => {
+                if let Some(done) = self.kicks.remove(&request) {
+                    let _ = done.send(Some(found));
+                }
+            }
+            Message::Ban {
+                address,
+                until_ms,
+                failures,
+            } => {
+                if self.ctx.fleet.config.bans {
+                    if let Ok(ip) = address.parse() {
+                        apply_ban(&self.ctx.admission, ip, until_ms, failures);
+                    }
+                }
+            }
+            Message::Unban { address } => {
+                if self.ctx.fleet.config.bans {
+                    if let Ok(ip) = address.parse() {
+                        self.ctx.admission.lift(ip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Posts a kick to the worker holding `conn`, and wakes it.
+    fn kick_local(
+        &self,
+        conn: ConnKey,
+        kick: Kick,
+        done: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) {
+        if self
+            .ctx
+            .inboxes
+            .post(conn.worker as usize, Command::Kick { conn, kick, done })
+        {
+            self.ctx.fleet.wake(conn.worker as usize);
+        }
+    }
+}
+
+/// The older holder a `replace` claim took the name from is told, wherever it is.
+async fn displace(
+    conn: &mut Conn,
+    keys: &Keys,
+    inboxes: &Inboxes,
+    fleet: &Fleet,
+    old: Held,
+    timeout: Duration,
+) {
+    if old.instance == keys.instance {
+        if old.generation == keys.generation {
+            // Ours: the process's table displaced it already unless it had lost track.
+            if inboxes.post(
+                old.conn.worker as usize,
+                Command::Kick {
+                    conn: old.conn,
+                    kick: Kick::Replaced,
+                    done: None,
+                },
+            ) {
+                fleet.wake(old.conn.worker as usize);
+            }
+        }
+        return;
+    }
+    let msg = Message::Replaced {
+        generation: old.generation,
+        conn: old.conn,
+    };
+    let _: Option<i64> = timed(
+        "publish",
+        timeout,
+        redis::cmd("PUBLISH")
+            .arg(keys.to(&old.instance))
+            .arg(msg.encode())
+            .query_async(conn),
+    )
+    .await;
+}
+
+/// A fleet ban applied here, until `until_ms` (Unix).
+fn apply_ban(
+    admission: &crate::admission::Admission,
+    ip: std::net::IpAddr,
+    until_ms: u64,
+    failures: u32,
+) {
+    let left = until_ms.saturating_sub(unix_ms());
+    if left == 0 {
+        return;
+    }
+    admission.ban(ip, Instant::now() + Duration::from_millis(left), failures);
+}
