@@ -23,8 +23,8 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::handle::{unix_ms, Fleet, Op};
 use super::keys::{self, Held, Keys, Message};
-use super::{unix_ms, Fleet, Op};
 use crate::config::FleetUnavailable;
 use crate::control::{Command, Inboxes};
 

@@ -272,7 +272,7 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::fleet::keys::*;
 
     fn holder() -> Holder {
         Holder {
