@@ -12,7 +12,10 @@
         /ready, the preStop drain, a termination grace above the drain, the seccomp
         profile, non-root, a read-only root filesystem, and no subPath (which would freeze
         the registry file);
-      - kustomization.yaml lists only files that exist.
+      - kustomization.yaml lists only files that exist;
+      - the fleet component (fleet/) lists only files that exist, and the Deployment with
+        its patch merged still validates and sets every fleet variable from a flag the
+        server knows.
 """
 import os
 import subprocess
@@ -111,7 +114,56 @@ def check():
     for f in kust.get("resources", []):
         if not os.path.exists(os.path.join(K8S, f)):
             fail(f"kustomization.yaml lists {f}, which does not exist")
+    check_fleet(dep)
     print("scripts/kubernetes.py: every manifest checks out")
+
+
+def check_fleet(dep):
+    """The opt-in fleet component: its files, and the Deployment it patches."""
+    comp = docs(os.path.join("fleet", "kustomization.yaml"))[0]
+    if comp.get("kind") != "Component":
+        fail("fleet/kustomization.yaml is not a kustomize Component")
+    listed = comp.get("resources", []) + [p["path"] for p in comp.get("patches", [])]
+    for f in listed:
+        if not os.path.exists(os.path.join(K8S, "fleet", f)):
+            fail(f"fleet/kustomization.yaml lists {f}, which does not exist")
+    patch = docs(os.path.join("fleet", "deployment-fleet.yaml"))[0]
+    if patch["metadata"]["name"] != dep["metadata"]["name"]:
+        fail("fleet/deployment-fleet.yaml patches another Deployment")
+    merged = yaml.safe_load(yaml.safe_dump(dep))
+    containers = {c["name"]: c for c in merged["spec"]["template"]["spec"]["containers"]}
+    for pc in patch["spec"]["template"]["spec"]["containers"]:
+        if pc["name"] not in containers:
+            fail(f"fleet/deployment-fleet.yaml names container {pc['name']}, which is not there")
+        env = containers[pc["name"]].setdefault("env", [])
+        names = [e["name"] for e in env]
+        for e in pc.get("env", []):
+            if e["name"] in names:
+                env[names.index(e["name"])] = e
+            else:
+                env.append(e)
+    want = {"IXN_FLEET_REDIS", "IXN_FLEET_INSTANCE"}
+    got = {e["name"] for c in containers.values() for e in c.get("env", [])}
+    if not want <= got:
+        fail(f"the fleet component does not set {sorted(want - got)}")
+    help_text = subprocess.run(["cargo", "run", "-q", "--bin", "ixn-server", "--", "--help"],
+                               capture_output=True, text=True).stdout
+    for name in sorted(n for n in got if n.startswith("IXN_FLEET_")):
+        if f"env: {name}]" not in help_text and f"env: {name}=" not in help_text:
+            fail(f"the fleet component sets {name}, which ixn-server --help does not know")
+    with tempfile.TemporaryDirectory() as d:
+        files = []
+        for name, doc in [("deployment.yaml", merged)] + [
+                (f, docs(os.path.join("fleet", f))[0]) for f in comp.get("resources", [])]:
+            path = os.path.join(d, name)
+            with open(path, "w") as f:
+                yaml.safe_dump(doc, f)
+            files.append(path)
+        r = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet"] + files,
+                           capture_output=True, text=True)
+        out = r.stdout + r.stderr
+        if r.returncode != 0 or "ERROR" in out:
+            fail(f"the fleet component does not validate:\n{out}")
 
 
 if __name__ == "__main__":
