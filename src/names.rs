@@ -177,7 +177,7 @@ impl Names for NameTable {
         let Some(fleet) = &self.fleet else {
             return Ok(Claim::Done);
         };
-        fleet.post(crate::fleet::Op::Claim {
+        fleet.queue(crate::fleet::Op::Claim {
             name: name.clone(),
             policy,
             holder,
@@ -204,7 +204,7 @@ impl Names for NameTable {
         }
         drop(shard);
         if let (true, Some(fleet)) = (had, &self.fleet) {
-            fleet.post(crate::fleet::Op::Release { name: key, holder });
+            fleet.queue(crate::fleet::Op::Release { name: key, holder });
         }
     }
 }

@@ -103,6 +103,12 @@ pub struct Args {
     /// ClientName that registers successfully.
     #[arg(long, default_value = "MediaServer_email")]
     pub client_name: String,
+    /// Spread registrations over this many ClientNames, `<client-name><i>` for i in
+    /// 0..N, each taking the next (0: every one uses --client-name): for names under
+    /// `on_duplicate = "reject"`, with N well above the connections in flight, so that a
+    /// name is free again before it comes round.
+    #[arg(long, default_value_t = 0)]
+    pub client_names: u64,
     /// Its ClientType (1..=5).
     #[arg(long, default_value_t = 1)]
     pub client_type: i32,

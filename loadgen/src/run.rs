@@ -632,7 +632,15 @@ async fn scenario(
     match kind {
         // Storm clients run `storm_client`; were one started here it would be a churn.
         Kind::Churn | Kind::Hold | Kind::Storm => {
-            let request = rrc(rid, &a.client_name, a.client_type, a.credential.as_deref());
+            let spread;
+            let name = if a.client_names > 0 {
+                let i = t.shared.names.fetch_add(1, Ordering::Relaxed) % a.client_names;
+                spread = format!("{}{i}", a.client_name);
+                &spread
+            } else {
+                &a.client_name
+            };
+            let request = rrc(rid, name, a.client_type, a.credential.as_deref());
             let exchange = async {
                 c.send(request).await.map_err(io)?;
                 let connected = Instant::now();

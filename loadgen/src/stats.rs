@@ -57,6 +57,8 @@ pub struct Shared {
     pub windows: Vec<Mutex<Window>>,
     /// The storm scenario's progress.
     pub storm: Storm,
+    /// Registrations so far, for `--client-names` (each takes the next name).
+    pub names: AtomicU64,
 }
 
 /// The storm scenario's shared progress; times are nanoseconds from `origin`, 0 = not

@@ -12,11 +12,10 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ixn_proto::names::{ConnKey, Holder, Verdict};
-use ixn_proto::protocol::ErrorCode;
+use ixn_proto::names::{ConnKey, Holder};
 use ixn_proto::registry::OnDuplicate;
 use ixn_proto::session::Kick;
 use redis::aio::ConnectionLike;
@@ -25,25 +24,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::handle::{unix_ms, Fleet, Op};
 use super::keys::{self, Held, Keys, Message};
-use crate::config::FleetUnavailable;
+use super::names::{self, alive, displace, Finished, NameOp, SWAP};
 use crate::control::{Command, Inboxes};
 
-/// Deletes a name only if this holder still holds it (one key: a Cluster's slot).
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        "local v = redis.call('GET', KEYS[1]) \
-         if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
-           return redis.call('DEL', KEYS[1]) end return 0",
-    )
-});
-
-/// Replaces a name's holder only if it is still the one read before.
-static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-           redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
-    )
-});
+/// Longest a release waits for claims to share a round trip with.
+const RELEASE_DELAY: Duration = Duration::from_millis(1);
 
 /// What the fleet thread needs of the server.
 pub struct Context {
@@ -59,6 +44,8 @@ pub struct Context {
     pub started: String,
     /// Registered clients now.
     pub clients: Box<dyn Fn() -> u64 + Send>,
+    /// The core to pin the fleet thread to, if any.
+    pub core: Option<core_affinity::CoreId>,
 }
 
 impl std::fmt::Debug for Context {
@@ -81,6 +68,9 @@ pub fn spawn(ctx: Context) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ixn-fleet".into())
         .spawn(move || {
+            if let Some(core) = ctx.core {
+                core_affinity::set_for_current(core);
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -98,7 +88,7 @@ pub fn spawn(ctx: Context) -> std::io::Result<()> {
 
 /// The Redis connection: a primary or a cluster, used alike.
 #[derive(Clone)]
-enum Conn {
+pub(super) enum Conn {
     Single(redis::aio::ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
 }
@@ -189,23 +179,17 @@ async fn connect(
 
 /// A name this server holds in Redis (or would, once Redis is back).
 #[derive(Debug, Clone)]
-struct Rec {
-    holder: Holder,
-    policy: OnDuplicate,
-    claimed_ms: u64,
+pub(super) struct Rec {
+    pub holder: Holder,
+    pub policy: OnDuplicate,
+    pub claimed_ms: u64,
 }
 
 /// What a task tells the loop when it ends.
 enum Done {
     Connected(Conn),
-    Claimed {
-        name: String,
-        rec: Rec,
-        kept: bool,
-    },
-    Released {
-        name: String,
-    },
+    /// A batch of name operations ended.
+    Names(Vec<Finished>),
     Renewed {
         ok: bool,
         lost: bool,
@@ -228,11 +212,15 @@ struct State {
     up: bool,
     held: HashMap<String, Vec<Rec>>,
     /// Names with an operation in flight, and the operations waiting behind it.
-    busy: HashMap<String, VecDeque<Op>>,
+    busy: HashMap<String, VecDeque<NameOp>>,
     conflicts: HashSet<String>,
     kicks: HashMap<u64, tokio::sync::oneshot::Sender<Option<bool>>>,
     next_request: u64,
     done: UnboundedSender<Done>,
+    /// Releases held back to travel with the next claims (their names stay busy, so a
+    /// claim of one of them waits behind it), and when they go anyway.
+    deferred: Vec<NameOp>,
+    deferred_until: Option<tokio::time::Instant>,
 }
 
 async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
@@ -250,6 +238,8 @@ async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
         kicks: HashMap::new(),
         next_request: 1,
         done,
+        deferred: Vec::new(),
+        deferred_until: None,
         ctx,
     };
     metrics::gauge!(crate::metrics::FLEET_UP).set(0.0);
@@ -279,7 +269,13 @@ async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
     let mut settle = tokio::time::interval(Duration::from_secs(1));
     settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let deferred = s.deferred_until;
         tokio::select! {
+            _ = tokio::time::sleep_until(deferred.unwrap_or_else(tokio::time::Instant::now)), if deferred.is_some() => {
+                s.deferred_until = None;
+                let ready = std::mem::take(&mut s.deferred);
+                s.run_names(ready);
+            }
             op = ops.recv() => match op {
                 Some(op) => s.op(op),
                 None => return,
@@ -302,13 +298,13 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Counts one Redis operation.
-fn count(op: &'static str, result: &'static str, took: Duration) {
+pub(super) fn count(op: &'static str, result: &'static str, took: Duration) {
     metrics::counter!(crate::metrics::FLEET_REQUESTS, "op" => op, "result" => result).increment(1);
     metrics::histogram!(crate::metrics::FLEET_REQUEST_DURATION).record(took.as_secs_f64());
 }
 
 /// Runs `f` under `timeout`, counted as `op`.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     op: &'static str,
     timeout: Duration,
     f: impl std::future::Future<Output = RedisResult<T>>,
@@ -331,188 +327,105 @@ async fn timed<T>(
     }
 }
 
-/// Whether `cur` (a name's value) names a live holder other than this server's own
-/// stale entries: its server's lease holds its generation.
-async fn alive(conn: &mut Conn, keys: &Keys, cur: &str) -> RedisResult<Option<Held>> {
-    let Some(h) = Held::parse(cur) else {
-        return Ok(None);
-    };
-    if h.instance == keys.instance {
-        // This server's table said the name was free: a holder of ours that Redis still
-        // shows is gone (its release was lost), or of a predecessor.
-        return Ok(None);
-    }
-    let lease: Option<String> = redis::cmd("GET")
-        .arg(keys.lease(&h.instance))
-        .query_async(conn)
-        .await?;
-    Ok((lease == Some(h.generation.to_string())).then_some(h))
-}
-
-/// How a claim ended in Redis.
-enum Claimed {
-    Granted { displaced: Option<Held> },
-    Refused,
-}
-
-async fn claim(
-    conn: &mut Conn,
-    keys: &Keys,
-    name: &str,
-    policy: OnDuplicate,
-    value: &str,
-) -> RedisResult<Claimed> {
-    let key = keys.name(name);
-    if policy == OnDuplicate::Replace {
-        let prev: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(value)
-            .arg("GET")
-            .query_async(conn)
-            .await?;
-        let displaced = prev.as_deref().and_then(Held::parse);
-        return Ok(Claimed::Granted { displaced });
-    }
-    let prev: Option<String> = redis::cmd("SET")
-        .arg(&key)
-        .arg(value)
-        .arg("NX")
-        .arg("GET")
-        .query_async(conn)
-        .await?;
-    let Some(cur) = prev else {
-        return Ok(Claimed::Granted { displaced: None });
-    };
-    if alive(conn, keys, &cur).await?.is_some() {
-        return Ok(Claimed::Refused);
-    }
-    let swapped: i32 = SWAP
-        .key(&key)
-        .arg(&cur)
-        .arg(value)
-        .invoke_async(conn)
-        .await?;
-    Ok(if swapped == 1 {
-        Claimed::Granted { displaced: None }
-    } else {
-        Claimed::Refused
-    })
-}
-
 impl State {
     fn timeout(&self) -> Duration {
         self.ctx.fleet.config.timeout
     }
 
     fn op(&mut self, op: Op) {
-        let name = match &op {
-            Op::Claim { name, .. } | Op::Release { name, .. } => Some(name.to_string()),
-            _ => None,
-        };
-        if let Some(name) = name {
-            if let Some(q) = self.busy.get_mut(&name) {
-                q.push_back(op);
-                return;
+        let mut ready = Vec::new();
+        match op {
+            Op::Batch(ops) => {
+                for op in ops {
+                    match op {
+                        op @ (Op::Claim { .. } | Op::Release { .. }) => self.admit(op, &mut ready),
+                        other => self.start(other),
+                    }
+                }
             }
-            self.busy.insert(name, VecDeque::new());
+            op @ (Op::Claim { .. } | Op::Release { .. }) => self.admit(op, &mut ready),
+            other => self.start(other),
         }
-        self.start(op);
+        self.send_or_defer(ready);
+    }
+
+    /// Releases alone wait (at most [`RELEASE_DELAY`]) for claims to travel with: a
+    /// registration's release then shares a round trip with others' claims.
+    fn send_or_defer(&mut self, mut ready: Vec<NameOp>) {
+        if ready.iter().any(|op| matches!(op, NameOp::Claim { .. })) {
+            ready.append(&mut self.deferred);
+            self.deferred_until = None;
+            self.run_names(ready);
+        } else if !ready.is_empty() {
+            self.deferred.append(&mut ready);
+            self.deferred_until
+                .get_or_insert_with(|| tokio::time::Instant::now() + RELEASE_DELAY);
+        }
+    }
+
+    /// A claim or release: ready to run if nothing runs on its name, else queued behind.
+    fn admit(&mut self, op: Op, ready: &mut Vec<NameOp>) {
+        let Some(op) = name_op(op) else { return };
+        match self.busy.get_mut(op.name()) {
+            Some(q) => q.push_back(op),
+            None => {
+                self.busy.insert(op.name().to_string(), VecDeque::new());
+                ready.push(op);
+            }
+        }
+    }
+
+    /// Runs one batch of name operations (one per name, each name marked busy).
+    fn run_names(&mut self, ops: Vec<NameOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        for op in &ops {
+            if let NameOp::Release { name, holder } = op {
+                if let Some(recs) = self.held.get_mut(name) {
+                    recs.retain(|r| r.holder != *holder);
+                    if recs.is_empty() {
+                        self.held.remove(name);
+                        self.conflicts.remove(name);
+                    }
+                }
+            }
+        }
+        self.gauge();
+        let Some(conn) = self.conn.clone() else {
+            let fleet = &self.ctx.fleet;
+            let finished = ops
+                .into_iter()
+                .map(|op| match op {
+                    NameOp::Claim { name, rec, ticket } => {
+                        count("claim", "unavailable", Duration::ZERO);
+                        let kept = names::unavailable(fleet, rec.holder, ticket, &name);
+                        Finished::Claimed { name, rec, kept }
+                    }
+                    NameOp::Release { name, .. } => Finished::Released { name },
+                })
+                .collect();
+            let _ = self.done.send(Done::Names(finished));
+            return;
+        };
+        let batch = names::Batch {
+            conn,
+            keys: self.keys.clone(),
+            fleet: self.ctx.fleet.clone(),
+            inboxes: self.ctx.inboxes.clone(),
+            timeout: self.timeout(),
+        };
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let finished = names::run(batch, ops).await;
+            let _ = done.send(Done::Names(finished));
+        });
     }
 
     /// Starts `op` (for a name, that name is marked busy already).
     fn start(&mut self, op: Op) {
         match op {
-            Op::Claim {
-                name,
-                policy,
-                holder,
-                ticket,
-            } => {
-                let rec = Rec {
-                    holder,
-                    policy,
-                    claimed_ms: unix_ms(),
-                };
-                let name = name.to_string();
-                let Some(mut conn) = self.conn.clone() else {
-                    count("claim", "unavailable", Duration::ZERO);
-                    let kept = self.unavailable(holder, ticket);
-                    let _ = self.done.send(Done::Claimed { name, rec, kept });
-                    return;
-                };
-                let (keys, fleet, done, timeout) = (
-                    self.keys.clone(),
-                    self.ctx.fleet.clone(),
-                    self.done.clone(),
-                    self.timeout(),
-                );
-                let inboxes = self.ctx.inboxes.clone();
-                tokio::spawn(async move {
-                    let value = keys.holder_value(holder, rec.claimed_ms);
-                    let r = timed(
-                        "claim",
-                        timeout,
-                        claim(&mut conn, &keys, &name, policy, &value),
-                    )
-                    .await;
-                    let result = match &r {
-                        Some(Claimed::Granted { .. }) => Ok(()),
-                        Some(Claimed::Refused) => Err(ErrorCode::DuplicateClient),
-                        None => {
-                            match fleet.config.unavailable {
-                                FleetUnavailable::Allow => {
-                                    tracing::warn!(name, "fleet: no answer in time; registered on this server's word");
-                                    Ok(())
-                                }
-                                FleetUnavailable::Refuse => Err(ErrorCode::FleetUnavailable),
-                            }
-                        }
-                    };
-                    let kept = result.is_ok();
-                    fleet.deliver(Verdict {
-                        holder,
-                        ticket,
-                        result,
-                    });
-                    fleet.wake(holder.conn.worker as usize);
-                    if let Some(Claimed::Granted {
-                        displaced: Some(old),
-                    }) = r
-                    {
-                        displace(&mut conn, &keys, &inboxes, &fleet, old, timeout).await;
-                    }
-                    let _ = done.send(Done::Claimed { name, rec, kept });
-                });
-            }
-            Op::Release { name, holder } => {
-                let name = name.to_string();
-                if let Some(recs) = self.held.get_mut(&name) {
-                    recs.retain(|r| r.holder != holder);
-                    if recs.is_empty() {
-                        self.held.remove(&name);
-                        self.conflicts.remove(&name);
-                    }
-                }
-                self.gauge();
-                let Some(mut conn) = self.conn.clone() else {
-                    let _ = self.done.send(Done::Released { name });
-                    return;
-                };
-                let (keys, done, timeout) = (self.keys.clone(), self.done.clone(), self.timeout());
-                tokio::spawn(async move {
-                    let prefix = keys.holder_prefix(holder);
-                    let _: Option<i32> = timed(
-                        "release",
-                        timeout,
-                        RELEASE
-                            .key(keys.name(&name))
-                            .arg(prefix)
-                            .invoke_async(&mut conn),
-                    )
-                    .await;
-                    let _ = done.send(Done::Released { name });
-                });
-            }
+            Op::Claim { .. } | Op::Release { .. } => {}
             Op::Ban {
                 address,
                 remaining,
@@ -682,6 +595,7 @@ impl State {
                     let _ = done.send(r.ok_or_else(|| "the fleet's Redis did not answer".into()));
                 });
             }
+            Op::Batch(_) => {}
             Op::Kick {
                 instance,
                 conn: target,
@@ -718,22 +632,6 @@ impl State {
         }
     }
 
-    /// A claim Redis cannot decide: `fleet_unavailable` does. Whether the name is kept.
-    fn unavailable(&self, holder: Holder, ticket: ixn_proto::names::Ticket) -> bool {
-        let fleet = &self.ctx.fleet;
-        let result = match fleet.config.unavailable {
-            FleetUnavailable::Allow => Ok(()),
-            FleetUnavailable::Refuse => Err(ErrorCode::FleetUnavailable),
-        };
-        fleet.deliver(Verdict {
-            holder,
-            ticket,
-            result,
-        });
-        fleet.wake(holder.conn.worker as usize);
-        result.is_ok()
-    }
-
     fn gauge(&self) {
         let n: usize = self.held.len();
         self.ctx.fleet.names_held.store(n as u64, Ordering::Relaxed);
@@ -762,14 +660,23 @@ impl State {
                 self.renew();
                 self.load_bans();
             }
-            Done::Claimed { name, rec, kept } => {
-                if kept {
-                    self.held.entry(name.clone()).or_default().push(rec);
-                    self.gauge();
+            Done::Names(finished) => {
+                let mut ready = Vec::new();
+                for f in finished {
+                    let name = match f {
+                        Finished::Claimed { name, rec, kept } => {
+                            if kept {
+                                self.held.entry(name.clone()).or_default().push(rec);
+                            }
+                            name
+                        }
+                        Finished::Released { name } => name,
+                    };
+                    self.next_into(&name, &mut ready);
                 }
-                self.next(&name);
+                self.gauge();
+                self.send_or_defer(ready);
             }
-            Done::Released { name } => self.next(&name),
             Done::Renewed { ok, lost } => {
                 let was = self.up;
                 self.set_up(ok);
@@ -808,15 +715,20 @@ impl State {
 
     /// The operation on `name` ended: the next one waiting starts.
     fn next(&mut self, name: &str) {
-        let next = match self.busy.get_mut(name) {
-            Some(q) => q.pop_front(),
-            None => return,
-        };
-        match next {
-            Some(op) => self.start(op),
-            None => {
+        let mut ready = Vec::new();
+        self.next_into(name, &mut ready);
+        self.run_names(ready);
+    }
+
+    /// The operation on `name` ended: the next one waiting joins `ready` (the name stays
+    /// busy), or the name is free.
+    fn next_into(&mut self, name: &str, ready: &mut Vec<NameOp>) {
+        match self.busy.get_mut(name).map(VecDeque::pop_front) {
+            Some(Some(op)) => ready.push(op),
+            Some(None) => {
                 self.busy.remove(name);
             }
+            None => {}
         }
     }
 
@@ -1144,46 +1056,6 @@ impl State {
     }
 }
 
-/// The older holder a `replace` claim took the name from is told, wherever it is.
-async fn displace(
-    conn: &mut Conn,
-    keys: &Keys,
-    inboxes: &Inboxes,
-    fleet: &Fleet,
-    old: Held,
-    timeout: Duration,
-) {
-    if old.instance == keys.instance {
-        if old.generation == keys.generation {
-            // Ours: the process's table displaced it already unless it had lost track.
-            if inboxes.post(
-                old.conn.worker as usize,
-                Command::Kick {
-                    conn: old.conn,
-                    kick: Kick::Replaced,
-                    done: None,
-                },
-            ) {
-                fleet.wake(old.conn.worker as usize);
-            }
-        }
-        return;
-    }
-    let msg = Message::Replaced {
-        generation: old.generation,
-        conn: old.conn,
-    };
-    let _: Option<i64> = timed(
-        "publish",
-        timeout,
-        redis::cmd("PUBLISH")
-            .arg(keys.to(&old.instance))
-            .arg(msg.encode())
-            .query_async(conn),
-    )
-    .await;
-}
-
 /// A fleet ban applied here, until `until_ms` (Unix).
 fn apply_ban(
     admission: &crate::admission::Admission,
@@ -1196,4 +1068,29 @@ fn apply_ban(
         return;
     }
     admission.ban(ip, Instant::now() + Duration::from_millis(left), failures);
+}
+
+/// A claim or release as the names' batches take it.
+fn name_op(op: Op) -> Option<NameOp> {
+    match op {
+        Op::Claim {
+            name,
+            policy,
+            holder,
+            ticket,
+        } => Some(NameOp::Claim {
+            name: name.to_string(),
+            rec: Rec {
+                holder,
+                policy,
+                claimed_ms: unix_ms(),
+            },
+            ticket,
+        }),
+        Op::Release { name, holder } => Some(NameOp::Release {
+            name: name.to_string(),
+            holder,
+        }),
+        _ => None,
+    }
 }

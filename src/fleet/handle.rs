@@ -57,6 +57,8 @@ pub enum Op {
         /// The live servers' descriptions (JSON objects).
         done: tokio::sync::oneshot::Sender<Result<Vec<serde_json::Value>, String>>,
     },
+    /// What one worker queued in one turn of its loop ([`Fleet::queue`], [`Fleet::flush`]).
+    Batch(Vec<Op>),
     /// `DELETE /v1/clients/ID` for a client of another server.
     Kick {
         /// The server holding it.
@@ -140,6 +142,24 @@ impl Fleet {
         let _ = self.ops.send(op);
     }
 
+    /// Queues `op` on this thread until its [`Fleet::flush`]: a worker's claims and
+    /// releases of one turn of its loop reach the fleet thread together, which wakes once
+    /// for them and sends them to Redis together. Only worker threads queue (the name
+    /// table, called from their connections), and each flushes before it waits.
+    pub fn queue(&self, op: Op) {
+        BATCH.with(|b| b.borrow_mut().push(op));
+    }
+
+    /// Hands the fleet thread what this thread queued.
+    pub fn flush(&self) {
+        let batch = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        match batch.len() {
+            0 => {}
+            1 => self.post(batch.into_iter().next().unwrap_or(Op::Batch(Vec::new()))),
+            _ => self.post(Op::Batch(batch)),
+        }
+    }
+
     /// Worker `worker`'s way to be woken.
     pub fn set_wake(&self, worker: usize, wake: Wake) {
         if let Some(w) = self.wakes.get(worker) {
@@ -147,9 +167,11 @@ impl Fleet {
         }
     }
 
-    /// Posts a verdict to its holder's worker (woken by [`Fleet::wake`]).
+    /// Posts a verdict to its holder's worker and wakes it, unless it was woken already
+    /// and has not looked yet (one wake-up for every verdict that arrives meanwhile).
     pub(super) fn deliver(&self, v: Verdict) {
-        let Some(inbox) = self.inboxes.get(v.holder.conn.worker as usize) else {
+        let worker = v.holder.conn.worker as usize;
+        let Some(inbox) = self.inboxes.get(worker) else {
             return;
         };
         inbox
@@ -157,7 +179,9 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(v);
-        inbox.pending.store(true, Ordering::Release);
+        if !inbox.pending.swap(true, Ordering::AcqRel) {
+            self.wake(worker);
+        }
     }
 
     /// Wakes worker `worker`.
@@ -176,6 +200,11 @@ impl Fleet {
             _ => Vec::new(),
         }
     }
+}
+
+thread_local! {
+    /// A worker's claims and releases of the current turn of its loop.
+    static BATCH: std::cell::RefCell<Vec<Op>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A random start generation: a restarted server under the same instance id is another

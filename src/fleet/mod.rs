@@ -18,6 +18,7 @@ pub mod keys;
 
 mod client;
 mod handle;
+mod names;
 
 pub use client::{spawn, Context};
 pub use handle::{unix_ms, Fleet, Op, Wake};

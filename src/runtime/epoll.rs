@@ -248,6 +248,7 @@ impl Worker {
             } else {
                 next_tick.saturating_duration_since(Instant::now())
             };
+            self.core.turn_over();
             if let Err(e) = self.b.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::error!("epoll_wait: {e}");

@@ -837,6 +837,14 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// The turn of the worker's loop is over: what its connections asked of the fleet
+    /// goes to the fleet thread together. Called by the backend before it waits.
+    pub fn turn_over(&self) {
+        if let Some(f) = &self.shared.fleet {
+            f.flush();
+        }
+    }
+
     /// The worker is done: its last metrics go out.
     pub fn finish(&mut self) {
         self.metrics.flush();

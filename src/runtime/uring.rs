@@ -486,6 +486,7 @@ impl Worker {
         let mut done = Vec::with_capacity(1024);
         self.b.arm_tick();
         loop {
+            self.core.turn_over();
             match self.b.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}

@@ -1,0 +1,299 @@
+//! Names in Redis (docs/PROTOCOL.md §13): a batch of claims and releases, each decided and
+//! answered. A batch holds at most one operation per name (the fleet thread keeps the
+//! rest waiting, in order), so the batch may go to Redis in any grouping: to a primary as
+//! one pipeline (one write, one round trip for the whole batch); to a Redis Cluster, as
+//! one command per name, all in flight at once (each touches one key, so one slot).
+//!
+//! A claim's first command is all it needs unless the name is held: `reject` then checks
+//! the holder's lease and takes the name over from a dead holder with a compare-and-set;
+//! `replace` tells the holder it displaced, on whichever server. Both are rare, and run
+//! after the batch's verdicts are out.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use ixn_proto::names::{Holder, Ticket, Verdict};
+use ixn_proto::protocol::ErrorCode;
+use ixn_proto::registry::OnDuplicate;
+use ixn_proto::session::Kick;
+use redis::{RedisResult, Value};
+
+use super::client::{count, Conn, Rec};
+use super::handle::Fleet;
+use super::keys::{Held, Keys, Message};
+use crate::config::FleetUnavailable;
+use crate::control::{Command, Inboxes};
+
+/// Deletes a name only if this holder still holds it (one key: a Cluster's slot).
+const RELEASE: &str = "local v = redis.call('GET', KEYS[1]) \
+     if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
+       return redis.call('DEL', KEYS[1]) end return 0";
+
+/// Replaces a name's holder only if it is still the one read before.
+pub(super) static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+           redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
+    )
+});
+
+/// One operation on a name.
+#[derive(Debug)]
+pub(super) enum NameOp {
+    /// A registration claims it.
+    Claim {
+        name: String,
+        rec: Rec,
+        ticket: Ticket,
+    },
+    /// A holder gives it back.
+    Release { name: String, holder: Holder },
+}
+
+impl NameOp {
+    pub(super) fn name(&self) -> &str {
+        match self {
+            NameOp::Claim { name, .. } | NameOp::Release { name, .. } => name,
+        }
+    }
+
+    /// The operation's one command.
+    fn command(&self, keys: &Keys) -> redis::Cmd {
+        match self {
+            NameOp::Claim { name, rec, .. } => {
+                let mut c = redis::cmd("SET");
+                c.arg(keys.name(name))
+                    .arg(keys.holder_value(rec.holder, rec.claimed_ms));
+                if rec.policy != OnDuplicate::Replace {
+                    c.arg("NX");
+                }
+                c.arg("GET");
+                c
+            }
+            NameOp::Release { name, holder } => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(RELEASE)
+                    .arg(1)
+                    .arg(keys.name(name))
+                    .arg(keys.holder_prefix(*holder));
+                c
+            }
+        }
+    }
+}
+
+/// How an operation ended, for the fleet thread's books.
+#[derive(Debug)]
+pub(super) enum Finished {
+    /// A claim: whether this server now holds the name (granted, or allowed while Redis
+    /// did not answer).
+    Claimed { name: String, rec: Rec, kept: bool },
+    /// A release.
+    Released { name: String },
+}
+
+/// What a batch needs besides its operations.
+pub(super) struct Batch {
+    pub conn: Conn,
+    pub keys: Keys,
+    pub fleet: Arc<Fleet>,
+    pub inboxes: Arc<Inboxes>,
+    pub timeout: Duration,
+}
+
+/// Runs `ops` (one per name), delivers every claim's verdict, and says how each ended.
+pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
+    let t0 = Instant::now();
+    let first = tokio::time::timeout(b.timeout, first_commands(&mut b.conn, &b.keys, &ops))
+        .await
+        .unwrap_or_else(|_| vec![None; ops.len()]);
+    let took = t0.elapsed();
+    let mut finished = Vec::with_capacity(ops.len());
+    let mut displaced = Vec::new();
+    let mut held = Vec::new();
+    for (op, answer) in ops.into_iter().zip(first) {
+        let op_name = match &op {
+            NameOp::Claim { .. } => "claim",
+            NameOp::Release { .. } => "release",
+        };
+        count(op_name, if answer.is_some() { "ok" } else { "error" }, took);
+        match op {
+            NameOp::Release { name, .. } => finished.push(Finished::Released { name }),
+            NameOp::Claim { name, rec, ticket } => {
+                let previous = match answer {
+                    None => {
+                        let kept = unavailable(&b.fleet, rec.holder, ticket, &name);
+                        finished.push(Finished::Claimed { name, rec, kept });
+                        continue;
+                    }
+                    Some(v) => redis::from_redis_value_ref::<Option<String>>(&v)
+                        .ok()
+                        .flatten(),
+                };
+                match (rec.policy, previous) {
+                    (_, None) => grant(&b.fleet, &mut finished, name, rec, ticket),
+                    (OnDuplicate::Replace, Some(cur)) => {
+                        if let Some(old) = Held::parse(&cur) {
+                            displaced.push(old);
+                        }
+                        grant(&b.fleet, &mut finished, name, rec, ticket);
+                    }
+                    (_, Some(cur)) => held.push((name, rec, ticket, cur)),
+                }
+            }
+        }
+    }
+    // Names held by another: the holder's lease decides (a dead one's name is taken over).
+    for (name, rec, ticket, cur) in held {
+        let value = b.keys.holder_value(rec.holder, rec.claimed_ms);
+        let r = super::client::timed("claim_held", b.timeout, async {
+            if alive(&mut b.conn, &b.keys, &cur).await?.is_some() {
+                return Ok(false);
+            }
+            let key = b.keys.name(&name);
+            let swapped: i32 = SWAP
+                .key(&key)
+                .arg(&cur)
+                .arg(&value)
+                .invoke_async(&mut b.conn)
+                .await?;
+            Ok(swapped == 1)
+        })
+        .await;
+        match r {
+            Some(true) => grant(&b.fleet, &mut finished, name, rec, ticket),
+            Some(false) => {
+                b.fleet.deliver(Verdict {
+                    holder: rec.holder,
+                    ticket,
+                    result: Err(ErrorCode::DuplicateClient),
+                });
+                finished.push(Finished::Claimed {
+                    name,
+                    rec,
+                    kept: false,
+                });
+            }
+            None => {
+                let kept = unavailable(&b.fleet, rec.holder, ticket, &name);
+                finished.push(Finished::Claimed { name, rec, kept });
+            }
+        }
+    }
+    for old in displaced {
+        displace(&mut b.conn, &b.keys, &b.inboxes, &b.fleet, old, b.timeout).await;
+    }
+    finished
+}
+
+/// Each operation's first command: to a primary, one pipeline; to a cluster, each on its
+/// own, all at once. `None` for an operation Redis did not answer.
+async fn first_commands(conn: &mut Conn, keys: &Keys, ops: &[NameOp]) -> Vec<Option<Value>> {
+    if let Conn::Cluster(_) = conn {
+        let all = ops.iter().map(|op| {
+            let mut c = conn.clone();
+            let cmd = op.command(keys);
+            async move { cmd.query_async::<Value>(&mut c).await.ok() }
+        });
+        return futures_util::future::join_all(all).await;
+    }
+    let mut p = redis::pipe();
+    for op in ops {
+        p.add_command(op.command(keys));
+    }
+    match p.query_async::<Vec<Value>>(conn).await {
+        Ok(v) if v.len() == ops.len() => v.into_iter().map(Some).collect(),
+        Ok(_) | Err(_) => vec![None; ops.len()],
+    }
+}
+
+fn grant(fleet: &Fleet, finished: &mut Vec<Finished>, name: String, rec: Rec, ticket: Ticket) {
+    fleet.deliver(Verdict {
+        holder: rec.holder,
+        ticket,
+        result: Ok(()),
+    });
+    finished.push(Finished::Claimed {
+        name,
+        rec,
+        kept: true,
+    });
+}
+
+/// A claim Redis did not decide: `fleet_unavailable` does. Whether the name is kept.
+pub(super) fn unavailable(fleet: &Fleet, holder: Holder, ticket: Ticket, name: &str) -> bool {
+    let result = match fleet.config.unavailable {
+        FleetUnavailable::Allow => {
+            tracing::warn!(
+                name,
+                "fleet: no answer in time; registered on this server's word"
+            );
+            Ok(())
+        }
+        FleetUnavailable::Refuse => Err(ErrorCode::FleetUnavailable),
+    };
+    fleet.deliver(Verdict {
+        holder,
+        ticket,
+        result,
+    });
+    result.is_ok()
+}
+
+/// Whether `cur` (a name's value) names a live holder other than this server's own
+/// stale entries: its server's lease holds its generation.
+pub(super) async fn alive(conn: &mut Conn, keys: &Keys, cur: &str) -> RedisResult<Option<Held>> {
+    let Some(h) = Held::parse(cur) else {
+        return Ok(None);
+    };
+    if h.instance == keys.instance {
+        // This server's table said the name was free: a holder of ours that Redis still
+        // shows is gone (its release was lost), or of a predecessor.
+        return Ok(None);
+    }
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(keys.lease(&h.instance))
+        .query_async(conn)
+        .await?;
+    Ok((lease == Some(h.generation.to_string())).then_some(h))
+}
+
+/// The older holder a `replace` claim took the name from is told, wherever it is.
+pub(super) async fn displace(
+    conn: &mut Conn,
+    keys: &Keys,
+    inboxes: &Inboxes,
+    fleet: &Fleet,
+    old: Held,
+    timeout: Duration,
+) {
+    if old.instance == keys.instance {
+        if old.generation == keys.generation {
+            // Ours: the process's table displaced it already unless it had lost track.
+            if inboxes.post(
+                old.conn.worker as usize,
+                Command::Kick {
+                    conn: old.conn,
+                    kick: Kick::Replaced,
+                    done: None,
+                },
+            ) {
+                fleet.wake(old.conn.worker as usize);
+            }
+        }
+        return;
+    }
+    let msg = Message::Replaced {
+        generation: old.generation,
+        conn: old.conn,
+    };
+    let _: Option<i64> = super::client::timed(
+        "publish",
+        timeout,
+        redis::cmd("PUBLISH")
+            .arg(keys.to(&old.instance))
+            .arg(msg.encode())
+            .query_async(conn),
+    )
+    .await;
+}
