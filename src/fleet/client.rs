@@ -9,22 +9,26 @@
 //! `fleet_timeout`; a claim that Redis does not answer in time is decided by
 //! `fleet_unavailable`. The names this server holds are kept here too, so that a lost
 //! lease or an emptied Redis is followed by re-asserting them all.
+//!
+//! Over 600 lines on purpose: this is the fleet thread's one state and its one loop (what
+//! runs on which name, the lease, re-asserting, settling conflicts, the channels'
+//! messages); the parts that need no state are beside it (`names`, `calls`, `conn`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ixn_proto::names::{ConnKey, Holder};
 use ixn_proto::registry::OnDuplicate;
 use ixn_proto::session::Kick;
-use redis::aio::ConnectionLike;
-use redis::{Cmd, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::calls;
+use super::conn::{connect, count, jitter, timed, Conn};
 use super::handle::{unix_ms, Fleet, Op};
-use super::keys::{self, Held, Keys, Message};
-use super::names::{self, alive, displace, Finished, NameOp, SWAP};
+use super::keys::{Keys, Message};
+use super::names::{self, alive, displace, Finished, NameOp, Rec, SWAP};
 use crate::control::{Command, Inboxes};
 
 /// Longest a release waits for claims to share a round trip with.
@@ -84,105 +88,6 @@ pub fn spawn(ctx: Context) -> std::io::Result<()> {
             rt.block_on(run(ctx, ops));
         })
         .map(drop)
-}
-
-/// The Redis connection: a primary or a cluster, used alike.
-#[derive(Clone)]
-pub(super) enum Conn {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-impl Conn {
-    async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
-        match self {
-            Conn::Single(c) => c.subscribe(channels).await,
-            Conn::Cluster(c) => c.subscribe(channels).await,
-        }
-    }
-}
-
-/// Connects (RESP3, so channel messages arrive as pushes on this connection) and
-/// subscribes to this server's channel and the bans channel.
-async fn connect(
-    cfg: &crate::config::FleetConfig,
-    keys: &Keys,
-    push: UnboundedSender<redis::PushInfo>,
-) -> RedisResult<Conn> {
-    use redis::IntoConnectionInfo;
-    let password = cfg.password().map_err(|e| {
-        redis::RedisError::from((redis::ErrorKind::Client, "password file", e.to_string()))
-    })?;
-    let timeout = cfg.timeout.max(Duration::from_millis(100));
-    let mut conn = if cfg.redis.len() == 1 {
-        let info = cfg.redis[0].as_str().into_connection_info()?;
-        let mut settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        if let Some(p) = &password {
-            settings = settings.set_password(p);
-        }
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_push_sender(push)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        Conn::Single(client.get_connection_manager_with_config(config).await?)
-    } else {
-        let mut b = redis::cluster::ClusterClient::builder(cfg.redis.clone())
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push)
-            .connection_timeout(timeout)
-            .response_timeout(cfg.timeout)
-            .retries(1);
-        if let Some(p) = &password {
-            b = b.password(p.clone());
-        }
-        Conn::Cluster(b.build()?.get_async_connection().await?)
-    };
-    conn.subscribe(&[keys.to(&keys.instance), keys.ban_channel()])
-        .await?;
-    Ok(conn)
-}
-
-/// A name this server holds in Redis (or would, once Redis is back).
-#[derive(Debug, Clone)]
-pub(super) struct Rec {
-    pub holder: Holder,
-    pub policy: OnDuplicate,
-    pub claimed_ms: u64,
 }
 
 /// What a task tells the loop when it ends.
@@ -284,45 +189,6 @@ async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
             Some(p) = push_rx.recv() => s.push(p),
             _ = renew.tick() => s.renew(),
             _ = settle.tick() => s.settle(),
-        }
-    }
-}
-
-/// A delay drawn uniformly from zero to `d` (full jitter).
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(unix_ms());
-    let r = (h.finish() % 1_000_000) as f64 / 1_000_000.0;
-    d.mul_f64(r).max(Duration::from_millis(10))
-}
-
-/// Counts one Redis operation.
-pub(super) fn count(op: &'static str, result: &'static str, took: Duration) {
-    metrics::counter!(crate::metrics::FLEET_REQUESTS, "op" => op, "result" => result).increment(1);
-    metrics::histogram!(crate::metrics::FLEET_REQUEST_DURATION).record(took.as_secs_f64());
-}
-
-/// Runs `f` under `timeout`, counted as `op`.
-pub(super) async fn timed<T>(
-    op: &'static str,
-    timeout: Duration,
-    f: impl std::future::Future<Output = RedisResult<T>>,
-) -> Option<T> {
-    let t0 = Instant::now();
-    match tokio::time::timeout(timeout, f).await {
-        Ok(Ok(v)) => {
-            count(op, "ok", t0.elapsed());
-            Some(v)
-        }
-        Ok(Err(e)) => {
-            tracing::debug!("fleet: {op}: {e}");
-            count(op, "error", t0.elapsed());
-            None
-        }
-        Err(_) => {
-            count(op, "timeout", t0.elapsed());
-            None
         }
     }
 }
@@ -431,84 +297,21 @@ impl State {
                 remaining,
                 failures,
             } => {
-                let Some(mut conn) = self.conn.clone() else {
-                    return;
-                };
-                let (keys, timeout) = (self.keys.clone(), self.timeout());
-                tokio::spawn(async move {
-                    let until = unix_ms() + remaining.as_millis() as u64;
-                    let addr = address.to_string();
-                    let msg = Message::Ban {
-                        address: addr.clone(),
-                        until_ms: until,
-                        failures,
-                    };
-                    let mut p = redis::pipe();
-                    p.cmd("SET")
-                        .arg(keys.ban(&addr))
-                        .arg(keys::ban_value(until, failures))
-                        .arg("PX")
-                        .arg(remaining.as_millis().max(1) as u64)
-                        .ignore();
-                    let _: Option<()> = timed("ban", timeout, p.query_async(&mut conn)).await;
-                    let _: Option<()> = timed(
-                        "ban",
-                        timeout,
-                        redis::cmd("HSET")
-                            .arg(keys.bans())
-                            .arg(&addr)
-                            .arg(until)
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                    let _: Option<i64> = timed(
-                        "publish",
-                        timeout,
-                        redis::cmd("PUBLISH")
-                            .arg(keys.ban_channel())
-                            .arg(msg.encode())
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                });
+                if let Some(conn) = self.conn.clone() {
+                    let (keys, timeout) = (self.keys.clone(), self.timeout());
+                    tokio::spawn(calls::ban(
+                        conn, keys, timeout, address, remaining, failures,
+                    ));
+                }
             }
             Op::Unban { address } => {
-                let Some(mut conn) = self.conn.clone() else {
-                    return;
-                };
-                let (keys, timeout) = (self.keys.clone(), self.timeout());
-                tokio::spawn(async move {
-                    let addr = address.to_string();
-                    let _: Option<i64> = timed(
-                        "unban",
-                        timeout,
-                        redis::cmd("DEL")
-                            .arg(keys.ban(&addr))
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                    let _: Option<i64> = timed(
-                        "unban",
-                        timeout,
-                        redis::cmd("HDEL")
-                            .arg(keys.bans())
-                            .arg(&addr)
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                    let _: Option<i64> = timed(
-                        "publish",
-                        timeout,
-                        redis::cmd("PUBLISH")
-                            .arg(keys.ban_channel())
-                            .arg(Message::Unban { address: addr }.encode())
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                });
+                if let Some(conn) = self.conn.clone() {
+                    let (keys, timeout) = (self.keys.clone(), self.timeout());
+                    tokio::spawn(calls::unban(conn, keys, timeout, address));
+                }
             }
             Op::WhoHolds { name, done } => {
-                let Some(mut conn) = self.conn.clone() else {
+                let Some(conn) = self.conn.clone() else {
                     let _ = done.send(Err("the fleet's Redis is not reachable".into()));
                     return;
                 };
@@ -519,80 +322,17 @@ impl State {
                     .and_then(|r| r.last())
                     .map(|r| r.holder);
                 tokio::spawn(async move {
-                    let r = timed("lookup", timeout, async {
-                        let cur: Option<String> = redis::cmd("GET")
-                            .arg(keys.name(&name))
-                            .query_async(&mut conn)
-                            .await?;
-                        let Some(cur) = cur else { return Ok(None) };
-                        let Some(h) = Held::parse(&cur) else {
-                            return Ok(None);
-                        };
-                        let live = if h.instance == keys.instance {
-                            h.generation == keys.generation
-                                && local.is_some_and(|l| l.conn == h.conn)
-                        } else {
-                            alive(&mut conn, &keys, &cur).await?.is_some()
-                        };
-                        Ok(live.then(|| {
-                            let c = h.conn;
-                            (
-                                h.instance.clone(),
-                                format!(
-                                    "{}-{}-{}-{}@{}",
-                                    h.claimed_ms, c.worker, c.slot, c.generation, h.instance
-                                ),
-                            )
-                        }))
-                    })
-                    .await;
-                    let _ = done.send(r.ok_or_else(|| "the fleet's Redis did not answer".into()));
+                    let _ = done.send(calls::who_holds(conn, keys, timeout, name, local).await);
                 });
             }
             Op::Instances { done } => {
-                let Some(mut conn) = self.conn.clone() else {
+                let Some(conn) = self.conn.clone() else {
                     let _ = done.send(Err("the fleet's Redis is not reachable".into()));
                     return;
                 };
                 let (keys, timeout) = (self.keys.clone(), self.timeout());
                 tokio::spawn(async move {
-                    let r = timed("instances", timeout, async {
-                        let all: HashMap<String, String> = redis::cmd("HGETALL")
-                            .arg(keys.instances())
-                            .query_async(&mut conn)
-                            .await?;
-                        let mut live = Vec::new();
-                        for (id, desc) in all {
-                            let lease: Option<String> = redis::cmd("GET")
-                                .arg(keys.lease(&id))
-                                .query_async(&mut conn)
-                                .await?;
-                            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&desc) else {
-                                continue;
-                            };
-                            let generation = v.get("generation").and_then(|g| g.as_str());
-                            match lease {
-                                Some(l) if Some(l.as_str()) == generation => {
-                                    if let Some(o) = v.as_object_mut() {
-                                        o.remove("generation");
-                                    }
-                                    live.push(v);
-                                }
-                                None => {
-                                    let _: i64 = redis::cmd("HDEL")
-                                        .arg(keys.instances())
-                                        .arg(&id)
-                                        .query_async(&mut conn)
-                                        .await?;
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                        live.sort_by(|a, b| a["instance"].as_str().cmp(&b["instance"].as_str()));
-                        Ok(live)
-                    })
-                    .await;
-                    let _ = done.send(r.ok_or_else(|| "the fleet's Redis did not answer".into()));
+                    let _ = done.send(calls::instances(conn, keys, timeout).await);
                 });
             }
             Op::Batch(_) => {}
@@ -916,7 +656,7 @@ impl State {
         if !self.ctx.fleet.config.bans {
             return;
         }
-        let Some(mut conn) = self.conn.clone() else {
+        let Some(conn) = self.conn.clone() else {
             return;
         };
         let (keys, timeout, admission) = (
@@ -924,45 +664,7 @@ impl State {
             self.timeout(),
             self.ctx.admission.clone(),
         );
-        tokio::spawn(async move {
-            let all: Option<HashMap<String, u64>> = timed(
-                "bans",
-                timeout,
-                redis::cmd("HGETALL")
-                    .arg(keys.bans())
-                    .query_async(&mut conn),
-            )
-            .await;
-            let now = unix_ms();
-            for (addr, until) in all.unwrap_or_default() {
-                if until <= now {
-                    let _: Option<i64> = timed(
-                        "bans",
-                        timeout,
-                        redis::cmd("HDEL")
-                            .arg(keys.bans())
-                            .arg(&addr)
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                    continue;
-                }
-                let cur: Option<Option<String>> = timed(
-                    "bans",
-                    timeout,
-                    redis::cmd("GET")
-                        .arg(keys.ban(&addr))
-                        .query_async(&mut conn),
-                )
-                .await;
-                if let (Ok(ip), Some((until, failures))) = (
-                    addr.parse(),
-                    cur.flatten().as_deref().and_then(keys::parse_ban),
-                ) {
-                    apply_ban(&admission, ip, until, failures);
-                }
-            }
-        });
+        tokio::spawn(calls::load_bans(conn, keys, timeout, admission));
     }
 
     /// A message on one of this server's channels.
@@ -1025,7 +727,7 @@ impl State {
             } => {
                 if self.ctx.fleet.config.bans {
                     if let Ok(ip) = address.parse() {
-                        apply_ban(&self.ctx.admission, ip, until_ms, failures);
+                        calls::apply_ban(&self.ctx.admission, ip, until_ms, failures);
                     }
                 }
             }
@@ -1054,20 +756,6 @@ impl State {
             self.ctx.fleet.wake(conn.worker as usize);
         }
     }
-}
-
-/// A fleet ban applied here, until `until_ms` (Unix).
-fn apply_ban(
-    admission: &crate::admission::Admission,
-    ip: std::net::IpAddr,
-    until_ms: u64,
-    failures: u32,
-) {
-    let left = until_ms.saturating_sub(unix_ms());
-    if left == 0 {
-        return;
-    }
-    admission.ban(ip, Instant::now() + Duration::from_millis(left), failures);
 }
 
 /// A claim or release as the names' batches take it.

@@ -16,7 +16,9 @@
 
 pub mod keys;
 
+mod calls;
 mod client;
+mod conn;
 mod handle;
 mod names;
 

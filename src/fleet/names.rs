@@ -18,7 +18,7 @@ use ixn_proto::registry::OnDuplicate;
 use ixn_proto::session::Kick;
 use redis::{RedisResult, Value};
 
-use super::client::{count, Conn, Rec};
+use super::conn::{count, Conn};
 use super::handle::Fleet;
 use super::keys::{Held, Keys, Message};
 use crate::config::FleetUnavailable;
@@ -36,6 +36,14 @@ pub(super) static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
            redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
     )
 });
+
+/// A name this server holds in Redis (or would, once Redis is back).
+#[derive(Debug, Clone)]
+pub(super) struct Rec {
+    pub holder: Holder,
+    pub policy: OnDuplicate,
+    pub claimed_ms: u64,
+}
 
 /// One operation on a name.
 #[derive(Debug)]
@@ -146,7 +154,7 @@ pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
     // Names held by another: the holder's lease decides (a dead one's name is taken over).
     for (name, rec, ticket, cur) in held {
         let value = b.keys.holder_value(rec.holder, rec.claimed_ms);
-        let r = super::client::timed("claim_held", b.timeout, async {
+        let r = super::conn::timed("claim_held", b.timeout, async {
             if alive(&mut b.conn, &b.keys, &cur).await?.is_some() {
                 return Ok(false);
             }
@@ -287,7 +295,7 @@ pub(super) async fn displace(
         generation: old.generation,
         conn: old.conn,
     };
-    let _: Option<i64> = super::client::timed(
+    let _: Option<i64> = super::conn::timed(
         "publish",
         timeout,
         redis::cmd("PUBLISH")
