@@ -364,3 +364,107 @@ fn a_redis_cluster_serves_the_fleet_too() {
     assert!(older.read_raw().is_none(), "closed once written");
     assert_eq!(a.metric("ixn_fleet_up"), 1.0);
 }
+
+/// A registry of `n` names under `reject` for each of `prefixes` (`<prefix><i>`).
+fn many_names(dir: &Path, prefixes: &[&str], n: usize) -> PathBuf {
+    let mut text = String::new();
+    for p in prefixes {
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[client]]\nname = \"{p}{i}\"\ntypes = [\"MediaServer\"]\non_duplicate = \"reject\"\n"
+            ));
+        }
+    }
+    let path = dir.join("many.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `ixn-loadgen` with `args` against `s`, returning its JSON result.
+fn loadgen(s: &Server, args: &[&str], json: &Path) -> std::process::Child {
+    std::process::Command::new(loadgen_bin())
+        .args([
+            "--target",
+            &s.addr.to_string(),
+            "--threads",
+            "1",
+            "-q",
+            "--json",
+        ])
+        .arg(json)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ixn-loadgen")
+}
+
+fn result(json: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+each_engine! {
+    // The promise: Redis restarting (empty) under load loses no registration, no
+    // answer and no name, and keeps no registration waiting past its deadline.
+    fn redis_restarting_under_load_loses_nothing() {
+        if !common::redis::available("redis restart under load") {
+            return;
+        }
+        let dir = test_dir("fleet-restart-load");
+        let mut redis = Redis::start(&dir);
+        let reg = many_names(&dir, &["Held", "Churn"], 300);
+        let s = Server::start(&[
+            "--registry",
+            reg.to_str().unwrap(),
+            "--fleet-redis",
+            &redis.url(),
+            "--fleet-instance",
+            "a",
+            "--fleet-timeout",
+            "200ms",
+            "--fleet-lease",
+            "1s",
+        ]);
+        assert_eq!(s.wait_metric("ixn_fleet_up", 1.0), 1.0);
+        let held_json = dir.join("held.json");
+        let mut held = loadgen(
+            &s,
+            &["--scenario", "hold", "--connections", "300", "--duration", "12s",
+              "--client-name", "Held", "--client-names", "300"],
+            &held_json,
+        );
+        eventually("held registered", Duration::from_secs(10), || {
+            s.metric("ixn_fleet_names_held") >= 300.0
+        });
+        let churn_json = dir.join("churn.json");
+        let mut churn = loadgen(
+            &s,
+            &["--scenario", "churn", "--concurrency", "16", "--duration", "4s",
+              "--client-name", "Churn", "--client-names", "300", "--reset-close"],
+            &churn_json,
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        redis.restart();
+        assert!(churn.wait().unwrap().success(), "churn");
+        let c = result(&churn_json);
+        let (ok, errors) = (c["ok"].as_u64().unwrap(), c["error_total"].as_u64().unwrap());
+        let max_us = c["phases"]["register"]["max"].as_u64().unwrap();
+        eprintln!("churn through the restart: {ok} registered, {errors} errors, slowest answer {max_us} µs");
+        assert!(ok > 100, "{c}");
+        assert_eq!(errors, 0, "every registration answered EventAck (fleet_unavailable=allow): {c}");
+        assert!(max_us < 5_000_000, "a registration waited past its deadline: {max_us} µs");
+        // Every held name is back in the emptied Redis, held by this server.
+        eventually("held names re-asserted", Duration::from_secs(5), || {
+            redis.cli(&["--scan", "--pattern", "ixn:name:{Held*"]).lines().count() == 300
+        });
+        let args: Vec<String> = (0..300).map(|i| format!("ixn:name:{{Held{i}}}")).collect();
+        let mut mget = vec!["MGET"];
+        mget.extend(args.iter().map(String::as_str));
+        let holders = redis.cli(&mget);
+        assert_eq!(holders.lines().filter(|l| l.starts_with("a ")).count(), 300, "{holders}");
+        eprintln!("300 of 300 held names re-asserted, each held by this server");
+        assert!(held.wait().unwrap().success(), "hold");
+        let h = result(&held_json);
+        assert_eq!(h["ok"].as_u64(), Some(300), "{h}");
+        assert_eq!(h["error_total"].as_u64(), Some(0), "no held client was dropped: {h}");
+    }
+}
