@@ -262,6 +262,35 @@ each_engine! {
         assert_eq!(register(&refuse, 5, "Rej").1, Some(err(5, 14)));
     }
 
+    // A release Redis did not answer is tried again: Redis went down holding the name
+    // (saved to disk) and came back with it, after its holder had closed. Left there, the
+    // name would stay held, for every other server, by a connection long gone.
+    fn a_release_redis_missed_is_tried_again() {
+        if !common::redis::available("missed release") {
+            return;
+        }
+        let dir = test_dir("fleet-missed-release");
+        let mut redis = Redis::start(&dir);
+        let urls = [redis.url()];
+        let a = member(&urls, "a", &dir, &["--fleet-timeout", "200ms"]);
+        let b = member(&urls, "b", &dir, &[]);
+        let (held, ans) = register(&a, 1, "Rej");
+        assert!(is_ack(&ans));
+        assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
+        redis.stop();
+        drop(held);
+        eventually("release failed", Duration::from_secs(5), || {
+            a.metric(r#"ixn_fleet_requests_total{op="release",result="error"}"#) >= 1.0
+        });
+        // Back with the name still held by the gone connection.
+        redis.restart();
+        assert!(redis.cli(&["GET", "ixn:name:{Rej}"]).starts_with("a "));
+        let took = eventually("released after all", Duration::from_secs(5), || {
+            free_on(&b, "Rej")
+        });
+        eprintln!("the missed release went through {took:?} after Redis was back");
+    }
+
     // §13 Bans: made on one server, refused on another within a second; lifted through
     // any server's admin API, lifted everywhere.
     fn a_ban_on_one_server_is_refused_on_another() {

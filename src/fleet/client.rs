@@ -126,6 +126,8 @@ struct State {
     /// claim of one of them waits behind it), and when they go anyway.
     deferred: Vec<NameOp>,
     deferred_until: Option<tokio::time::Instant>,
+    /// Releases Redis did not answer: tried again each second while it answers.
+    unreleased: Vec<(String, Holder)>,
 }
 
 async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
@@ -145,6 +147,7 @@ async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
         done,
         deferred: Vec::new(),
         deferred_until: None,
+        unreleased: Vec::new(),
         ctx,
     };
     metrics::gauge!(crate::metrics::FLEET_UP).set(0.0);
@@ -268,7 +271,11 @@ impl State {
                         let kept = names::unavailable(fleet, rec.holder, ticket, &name);
                         Finished::Claimed { name, rec, kept }
                     }
-                    NameOp::Release { name, .. } => Finished::Released { name },
+                    NameOp::Release { name, holder } => Finished::Released {
+                        name,
+                        holder,
+                        done: false,
+                    },
                 })
                 .collect();
             let _ = self.done.send(Done::Names(finished));
@@ -410,7 +417,14 @@ impl State {
                             }
                             name
                         }
-                        Finished::Released { name } => name,
+                        Finished::Released { name, holder, done } => {
+                            if !done {
+                                // Left in Redis, it would keep the name from every other
+                                // server while this one lives: tried again until it goes.
+                                self.unreleased.push((name.clone(), holder));
+                            }
+                            name
+                        }
                     };
                     self.next_into(&name, &mut ready);
                 }
@@ -644,6 +658,17 @@ impl State {
             };
             self.busy.insert(name.clone(), VecDeque::new());
             self.assert_one(name, rec);
+        }
+        if self.up && !self.unreleased.is_empty() {
+            let mut ready = Vec::new();
+            for (name, holder) in std::mem::take(&mut self.unreleased) {
+                let op = Op::Release {
+                    name: std::sync::Arc::new(name.into()),
+                    holder,
+                };
+                self.admit(op, &mut ready);
+            }
+            self.run_names(ready);
         }
         // Kick requests older than this are answered "no answer" by their caller already.
         if self.kicks.len() > 1024 {

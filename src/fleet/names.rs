@@ -96,8 +96,12 @@ pub(super) enum Finished {
     /// A claim: whether this server now holds the name (granted, or allowed while Redis
     /// did not answer).
     Claimed { name: String, rec: Rec, kept: bool },
-    /// A release.
-    Released { name: String },
+    /// A release; `done` false if Redis did not answer it (it is tried again).
+    Released {
+        name: String,
+        holder: Holder,
+        done: bool,
+    },
 }
 
 /// What a batch needs besides its operations.
@@ -126,7 +130,11 @@ pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
         };
         count(op_name, if answer.is_some() { "ok" } else { "error" }, took);
         match op {
-            NameOp::Release { name, .. } => finished.push(Finished::Released { name }),
+            NameOp::Release { name, holder } => finished.push(Finished::Released {
+                name,
+                holder,
+                done: answer.is_some(),
+            }),
             NameOp::Claim { name, rec, ticket } => {
                 let previous = match answer {
                     None => {
