@@ -2,6 +2,7 @@
 //! connection for seed nodes; both multiplexed, both over RESP3 so that channel messages
 //! arrive on the same connection), and how every operation on it is bounded and counted.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
@@ -113,8 +114,26 @@ pub(super) fn jitter(d: Duration) -> Duration {
 
 /// Counts one Redis operation.
 pub(super) fn count(op: &'static str, result: &'static str, took: Duration) {
-    metrics::counter!(crate::metrics::FLEET_REQUESTS, "op" => op, "result" => result).increment(1);
-    metrics::histogram!(crate::metrics::FLEET_REQUEST_DURATION).record(took.as_secs_f64());
+    // The handles are resolved once per (op, result) on this thread (the fleet thread):
+    // a registry lookup per operation cost more than the operation's own bookkeeping.
+    thread_local! {
+        static HANDLES: std::cell::RefCell<(
+            HashMap<(&'static str, &'static str), metrics::Counter>,
+            Option<metrics::Histogram>,
+        )> = std::cell::RefCell::new((HashMap::new(), None));
+    }
+    HANDLES.with(|h| {
+        let (counters, histogram) = &mut *h.borrow_mut();
+        counters
+            .entry((op, result))
+            .or_insert_with(|| {
+                metrics::counter!(crate::metrics::FLEET_REQUESTS, "op" => op, "result" => result)
+            })
+            .increment(1);
+        histogram
+            .get_or_insert_with(|| metrics::histogram!(crate::metrics::FLEET_REQUEST_DURATION))
+            .record(took.as_secs_f64());
+    });
 }
 
 /// Runs `f` under `timeout`, counted as `op`.

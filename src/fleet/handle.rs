@@ -150,6 +150,11 @@ impl Fleet {
         BATCH.with(|b| b.borrow_mut().push(op));
     }
 
+    /// Operations this thread has queued and not flushed.
+    pub fn queued(&self) -> usize {
+        BATCH.with(|b| b.borrow().len())
+    }
+
     /// Hands the fleet thread what this thread queued.
     pub fn flush(&self) {
         let batch = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));

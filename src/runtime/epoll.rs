@@ -92,6 +92,8 @@ pub(super) struct Epoll {
     /// the socket says `WouldBlock`, an end of stream may wait there).
     again: Vec<(SlotKey, bool)>,
     recv: Box<[u8]>,
+    /// A wake-up asked for by [`Backend::wake_in`].
+    wake_at: Option<Instant>,
 }
 
 impl Backend for Epoll {
@@ -173,6 +175,11 @@ impl Backend for Epoll {
     fn accept_again(&mut self) {
         self.accept_again.append(&mut self.accept_paused);
     }
+
+    fn wake_in(&mut self, after: Duration) {
+        let at = Instant::now() + after;
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
 }
 
 /// Runs one worker until its drain ends.
@@ -210,6 +217,7 @@ pub(super) fn thread_main(
             last_warn: None,
             again: Vec::new(),
             recv: vec![0; RECV_BUF].into_boxed_slice(),
+            wake_at: None,
         },
         core: Core::new(index, shared),
     };
@@ -243,12 +251,16 @@ impl Worker {
         let mut next_tick = Instant::now() + tick;
         loop {
             let busy = !self.b.again.is_empty() || !self.b.accept_again.is_empty();
+            self.core.turn_over(&mut self.b);
+            let until = match self.b.wake_at {
+                Some(w) if w < next_tick => w,
+                _ => next_tick,
+            };
             let wait = if busy {
                 Duration::ZERO
             } else {
-                next_tick.saturating_duration_since(Instant::now())
+                until.saturating_duration_since(Instant::now())
             };
-            self.core.turn_over();
             if let Err(e) = self.b.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::error!("epoll_wait: {e}");
@@ -256,6 +268,9 @@ impl Worker {
                 }
             }
             self.core.now = Instant::now();
+            if self.b.wake_at.is_some_and(|w| w <= self.core.now) {
+                self.b.wake_at = None;
+            }
             for l in std::mem::take(&mut self.b.accept_again) {
                 self.accept(l);
             }

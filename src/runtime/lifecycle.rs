@@ -55,6 +55,14 @@ const WHEEL_SLOTS: usize = 4096;
 /// pins at most this much (plus one receive).
 const AWAITING_INPUT_MAX: usize = 64 * 1024;
 
+/// A worker hands the fleet thread its claims and releases at most this often: each
+/// hand-over wakes that thread (a context switch on a busy core), so under load the turns
+/// of this span share one; the first after a quiet spell goes at once (no latency added
+/// at low load). Measured in docs/BENCHMARKS.md ("Fleet").
+const FLEET_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_micros(250);
+/// ... or as soon as this many wait.
+const FLEET_FLUSH_BATCH: usize = 64;
+
 /// A connection's place: its slab slot and the generation it was inserted with (a slot is
 /// reused; the generation tells a late event for its former tenant apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +101,8 @@ pub(super) trait Backend {
     fn stop_accepting(&mut self);
     /// A tick outside the drain: accept again where descriptors ran out.
     fn accept_again(&mut self);
+    /// Wake the worker's loop after `after` (once), even if nothing else happens.
+    fn wake_in(&mut self, after: std::time::Duration);
 }
 
 /// One connection: the protocol core and the lifecycle's state around the backend's socket.
@@ -154,6 +164,10 @@ pub(super) struct Core<B: Backend> {
     drain: Option<Drain<(usize, u32)>>,
     /// Connections `feed` just paused: the backend is told by `carry_out`'s caller.
     paused: Vec<SlotKey>,
+    /// When the fleet was last handed this worker's claims and releases, and whether a
+    /// wake-up for the next hand-over is armed.
+    fleet_flushed: Instant,
+    fleet_due: bool,
 }
 
 impl<B: Backend> Core<B> {
@@ -178,6 +192,8 @@ impl<B: Backend> Core<B> {
             later: std::collections::HashMap::new(),
             drain: None,
             paused: Vec::new(),
+            fleet_flushed: origin,
+            fleet_due: false,
             shared,
         }
     }
@@ -838,10 +854,26 @@ impl<B: Backend> Core<B> {
     }
 
     /// The turn of the worker's loop is over: what its connections asked of the fleet
-    /// goes to the fleet thread together. Called by the backend before it waits.
-    pub fn turn_over(&self) {
-        if let Some(f) = &self.shared.fleet {
+    /// goes to the fleet thread together, at most once per [`FLEET_FLUSH_EVERY`] (the first
+    /// after a quiet spell at once; under load, the turns of that span in one batch, and
+    /// the backend is asked to wake the worker when it is due). Called before it waits.
+    pub fn turn_over(&mut self, b: &mut B) {
+        let Some(f) = &self.shared.fleet else {
+            return;
+        };
+        let queued = f.queued();
+        if queued == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let due = self.fleet_flushed + FLEET_FLUSH_EVERY;
+        if now >= due || queued >= FLEET_FLUSH_BATCH {
             f.flush();
+            self.fleet_flushed = now;
+            self.fleet_due = false;
+        } else if !self.fleet_due {
+            self.fleet_due = true;
+            b.wake_in(due - now);
         }
     }
 

@@ -50,7 +50,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use ixn_proto::tls::ListenerKind;
@@ -225,6 +225,8 @@ pub(super) struct Uring {
     wake: Option<(RawFd, Box<[u8; 8]>)>,
     /// The fleet woke the worker.
     wake_due: bool,
+    /// The timeout of [`Backend::wake_in`] (copied by the kernel when it takes the entry).
+    wake_ts: types::Timespec,
     ring: IoUring,
     bufs: BufRing,
 }
@@ -388,6 +390,17 @@ impl Backend for Uring {
         }
     }
 
+    fn wake_in(&mut self, after: Duration) {
+        self.wake_ts = types::Timespec::from(after);
+        // Its completion needs nothing done: the loop's next turn looks at what is due.
+        let e = opcode::Timeout::new(&self.wake_ts)
+            .build()
+            .user_data(other(IGNORE, 0));
+        // Submitted by the wait that follows (the core asks at most once per turn, just
+        // before it), when the kernel copies `wake_ts`.
+        self.push(e);
+    }
+
     fn accept_again(&mut self) {
         for l in std::mem::take(&mut self.accept_paused) {
             self.arm_accept(l);
@@ -446,6 +459,7 @@ pub(super) fn thread_main(
             tick_ts: types::Timespec::from(shared.config.timer_tick),
             wake: None,
             wake_due: false,
+            wake_ts: types::Timespec::new(),
             ring,
             bufs,
         },
@@ -486,7 +500,7 @@ impl Worker {
         let mut done = Vec::with_capacity(1024);
         self.b.arm_tick();
         loop {
-            self.core.turn_over();
+            self.core.turn_over(&mut self.b);
             match self.b.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
