@@ -116,11 +116,12 @@ pub(super) fn jitter(d: Duration) -> Duration {
 pub(super) fn count(op: &'static str, result: &'static str, took: Duration) {
     // The handles are resolved once per (op, result) on this thread (the fleet thread):
     // a registry lookup per operation cost more than the operation's own bookkeeping.
+    type Handles = (
+        HashMap<(&'static str, &'static str), metrics::Counter>,
+        Option<metrics::Histogram>,
+    );
     thread_local! {
-        static HANDLES: std::cell::RefCell<(
-            HashMap<(&'static str, &'static str), metrics::Counter>,
-            Option<metrics::Histogram>,
-        )> = std::cell::RefCell::new((HashMap::new(), None));
+        static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::new((HashMap::new(), None));
     }
     HANDLES.with(|h| {
         let (counters, histogram) = &mut *h.borrow_mut();
