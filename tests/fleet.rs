@@ -187,6 +187,47 @@ each_engine! {
         }
     }
 
+    // Over TLS the waiting registration's answer is encrypted like any other, and the
+    // frames pipelined behind it are answered after it, in order.
+    fn a_tls_registration_waits_for_the_fleet_too() {
+        if !common::redis::available("fleet over TLS") {
+            return;
+        }
+        use std::io::{Read, Write};
+        let dir = test_dir("fleet-tls");
+        let redis = Redis::start(&dir);
+        let urls = [redis.url()];
+        let (cert, key) = self_signed();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        let a = member(
+            &urls,
+            "a",
+            &dir,
+            &[
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert_path.to_str().unwrap(),
+                "--tls-key",
+                key_path.to_str().unwrap(),
+            ],
+        );
+        let b = member(&urls, "b", &dir, &[]);
+        let mut t = tls_open(a.tls_addr.unwrap(), &tls_client(&cert));
+        // A registration and an unregistration in one record.
+        let script = [rrc(1, "Rej", 1, None), unreg(2, None)].concat();
+        t.write_all(&script).unwrap();
+        let mut bytes = Vec::new();
+        let _ = t.read_to_end(&mut bytes);
+        let first = decode_answer(&bytes[..26]);
+        assert!(matches!(first, Ans::Ack { rid: 1, .. }), "{first:?}");
+        assert_eq!(decode_answer(&bytes[26..]), ack(2, None));
+        // Unregistered, the name is free on the other server.
+        eventually("released", Duration::from_secs(3), || free_on(&b, "Rej"));
+    }
+
     // §13 Liveness: a server killed with SIGKILL cannot release; its names are free once
     // its lease has lapsed, not before.
     fn a_killed_server_frees_its_names_after_its_lease() {
