@@ -157,6 +157,11 @@ each_engine! {
         assert_eq!(register(&b, 6, "Rej").1, Some(err(6, 14)));
         a.signal("TERM");
         eventually("drain", Duration::from_secs(5), || free_on(&b, "Rej"));
+        // A clean exit takes its lease with it: its names are free at once, not a lease later.
+        let mut a = a;
+        assert!(a.child.wait().unwrap().success());
+        assert_eq!(redis.cli(&["EXISTS", "ixn:instance:a"]).trim(), "0");
+        assert_eq!(redis.cli(&["EXISTS", "ixn:instance:b"]).trim(), "1");
     }
 
     // §13 Names, `replace`: the newer registration on another server is acknowledged and

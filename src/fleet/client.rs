@@ -128,6 +128,8 @@ struct State {
     deferred_until: Option<tokio::time::Instant>,
     /// Releases Redis did not answer: tried again each second while it answers.
     unreleased: Vec<(String, Holder)>,
+    /// The server exits: told once every name operation is done and the lease deleted.
+    leaving: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
@@ -148,6 +150,7 @@ async fn run(ctx: Context, mut ops: UnboundedReceiver<Op>) {
         deferred: Vec::new(),
         deferred_until: None,
         unreleased: Vec::new(),
+        leaving: None,
         ctx,
     };
     metrics::gauge!(crate::metrics::FLEET_UP).set(0.0);
@@ -343,6 +346,13 @@ impl State {
                 });
             }
             Op::Batch(_) => {}
+            Op::Leave { done } => {
+                let ready = std::mem::take(&mut self.deferred);
+                self.deferred_until = None;
+                self.run_names(ready);
+                self.leaving = Some(done);
+                self.leave_if_idle();
+            }
             Op::Kick {
                 instance,
                 conn: target,
@@ -429,7 +439,12 @@ impl State {
                     self.next_into(&name, &mut ready);
                 }
                 self.gauge();
-                self.send_or_defer(ready);
+                if self.leaving.is_some() {
+                    self.run_names(ready);
+                    self.leave_if_idle();
+                } else {
+                    self.send_or_defer(ready);
+                }
             }
             Done::Renewed { ok, lost } => {
                 let was = self.up;
@@ -465,6 +480,41 @@ impl State {
                 self.next(&name);
             }
         }
+    }
+
+    /// Once nothing runs on any name, the lease goes and the exit may proceed.
+    fn leave_if_idle(&mut self) {
+        if !self.busy.is_empty() {
+            return;
+        }
+        let Some(done) = self.leaving.take() else {
+            return;
+        };
+        let Some(mut conn) = self.conn.clone() else {
+            let _ = done.send(());
+            return;
+        };
+        let (keys, timeout) = (self.keys.clone(), self.timeout());
+        tokio::spawn(async move {
+            let _: Option<i64> = timed(
+                "leave",
+                timeout,
+                redis::cmd("DEL")
+                    .arg(keys.lease(&keys.instance))
+                    .query_async(&mut conn),
+            )
+            .await;
+            let _: Option<i64> = timed(
+                "leave",
+                timeout,
+                redis::cmd("HDEL")
+                    .arg(keys.instances())
+                    .arg(&keys.instance)
+                    .query_async(&mut conn),
+            )
+            .await;
+            let _ = done.send(());
+        });
     }
 
     /// The operation on `name` ended: the next one waiting starts.

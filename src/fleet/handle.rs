@@ -57,6 +57,12 @@ pub enum Op {
         /// The live servers' descriptions (JSON objects).
         done: tokio::sync::oneshot::Sender<Result<Vec<serde_json::Value>, String>>,
     },
+    /// The server exits: what is queued and in flight on names finishes, then the lease is
+    /// deleted (this server's names are free at once, not a lease later).
+    Leave {
+        /// Told when done.
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     /// What one worker queued in one turn of its loop ([`Fleet::queue`], [`Fleet::flush`]).
     Batch(Vec<Op>),
     /// `DELETE /v1/clients/ID` for a client of another server.

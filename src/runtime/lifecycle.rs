@@ -877,8 +877,11 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    /// The worker is done: its last metrics go out.
+    /// The worker is done: its last metrics go out, and its last releases to the fleet.
     pub fn finish(&mut self) {
+        if let Some(f) = &self.shared.fleet {
+            f.flush();
+        }
         self.metrics.flush();
     }
 }

@@ -291,6 +291,22 @@ fn supervise(
     for t in threads {
         let _ = t.join();
     }
+    if let Some(fleet) = &shared.fleet {
+        // The names the drain gave back reach Redis, and the lease goes, before the exit.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        fleet.post(crate::fleet::Op::Leave { done });
+        let wait = (fleet.config.timeout * 2).max(Duration::from_secs(1));
+        let deadline = std::time::Instant::now() + wait;
+        let mut finished = finished;
+        while std::time::Instant::now() < deadline {
+            match finished.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => break,
+            }
+        }
+    }
     tracing::info!("drained; exiting");
     Ok(())
 }
