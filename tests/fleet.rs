@@ -326,7 +326,9 @@ each_engine! {
         redis.stop();
         drop(held);
         eventually("release failed", Duration::from_secs(5), || {
-            a.metric(r#"ixn_fleet_requests_total{op="release",result="error"}"#) >= 1.0
+            a.metric(r#"ixn_fleet_requests_total{op="release",result="error"}"#)
+                + a.metric(r#"ixn_fleet_requests_total{op="release",result="timeout"}"#)
+                >= 1.0
         });
         // Back with the name still held by the gone connection.
         redis.restart();

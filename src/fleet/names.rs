@@ -116,9 +116,11 @@ pub(super) struct Batch {
 /// Runs `ops` (one per name), delivers every claim's verdict, and says how each ended.
 pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
     let t0 = Instant::now();
-    let first = tokio::time::timeout(b.timeout, first_commands(&mut b.conn, &b.keys, &ops))
-        .await
-        .unwrap_or_else(|_| vec![None; ops.len()]);
+    let (first, failed) =
+        match tokio::time::timeout(b.timeout, first_commands(&mut b.conn, &b.keys, &ops)).await {
+            Ok(answers) => (answers, "error"),
+            Err(_) => (vec![None; ops.len()], "timeout"),
+        };
     let took = t0.elapsed();
     let mut finished = Vec::with_capacity(ops.len());
     let mut displaced = Vec::new();
@@ -128,7 +130,7 @@ pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
             NameOp::Claim { .. } => "claim",
             NameOp::Release { .. } => "release",
         };
-        count(op_name, if answer.is_some() { "ok" } else { "error" }, took);
+        count(op_name, if answer.is_some() { "ok" } else { failed }, took);
         match op {
             NameOp::Release { name, holder } => finished.push(Finished::Released {
                 name,
