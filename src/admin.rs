@@ -334,11 +334,14 @@ impl Api {
         let Ok(ip) = address.parse::<IpAddr>() else {
             return error(StatusCode::BAD_REQUEST, "not an IP address");
         };
+        // Lifted here first: the fleet's own message comes back to this server too, and
+        // must not make this answer a 404.
+        let had = self.server.admission.lift(ip);
         if let Some(f) = self.server.fleet.as_ref().filter(|f| f.config.bans) {
             // Lifted everywhere, whether or not this server had it.
             f.post(crate::fleet::Op::Unban { address: ip });
         }
-        if self.server.admission.lift(ip) {
+        if had {
             tracing::info!(address = %ip, "admin: ban lifted");
             empty(StatusCode::NO_CONTENT)
         } else {

@@ -79,6 +79,16 @@ fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Dura
     t0.elapsed()
 }
 
+/// `name` registers on `s` (and is given back), and the release has reached `redis`: the
+/// next claim, on any server, finds it free.
+fn free_everywhere(s: &Server, redis: &Redis, name: &str) {
+    eventually("free", Duration::from_secs(3), || free_on(s, name));
+    let key = format!("ixn:name:{{{name}}}");
+    eventually("released in Redis", Duration::from_secs(3), || {
+        redis.cli(&["EXISTS", &key]).trim() == "0"
+    });
+}
+
 /// `name` can be registered on `s` now (and is given back at once).
 fn free_on(s: &Server, name: &str) -> bool {
     let (mut c, a) = register(s, 99, name);
@@ -230,7 +240,39 @@ each_engine! {
         assert!(matches!(first, Ans::Ack { rid: 1, .. }), "{first:?}");
         assert_eq!(decode_answer(&bytes[26..]), ack(2, None));
         // Unregistered, the name is free on the other server.
+        free_everywhere(&b, &redis, "Rej");
+        // A close_notify right behind a waiting registration: answered first, then closed.
+        let mut t = tls_open(a.tls_addr.unwrap(), &tls_client(&cert));
+        t.write_all(&rrc(3, "Rej", 1, None)).unwrap();
+        t.conn.send_close_notify();
+        t.flush().unwrap();
+        let mut bytes = Vec::new();
+        let _ = t.read_to_end(&mut bytes);
+        assert!(bytes.len() >= 26, "{bytes:?}");
+        assert!(matches!(decode_answer(&bytes[..26]), Ans::Ack { rid: 3, .. }));
         eventually("released", Duration::from_secs(3), || free_on(&b, "Rej"));
+    }
+
+    // A client that half-closes right behind its registration still gets the answer the
+    // fleet decided (and its name back once the server closes).
+    fn a_half_close_behind_a_waiting_registration_still_gets_its_answer() {
+        if !common::redis::available("half-close while waiting") {
+            return;
+        }
+        let dir = test_dir("fleet-half-close");
+        let redis = Redis::start(&dir);
+        let urls = [redis.url()];
+        let a = member(&urls, "a", &dir, &[]);
+        let b = member(&urls, "b", &dir, &[]);
+        for round in 0..20 {
+            let mut c = a.connect();
+            c.send(&rrc(round, "Rej", 1, None));
+            c.s.shutdown(std::net::Shutdown::Write).unwrap();
+            let got = c.answer();
+            assert!(matches!(got, Some(Ans::Ack { rid, .. }) if rid == round), "round {round}: {got:?}");
+            assert!(c.read_raw().is_none(), "closed after the answer");
+            free_everywhere(&b, &redis, "Rej");
+        }
     }
 
     // §13 Liveness: a server killed with SIGKILL cannot release; its names are free once
@@ -362,7 +404,7 @@ each_engine! {
         eprintln!("the ban applied on the other server after {took:?}");
         let mut c = connect_from("127.0.0.77", b.addr);
         assert_eq!(c.answer(), Some(err(0, 16)));
-        assert!(redis.cli(&["EXISTS", "ixn:ban:{127.0.0.77}"]).trim() == "1");
+        assert_eq!(redis.cli(&["EXISTS", "ixn:ban:{127.0.0.77}"]).trim(), "1");
         let (_, body) = b.admin("GET", "/v1/bans", None);
         assert!(body.contains("127.0.0.77"), "{body}");
         // Lifted on b: lifted on a too.

@@ -413,8 +413,10 @@ impl Connection {
         tls.send(&answers, out);
         if tls.peer_closed() {
             // The peer's close_notify: it sends nothing more (rustls reads nothing after
-            // it, so nothing is kept), and the answers to what came before still go out.
-            if p.action == Action::Continue {
+            // it, so nothing is kept), and the answers to what came before still go out;
+            // a registration waiting for the fleet's verdict is answered first (the engine
+            // offers the input again after the verdict, and the close comes then).
+            if p.action == Action::Continue && !self.session.awaiting() {
                 let closing = self.flush_then_close(CloseReason::Peer);
                 (p.timer, p.action) = (closing.timer, closing.action);
             }

@@ -132,6 +132,8 @@ pub(super) struct Slot<Io> {
     /// Not read while its registration waits for the fleet's verdict with
     /// [`AWAITING_INPUT_MAX`] bytes behind it.
     paused: bool,
+    /// The peer's end of stream came while a registration waited for its verdict.
+    eof_seen: bool,
 }
 
 impl<Io> Slot<Io> {
@@ -288,6 +290,7 @@ impl<B: Backend> Core<B> {
             hard: None,
             counted,
             paused: false,
+            eof_seen: false,
         });
         let key = SlotKey {
             slot: i,
@@ -552,8 +555,14 @@ impl<B: Backend> Core<B> {
     /// last frames and half-closed) they finish first: the backend resumes reading once
     /// they are written, and sees the end of stream again then.
     pub fn eof(&mut self, b: &mut B, i: usize) {
-        let s = &self.slots[i];
+        let s = &mut self.slots[i];
         if s.hard.is_none() && s.sending {
+            return;
+        }
+        if s.hard.is_none() && s.conn.awaiting() {
+            // A client that half-closed behind its registration still gets the answer:
+            // once the verdict is in, the backend reads again and sees the end again.
+            s.eof_seen = true;
             return;
         }
         let r = s.hard.unwrap_or_else(|| s.conn.on_eof());
@@ -836,7 +845,8 @@ impl<B: Backend> Core<B> {
             // The input that waited is read now (which may pause it again behind the next
             // claim), and a paused socket is watched again.
             if self.live(key) && !self.slots[i].conn.awaiting() {
-                let was_paused = std::mem::take(&mut self.slots[i].paused);
+                let was_paused = std::mem::take(&mut self.slots[i].paused)
+                    | std::mem::take(&mut self.slots[i].eof_seen);
                 if let Some(p) = self.feed(i, &[]) {
                     self.carry_out(b, i, p);
                 }

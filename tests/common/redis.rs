@@ -54,7 +54,17 @@ impl Redis {
     }
 
     fn start_node(dir: &std::path::Path, cluster: bool) -> Redis {
-        let port = free_port();
+        // Ports are handed out process-wide, never twice: tests of one binary run at once,
+        // and a port freed by one may be picked by another before its server binds it.
+        static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let port = loop {
+            let p = free_port();
+            let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+            if !taken.contains(&p) {
+                taken.push(p);
+                break p;
+            }
+        };
         let dir = dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut r = Redis {
@@ -80,9 +90,19 @@ impl Redis {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(self.dir.join("nodes.conf"));
         }
-        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        let child = cmd.spawn().expect("spawn redis-server");
+        let pid = child.id();
+        self.child = Some(child);
+        // Ours answers, not another test's that took the port first (tests run at once):
+        // the server that answers must be this process.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
+        loop {
+            let info = self.cli(&["INFO", "server"]);
+            if info.contains(&format!("process_id:{pid}\r"))
+                || info.contains(&format!("process_id:{pid}\n"))
+            {
+                return;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
