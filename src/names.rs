@@ -190,21 +190,24 @@ impl Names for NameTable {
     /// replaced meanwhile.
     fn release(&self, name: &str, holder: Holder) {
         let mut shard = self.shard(name);
-        let Some((key, holders)) = shard.get_key_value(name) else {
+        let Some(holders) = shard.get_mut(name) else {
             return;
         };
-        let key = key.0.clone();
-        let had = holders.contains(&holder);
-        if let Some(holders) = shard.get_mut(name) {
-            holders.retain(|h| *h != holder);
-            if holders.is_empty() {
-                shard.remove(name);
-                self.held.fetch_sub(1, Ordering::Relaxed);
-            }
+        let before = holders.len();
+        holders.retain(|h| *h != holder);
+        let (had, empty) = (holders.len() < before, holders.is_empty());
+        // In a fleet, the shared name goes with the release (no copy of the text).
+        let key = match (had, &self.fleet) {
+            (true, Some(_)) => shard.get_key_value(name).map(|(k, _)| k.0.clone()),
+            _ => None,
+        };
+        if empty {
+            shard.remove(name);
+            self.held.fetch_sub(1, Ordering::Relaxed);
         }
         drop(shard);
-        if let (true, Some(fleet)) = (had, &self.fleet) {
-            fleet.queue(crate::fleet::Op::Release { name: key, holder });
+        if let (Some(name), Some(fleet)) = (key, &self.fleet) {
+            fleet.queue(crate::fleet::Op::Release { name, holder });
         }
     }
 }

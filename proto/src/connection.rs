@@ -493,8 +493,7 @@ impl Connection {
             });
         let logical_delta = self.session.logical_clients() as i64 - logical_before;
         if registered {
-            let after = now.saturating_duration_since(self.accepted_at).as_millis();
-            self.registered_after_ms = u32::try_from(after).unwrap_or(u32::MAX);
+            self.note_registered(now);
         }
         let mut progress = Progress {
             consumed: fed.consumed,
@@ -650,39 +649,53 @@ impl Connection {
             return Progress::NOTHING;
         }
         let was = self.session.state();
-        let mut tls = self.tls.take();
-        let mut answers = Vec::new();
-        let o = {
-            let mut ctx = Ctx {
-                registry: env.registry,
-                peer: self.peer,
-                tls: tls.as_deref().and_then(ServerTls::peer),
-                now,
-                ids: env.ids,
-                config: env.config.session,
-                names: env.names,
-            };
-            if tls.is_some() {
-                self.session.handle(input, &mut ctx, &mut answers)
-            } else {
-                self.session.handle(input, &mut ctx, out)
-            }
-        };
-        if let Some(t) = tls.as_deref_mut() {
-            // The EventError is encrypted; a registered client also gets close_notify.
-            t.send(&answers, out);
-            if was == State::Registered {
-                t.close_notify();
-                t.flush(out);
-            }
+        let o = self.outside(now, env, out, |session, ctx, answers| {
+            session.handle(input, ctx, answers)
+        });
+        if let (Some(t), State::Registered) = (self.tls.as_deref_mut(), was) {
+            // A registered TLS client also gets close_notify after its EventError.
+            t.close_notify();
+            t.flush(out);
         }
-        self.tls = tls;
         each(&o);
         let reason = self.session.close_reason().unwrap_or(CloseReason::Drain);
         match was {
             State::Registered | State::Rejected => self.flush_then_close(reason),
             _ => self.close_now(reason),
         }
+    }
+
+    /// Runs `f` on the session for something told from outside the socket (the drain, a
+    /// kick, the fleet's verdict); its answers go to `out`, encrypted on TLS.
+    fn outside(
+        &mut self,
+        now: Instant,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
+        f: impl FnOnce(&mut Session, &mut Ctx<'_>, &mut Vec<u8>) -> Output,
+    ) -> Output {
+        let mut answers = Vec::new();
+        let mut ctx = Ctx {
+            registry: env.registry,
+            peer: self.peer,
+            tls: self.tls.as_deref().and_then(ServerTls::peer),
+            now,
+            ids: env.ids,
+            config: env.config.session,
+            names: env.names,
+        };
+        let o = f(&mut self.session, &mut ctx, &mut answers);
+        match self.tls.as_deref_mut() {
+            Some(t) => t.send(&answers, out),
+            None => out.put_slice(&answers),
+        }
+        o
+    }
+
+    /// Records the moment the connection itself registered (for the admin API).
+    fn note_registered(&mut self, now: Instant) {
+        let after = now.saturating_duration_since(self.accepted_at).as_millis();
+        self.registered_after_ms = u32::try_from(after).unwrap_or(u32::MAX);
     }
 
     /// The fleet's verdict on the name a registration waits for: its answer (EventAck, or
@@ -701,37 +714,16 @@ impl Connection {
             return Progress::NOTHING;
         }
         let logical_before = self.session.logical_clients() as i64;
-        let mut tls = self.tls.take();
-        let mut answers = Vec::new();
-        let o = {
-            let mut ctx = Ctx {
-                registry: env.registry,
-                peer: self.peer,
-                tls: tls.as_deref().and_then(ServerTls::peer),
-                now,
-                ids: env.ids,
-                config: env.config.session,
-                names: env.names,
-            };
-            if tls.is_some() {
-                let o = self.session.verdict(verdict, &mut ctx, &mut answers);
-                if let Some(t) = tls.as_deref_mut() {
-                    t.send(&answers, out);
-                }
-                o
-            } else {
-                self.session.verdict(verdict, &mut ctx, out)
-            }
-        };
-        self.tls = tls;
+        let o = self.outside(now, env, out, |session, ctx, answers| {
+            session.verdict(verdict, ctx, answers)
+        });
         each(&o);
         let registered = matches!(
             o.registration,
             Some(Ok(Registration { logical: false, .. }))
         );
         if registered {
-            let after = now.saturating_duration_since(self.accepted_at).as_millis();
-            self.registered_after_ms = u32::try_from(after).unwrap_or(u32::MAX);
+            self.note_registered(now);
         }
         Progress {
             timer: self.timer_change(o.timer),

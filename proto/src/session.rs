@@ -728,17 +728,7 @@ impl Session {
         };
         self.awaiting = false;
         match v.result {
-            Ok(()) => {
-                encode_event_ack(out, ticket.reference_id, Some(id));
-                Output {
-                    answer: Some(Answer::Ack),
-                    registration: Some(Ok(Registration {
-                        proxy_client_id: id,
-                        logical: true,
-                    })),
-                    ..Output::NOTHING
-                }
-            }
+            Ok(()) => logical_acked(out, ticket.reference_id, id),
             Err(code) => {
                 let gone = l.swap_remove(at);
                 if let (Some(names), Some(name)) = (ctx.names, &gone.claimed) {
@@ -804,15 +794,7 @@ impl Session {
                     self.awaiting = true;
                     return Output::NOTHING;
                 }
-                encode_event_ack(out, req.reference_id, Some(id));
-                Output {
-                    answer: Some(Answer::Ack),
-                    registration: Some(Ok(Registration {
-                        proxy_client_id: id,
-                        logical: true,
-                    })),
-                    ..Output::NOTHING
-                }
+                logical_acked(out, req.reference_id, id)
             }
             Err(code) => Output {
                 registration: Some(Err(code)),
@@ -929,6 +911,19 @@ fn claim(
         (policy, Some(names)) => names
             .claim(entry.name(), policy, id, ticket)
             .map(|c| (true, c == Claim::Pending)),
+    }
+}
+
+/// A Proxy's logical client registered as `id`: its EventAck.
+fn logical_acked(out: &mut impl BufMut, reference_id: i32, id: i32) -> Output {
+    encode_event_ack(out, reference_id, Some(id));
+    Output {
+        answer: Some(Answer::Ack),
+        registration: Some(Ok(Registration {
+            proxy_client_id: id,
+            logical: true,
+        })),
+        ..Output::NOTHING
     }
 }
 

@@ -62,27 +62,21 @@ impl H {
     }
 
     fn send_bytes(&mut self, bytes: &[u8]) -> (Vec<Answer2>, Fed) {
-        let mut out = Vec::new();
-        let mut ctx = Ctx {
-            registry: &self.reg,
-            peer: self.peer,
-            tls: None,
-            now: self.now,
-            ids: &mut self.ids,
-            config: cfg(),
-            names: self.names.as_ref().map(|(table, conn)| Claims {
-                table: &**table,
-                conn: *conn,
-            }),
-        };
-        let outputs = &mut self.outputs;
-        let fed = self
-            .s
-            .feed(bytes, MAX, &mut ctx, &mut out, |o| outputs.push(*o));
-        (answers(&out), fed)
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let r = self.with_ctx(|s, ctx, out| s.feed(bytes, MAX, ctx, out, |o| outputs.push(*o)));
+        self.outputs = outputs;
+        r
     }
 
     fn event(&mut self, input: Input<'_>) -> (Vec<Answer2>, Output) {
+        self.with_ctx(|s, ctx, out| s.handle(input, ctx, out))
+    }
+
+    /// Runs `f` on the session with this harness's context; the answers it wrote, decoded.
+    fn with_ctx<T>(
+        &mut self,
+        f: impl FnOnce(&mut Session, &mut Ctx<'_>, &mut Vec<u8>) -> T,
+    ) -> (Vec<Answer2>, T) {
         let mut out = Vec::new();
         let mut ctx = Ctx {
             registry: &self.reg,
@@ -96,8 +90,8 @@ impl H {
                 conn: *conn,
             }),
         };
-        let o = self.s.handle(input, &mut ctx, &mut out);
-        (answers(&out), o)
+        let r = f(&mut self.s, &mut ctx, &mut out);
+        (answers(&out), r)
     }
 }
 
@@ -994,21 +988,7 @@ impl H {
     }
 
     fn verdict(&mut self, v: crate::names::Verdict) -> (Vec<Answer2>, Output) {
-        let mut out = Vec::new();
-        let mut ctx = Ctx {
-            registry: &self.reg,
-            peer: self.peer,
-            tls: None,
-            now: self.now,
-            ids: &mut self.ids,
-            config: cfg(),
-            names: self.names.as_ref().map(|(table, conn)| Claims {
-                table: &**table,
-                conn: *conn,
-            }),
-        };
-        let o = self.s.verdict(v, &mut ctx, &mut out);
-        (answers(&out), o)
+        self.with_ctx(|s, ctx, out| s.verdict(v, ctx, out))
     }
 }
 

@@ -365,24 +365,13 @@ impl State {
                 let request = self.next_request;
                 self.next_request += 1;
                 self.kicks.insert(request, done);
-                let (keys, timeout, tx) = (self.keys.clone(), self.timeout(), self.done.clone());
-                let _ = tx;
-                tokio::spawn(async move {
-                    let msg = Message::Kick {
-                        request,
-                        reply_to: keys.instance.clone(),
-                        conn: target,
-                    };
-                    let _: Option<i64> = timed(
-                        "publish",
-                        timeout,
-                        redis::cmd("PUBLISH")
-                            .arg(keys.to(&instance))
-                            .arg(msg.encode())
-                            .query_async(&mut conn),
-                    )
-                    .await;
-                });
+                let msg = Message::Kick {
+                    request,
+                    reply_to: self.keys.instance.clone(),
+                    conn: target,
+                };
+                let (channel, timeout) = (self.keys.to(&instance), self.timeout());
+                tokio::spawn(async move { calls::publish(&mut conn, timeout, channel, msg).await });
                 // Unanswered requests are forgotten after a while (the caller has its own
                 // timeout): see `settle`.
             }
@@ -779,15 +768,8 @@ impl State {
                         .ok()
                         .and_then(Result::ok)
                         .unwrap_or(false);
-                    let _: Option<i64> = timed(
-                        "publish",
-                        timeout,
-                        redis::cmd("PUBLISH")
-                            .arg(keys.to(&reply_to))
-                            .arg(Message::Kicked { request, found }.encode())
-                            .query_async(&mut conn),
-                    )
-                    .await;
+                    let msg = Message::Kicked { request, found };
+                    calls::publish(&mut conn, timeout, keys.to(&reply_to), msg).await;
                 });
             }
             Message::Kicked { request, found } => {

@@ -34,7 +34,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,20 +220,9 @@ pub(super) fn thread_main(
         },
         core: Core::new(index, shared),
     };
-    if let Some(fleet) = w.core.shared.fleet.clone() {
-        match mio::Waker::new(w.b.poll.registry(), WAKE) {
-            Ok(waker) => fleet.set_wake(index, crate::fleet::Wake::Mio(waker)),
-            Err(e) => tracing::warn!(
-                worker = index,
-                "no waker for the fleet's wake-ups ({e}): its verdicts wait for the tick"
-            ),
-        }
-    }
+    let registry = w.b.poll.registry();
     w.core
-        .shared
-        .health
-        .listening
-        .fetch_add(1, Ordering::AcqRel);
+        .ready(|| Ok(crate::fleet::Wake::Mio(mio::Waker::new(registry, WAKE)?)));
     w.run();
 }
 

@@ -200,6 +200,21 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// The worker listens: with a fleet, it is handed `wake` (made here, only then), the
+    /// way its thread wakes this worker; then the worker counts as listening.
+    pub fn ready(&self, wake: impl FnOnce() -> std::io::Result<crate::fleet::Wake>) {
+        if let Some(fleet) = &self.shared.fleet {
+            match wake() {
+                Ok(w) => fleet.set_wake(self.index as usize, w),
+                Err(e) => tracing::warn!(
+                    worker = self.index,
+                    "no way to wake the worker for the fleet ({e}): its verdicts wait for the tick"
+                ),
+            }
+        }
+        self.shared.health.listening.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Whether `key` still names a live (not hard-closing) connection.
     pub fn live(&self, key: SlotKey) -> bool {
         self.slots
@@ -725,6 +740,21 @@ impl<B: Backend> Core<B> {
         if s.conn.is_closing() || s.hard.is_some() {
             return;
         }
+        let p = self.tell(i, |conn, env, answers, metrics| {
+            conn.on_notice(now, notice, env, answers, |o| metrics.output(o))
+        });
+        self.carry_out(b, i, p);
+    }
+
+    /// Tells connection `i` something from outside its socket (the drain, a kick, the
+    /// fleet's verdict) through `f`: its answers go where a receive's would (the scratch
+    /// buffer, or behind answers being sent), with the worker's ids, names and metrics.
+    fn tell(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut Connection, &mut Env<'_>, &mut Vec<u8>, &WorkerMetrics) -> Progress,
+    ) -> Progress {
+        let s = &mut self.slots[i];
         let mut answers = if s.sending {
             self.later.remove(&i).unwrap_or_default()
         } else {
@@ -739,16 +769,13 @@ impl<B: Backend> Core<B> {
             gate: None,
             names: Some(self.shared.claims(key(self.index, i, s.generation))),
         };
-        let metrics = &self.metrics;
-        let p = s
-            .conn
-            .on_notice(now, notice, &mut env, &mut answers, |o| metrics.output(o));
+        let p = f(&mut s.conn, &mut env, &mut answers, &self.metrics);
         if !s.sending {
             self.scratch = answers;
         } else if !answers.is_empty() {
             self.later.insert(i, answers);
         }
-        self.carry_out(b, i, p);
+        p
     }
 
     /// The admin API's commands (and replaced names' kicks), taken at each tick: listings
@@ -809,38 +836,15 @@ impl<B: Backend> Core<B> {
                 continue;
             }
             let i = key.slot;
-            let s = &mut self.slots[i];
-            let mut answers = if s.sending {
-                self.later.remove(&i).unwrap_or_default()
-            } else {
-                self.scratch.clear();
-                std::mem::take(&mut self.scratch)
-            };
-            let registry = self.shared.registry.load();
-            let mut env = Env {
-                registry: &registry,
-                ids: &mut self.ids,
-                config: &self.cfg,
-                gate: None,
-                names: Some(self.shared.claims(ConnKey {
-                    worker: self.index,
-                    slot: i as u32,
-                    generation: s.generation,
-                })),
-            };
-            let metrics = &self.metrics;
-            let p = s
-                .conn
-                .on_verdict(now, v, &mut env, &mut answers, |o| metrics.output(o));
-            if !s.sending {
-                self.scratch = answers;
-            } else if !answers.is_empty() {
-                self.later.insert(i, answers);
-            }
-            metrics.logical_delta(p.logical_delta);
-            if p.registered {
-                metrics.registration_duration(now.saturating_duration_since(s.conn.accepted_at()));
-            }
+            let p = self.tell(i, |conn, env, answers, metrics| {
+                let p = conn.on_verdict(now, v, env, answers, |o| metrics.output(o));
+                metrics.logical_delta(p.logical_delta);
+                if p.registered {
+                    metrics
+                        .registration_duration(now.saturating_duration_since(conn.accepted_at()));
+                }
+                p
+            });
             self.carry_out(b, i, p);
             // The input that waited is read now (which may pause it again behind the next
             // claim), and a paused socket is watched again.

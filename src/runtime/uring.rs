@@ -468,24 +468,13 @@ pub(super) fn thread_main(
     for i in 0..w.b.listeners.len() {
         w.b.arm_accept(i);
     }
-    if let Some(fleet) = w.core.shared.fleet.clone() {
-        match eventfd() {
-            Ok(file) => {
-                w.b.wake = Some((file.as_raw_fd(), Box::new([0; 8])));
-                fleet.set_wake(index, crate::fleet::Wake::EventFd(file));
-                w.b.arm_wake();
-            }
-            Err(e) => tracing::warn!(
-                worker = index,
-                "no eventfd for the fleet's wake-ups ({e}): its verdicts wait for the tick"
-            ),
-        }
-    }
-    w.core
-        .shared
-        .health
-        .listening
-        .fetch_add(1, Ordering::AcqRel);
+    let b = &mut w.b;
+    w.core.ready(|| {
+        let file = eventfd()?;
+        b.wake = Some((file.as_raw_fd(), Box::new([0; 8])));
+        b.arm_wake();
+        Ok(crate::fleet::Wake::EventFd(file))
+    });
     w.run();
 }
 
