@@ -19,7 +19,7 @@ fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 install -D -m 0755 "$bin" "$root/usr/local/bin/ixn-server"
-# The release profile keeps debug info for profiling; the image does not need it.
+# The release profile keeps line tables for profiling; the image does not need them.
 strip --strip-debug "$root/usr/local/bin/ixn-server"
 # The dynamic loader and every library the binary links, at the paths it looks for them.
 for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
