@@ -22,6 +22,7 @@ fn register_frame() -> Vec<u8> {
             proxy_client_id: None,
             credential: Some("s3cret"),
             extension: None,
+            keep_alive: None,
         }),
         &mut v,
     )
@@ -33,7 +34,7 @@ fn bench_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     let rrc = register_frame();
     let mut ack = Vec::new();
-    encode_event_ack(&mut ack, 7, Some(1));
+    encode_event_ack(&mut ack, 7, Some(1), None);
     let mut error = Vec::new();
     encode_event_error(&mut error, 7, ErrorCode::UnknownClient);
     for (name, bytes) in [
@@ -68,7 +69,7 @@ fn bench_encode(c: &mut Criterion) {
     g.bench_function("EventAck", |b| {
         b.iter(|| {
             buf.clear();
-            encode_event_ack(&mut buf, black_box(7), Some(black_box(1)));
+            encode_event_ack(&mut buf, black_box(7), Some(black_box(1)), None);
             buf.len()
         })
     });

@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
         })),
         timer: TimerAction::Cancel,
         close: Close::No,
+        keep_alive: false,
     };
     let mut g = c.benchmark_group("metrics");
     g.throughput(Throughput::Elements(1));

@@ -15,7 +15,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::protocol::{MAX_FRAME_LEN_LIMIT, MIN_FRAME_LEN};
-use crate::session::SessionConfig;
+use crate::session::{KeepAliveConfig, SessionConfig};
 
 /// Every setting's default (docs/PROTOCOL.md §8), one typed constant each: the resolver
 /// below uses them, the core's own defaults come from `ixn_proto::defaults`, and
@@ -313,6 +313,17 @@ pub struct Args {
     /// Retired with engine v1: refused, with what to say instead.
     #[arg(long, env = "IXN_IO_ENGINE", hide = true)]
     pub io_engine: Option<String>,
+    /// A client's KeepAlive is clamped to at least this, whole seconds (docs/PROTOCOL.md
+    /// §12) [default: 5s].
+    #[arg(long, env = "IXN_KEEPALIVE_MIN", value_name = "DUR")]
+    pub keepalive_min: Option<Dur>,
+    /// A client's KeepAlive is clamped to at most this, whole seconds [default: 3600s].
+    #[arg(long, env = "IXN_KEEPALIVE_MAX", value_name = "DUR")]
+    pub keepalive_max: Option<Dur>,
+    /// The keepalive of a registration that carries no KeepAlive (or 0), whole seconds;
+    /// 0s is none [default: 0s].
+    #[arg(long, env = "IXN_KEEPALIVE_DEFAULT", value_name = "DUR")]
+    pub keepalive_default: Option<Dur>,
     /// Redis of the fleet (docs/PROTOCOL.md §13), repeatable: one URL a single primary,
     /// several the seed nodes of a Redis Cluster; redis:// or rediss:// (TLS).
     #[arg(
@@ -463,6 +474,9 @@ pub struct Config {
     pub metrics_max_connections: usize,
     /// io_uring or epoll.
     pub engine: Engine,
+    /// `--keepalive-min`, `--keepalive-max` and `--keepalive-default` as given (the
+    /// session's [`ixn_proto::session::KeepAliveConfig`] is their whole seconds).
+    pub keep_alive: [Duration; 3],
     /// The fleet (docs/PROTOCOL.md §13); `None` without `--fleet-redis`.
     pub fleet: Option<FleetConfig>,
 }
@@ -564,6 +578,9 @@ impl Args {
             metrics_max_connections,
             engine,
             io_engine,
+            keepalive_min,
+            keepalive_max,
+            keepalive_default,
             fleet_redis,
             fleet_redis_password_file,
             fleet_name,
@@ -624,6 +641,9 @@ impl Args {
             metrics_max_connections: self.metrics_max_connections.or(metrics_max_connections),
             engine: self.engine.or(engine),
             io_engine: self.io_engine.or(io_engine),
+            keepalive_min: self.keepalive_min.or(keepalive_min),
+            keepalive_max: self.keepalive_max.or(keepalive_max),
+            keepalive_default: self.keepalive_default.or(keepalive_default),
             fleet_redis: list(self.fleet_redis, fleet_redis),
             fleet_redis_password_file: self.fleet_redis_password_file.or(fleet_redis_password_file),
             fleet_name: self.fleet_name.or(fleet_name),
@@ -703,7 +723,17 @@ impl Args {
                     args.error_disconnect_timeout,
                     def::ERROR_DISCONNECT_TIMEOUT,
                 ),
+                keep_alive: KeepAliveConfig {
+                    min: whole_secs(d(args.keepalive_min, def::KEEPALIVE_MIN)),
+                    max: whole_secs(d(args.keepalive_max, def::KEEPALIVE_MAX)),
+                    default: whole_secs(d(args.keepalive_default, def::KEEPALIVE_DEFAULT)),
+                },
             },
+            keep_alive: [
+                d(args.keepalive_min, def::KEEPALIVE_MIN),
+                d(args.keepalive_max, def::KEEPALIVE_MAX),
+                d(args.keepalive_default, def::KEEPALIVE_DEFAULT),
+            ],
             timer_tick: d(args.timer_tick, def::TIMER_TICK),
             max_connections: args.max_connections.unwrap_or(def::MAX_CONNECTIONS),
             max_frame_len: args.max_frame_len.unwrap_or(def::MAX_FRAME_LEN),
@@ -736,6 +766,11 @@ impl Args {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Seconds of a keepalive setting, saturating (validation refuses what does not fit).
+fn whole_secs(d: Duration) -> u16 {
+    u16::try_from(d.as_secs()).unwrap_or(u16::MAX)
 }
 
 /// Refuses the flags engine v1 took with it, saying what to use instead: a flag that
@@ -923,6 +958,7 @@ impl Config {
                 SOCKET_SEND_BUFFER_RANGE.end()
             ));
         }
+        self.validate_keep_alive()?;
         if let Some(f) = &self.fleet {
             f.validate()?;
         }
@@ -931,6 +967,46 @@ impl Config {
                 "--metrics-max-connections {} is outside 1..=65536",
                 self.metrics_max_connections
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The keepalive settings (docs/PROTOCOL.md §12): whole seconds a KeepAlive can carry
+    /// (1..=65535 s; the default may be 0s, off), and min ≤ default ≤ max when the default
+    /// is on.
+    fn validate_keep_alive(&self) -> Result<(), ConfigError> {
+        let [min, max, default] = self.keep_alive;
+        for (flag, d, zero_ok) in [
+            ("--keepalive-min", min, false),
+            ("--keepalive-max", max, false),
+            ("--keepalive-default", default, true),
+        ] {
+            let whole = d.subsec_nanos() == 0;
+            let in_range = (1..=u64::from(u16::MAX)).contains(&d.as_secs());
+            if !(whole && (in_range || (zero_ok && d.is_zero()))) {
+                let off = if zero_ok { " (0s turns it off)" } else { "" };
+                return Err(ConfigError::Invalid(format!(
+                    "{flag} {} is not a whole number of seconds in 1s..=65535s{off}",
+                    fmt_dur(d)
+                )));
+            }
+        }
+        if min > max {
+            return Err(ConfigError::Invalid(format!(
+                "--keepalive-min {} is longer than --keepalive-max {}",
+                fmt_dur(min),
+                fmt_dur(max)
+            )));
+        }
+        if !default.is_zero() && !(min..=max).contains(&default) {
+            return Err(ConfigError::Invalid(format!(
+                "--keepalive-default {} is outside --keepalive-min {} ..= --keepalive-max {}",
+                fmt_dur(default),
+                fmt_dur(min),
+                fmt_dur(max)
+            )));
         }
         Ok(())
     }

@@ -51,6 +51,8 @@ pub const REGISTRATION_DURATION: &str = "ixn_registration_duration_seconds";
 pub const TIMER_EXPIRED: &str = "ixn_timer_expired_total";
 /// `ixn_timer_bulk_drop_connections`: connections one tick closed together.
 pub const BULK_DROP: &str = "ixn_timer_bulk_drop_connections";
+/// `ixn_keepalives_total`: RequestKeepAlive answered (docs/PROTOCOL.md §12).
+pub const KEEPALIVES: &str = "ixn_keepalives_total";
 /// `ixn_received_bytes_total`
 pub const BYTES_IN: &str = "ixn_received_bytes_total";
 /// `ixn_sent_bytes_total`
@@ -134,6 +136,10 @@ pub fn describe() {
         "Timer wheel deadlines that closed a connection, by timer."
     );
     describe_histogram!(BULK_DROP, "Connections one timer tick closed together.");
+    describe_counter!(
+        KEEPALIVES,
+        "RequestKeepAlive messages answered (docs/PROTOCOL.md §12)."
+    );
     describe_counter!(BYTES_IN, Unit::Bytes, "Bytes read from clients.");
     describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
     describe_counter!(ACCEPT_ERRORS, "accept() failures (e.g. EMFILE).");
@@ -269,6 +275,7 @@ pub struct WorkerMetrics {
     registrations: Vec<Local>,
     errors_sent: Vec<Local>,
     timers: Vec<Local>,
+    keep_alives: Local,
     bytes_in: Local,
     bytes_out: Local,
     accept_errors: Local,
@@ -328,6 +335,7 @@ impl WorkerMetrics {
             registrations,
             errors_sent,
             timers,
+            keep_alives: Local::new(counter!(KEEPALIVES)),
             bytes_in: Local::new(counter!(BYTES_IN)),
             bytes_out: Local::new(counter!(BYTES_OUT)),
             accept_errors: Local::new(counter!(ACCEPT_ERRORS)),
@@ -405,6 +413,9 @@ impl WorkerMetrics {
     pub fn output(&self, o: &Output) {
         if let Some(Answer::Error(c)) = o.answer {
             self.errors_sent[c.index()].add(1);
+        }
+        if o.keep_alive {
+            self.keep_alives.add(1);
         }
         if let Some(r) = o.registration {
             self.registrations[result_index(r.map(|_| ()))].add(1);
@@ -498,6 +509,7 @@ impl WorkerMetrics {
         {
             c.flush();
         }
+        self.keep_alives.flush();
         self.bytes_in.flush();
         self.bytes_out.flush();
         self.accept_errors.flush();

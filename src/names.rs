@@ -221,6 +221,7 @@ mod tests {
         reference_id: 1,
         client_type: 1,
         logical: false,
+        keep_alive: 0,
     };
 
     fn key(worker: u32, slot: u32) -> ConnKey {

@@ -74,6 +74,7 @@ proptest! {
             proxy_client_id: pid,
             credential: cred.as_deref(),
             extension: ext.as_deref().map(|e| KvList::parse(e).unwrap()),
+            keep_alive: None,
         });
         let mut buf = Vec::new();
         encode(&m, &mut buf).unwrap();
@@ -91,7 +92,7 @@ proptest! {
     ) {
         let ms = [
             Message::UnregisterClient(UnregisterClient { reference_id: rid, proxy_client_id: pid }),
-            Message::EventAck(EventAck { reference_id: rid, proxy_client_id: pid, extension: None }),
+            Message::EventAck(EventAck { reference_id: rid, proxy_client_id: pid, extension: None, keep_alive: None }),
             Message::EventError(EventError { reference_id: rid, error_code: code, error_description: &text }),
             Message::Other { msg_id: other_id, reference_id: pid },
         ];

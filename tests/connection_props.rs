@@ -57,6 +57,7 @@ fn encode_piece(p: &Piece, rid: i32) -> Vec<u8> {
             proxy_client_id: None,
             credential: (*n == 2).then_some("s3cret"),
             extension: None,
+            keep_alive: None,
         }),
         Piece::Unregister(id) => Message::UnregisterClient(UnregisterClient {
             reference_id: rid,
@@ -134,7 +135,7 @@ proptest! {
                     continue;
                 }
                 Event::Deadline => match c.armed() {
-                    Some(t) => c.on_deadline(t, &mut Vec::new()),
+                    Some(t) => c.on_deadline(now, t, &mut env, &mut out, |_| {}),
                     None => continue,
                 },
                 Event::Drain => c.on_drain(now, &mut env, &mut out, |_| {}),

@@ -170,6 +170,7 @@ fn conn_config() -> ConnConfig {
         session: SessionConfig {
             registration_timeout: Duration::from_millis(REGISTRATION_MS),
             error_disconnect_timeout: Duration::from_millis(ERROR_DISCONNECT_MS),
+            ..SessionConfig::default()
         },
         ..ConnConfig::default()
     }

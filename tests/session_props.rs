@@ -51,6 +51,7 @@ fn bytes(s: &Step, rid: i32) -> Vec<u8> {
             proxy_client_id: None,
             credential: (*n == 2).then_some("s3cret"),
             extension: None,
+            keep_alive: None,
         }),
         Step::Unregister(id) => Message::UnregisterClient(UnregisterClient {
             reference_id: rid,

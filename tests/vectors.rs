@@ -67,7 +67,7 @@ fn round_trip(bytes: &[u8], want: Message<'_>) {
 #[test]
 fn every_vector_matches_its_meaning() {
     let all = vectors();
-    assert_eq!(all.len(), 18, "vectors.txt holds 18 vectors");
+    assert_eq!(all.len(), 22, "vectors.txt holds 22 vectors");
     for (name, bytes) in &all {
         check(name, bytes);
     }
@@ -84,6 +84,7 @@ fn check(name: &str, bytes: &[u8]) {
                 proxy_client_id: None,
                 credential: None,
                 extension: None,
+                keep_alive: None,
             }),
         ),
         "register_full" => {
@@ -110,6 +111,7 @@ fn check(name: &str, bytes: &[u8]) {
                     proxy_client_id: Some(0),
                     credential: Some("s3cret"),
                     extension: Some(KvList::parse(&raw).unwrap()),
+                    keep_alive: None,
                 }),
             );
         }
@@ -127,10 +129,11 @@ fn check(name: &str, bytes: &[u8]) {
                     reference_id: 7,
                     proxy_client_id: Some(1),
                     extension: None,
+                    keep_alive: None,
                 }),
             );
             let mut out = Vec::new();
-            encode_event_ack(&mut out, 7, Some(1));
+            encode_event_ack(&mut out, 7, Some(1), None);
             assert_eq!(out, bytes, "the server's own EventAck writer");
         }
         "event_error" => {
@@ -163,6 +166,7 @@ fn check(name: &str, bytes: &[u8]) {
                 proxy_client_id: None,
                 credential: None,
                 extension: None,
+                keep_alive: None,
             });
             assert_eq!(frame.message, want);
             // Our encoder never writes attribute 99, so the byte-exact comparison is
@@ -246,6 +250,49 @@ fn check(name: &str, bytes: &[u8]) {
                 decode(bytes, 8191),
                 Err(DecodeError::Framing(FramingError::TooLarge { .. }))
             ));
+        }
+        "register_keepalive" => round_trip(
+            bytes,
+            Message::RegisterClient(RegisterClient {
+                reference_id: 11,
+                client_name: "Agent_1001",
+                client_type: 2,
+                proxy_client_id: None,
+                credential: None,
+                extension: None,
+                keep_alive: Some(30),
+            }),
+        ),
+        "event_ack_keepalive" => {
+            round_trip(
+                bytes,
+                Message::EventAck(EventAck {
+                    reference_id: 11,
+                    proxy_client_id: Some(3),
+                    extension: None,
+                    keep_alive: Some(30),
+                }),
+            );
+            let mut out = Vec::new();
+            encode_event_ack(&mut out, 11, Some(3), Some(30));
+            assert_eq!(out, bytes, "the server's own EventAck writer");
+        }
+        "keepalive_request" => round_trip(
+            bytes,
+            Message::KeepAlive(ixn::protocol::KeepAlive { reference_id: 12 }),
+        ),
+        "event_error_keepalive" => {
+            round_trip(
+                bytes,
+                Message::EventError(EventError {
+                    reference_id: 0,
+                    error_code: 19,
+                    error_description: "keepalive expired",
+                }),
+            );
+            let mut out = Vec::new();
+            encode_event_error(&mut out, 0, ErrorCode::KeepAliveExpired);
+            assert_eq!(out, bytes, "the server's own EventError writer");
         }
         other => panic!("vector {other} has no expectation in this test"),
     }

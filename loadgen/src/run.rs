@@ -580,6 +580,7 @@ fn rrc(reference_id: i32, name: &str, ty: i32, credential: Option<&str>) -> Vec<
             proxy_client_id: None,
             credential,
             extension: None,
+            keep_alive: None,
         }),
         &mut v,
     );

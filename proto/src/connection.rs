@@ -9,7 +9,8 @@
 //! that comes back: which timer to arm or cancel, what to write, whether to close now or
 //! once written. The connection holds at most one timer at a time ([`Connection::armed`]):
 //! its registration or error deadline while unregistered or rejected, its frame deadline
-//! while registered, its linger while closing. (The engine's write-stall timer is its own:
+//! or its keepalive deadline (whichever comes first) while registered, its linger while
+//! closing. (The engine's write-stall timer is its own:
 //! it watches the socket, not the protocol.)
 //!
 //! # Closing
@@ -19,6 +20,16 @@
 //! call produced, shuts down its sending side (FIN) and calls [`Connection::on_flushed`],
 //! which arms the linger; input that still arrives is consumed and dropped until the peer's
 //! end of stream or the linger deadline. So no answer is ever lost to a reset.
+//!
+//! # Keepalive
+//!
+//! A registered connection with a keepalive k in force (docs/PROTOCOL.md §12) must send a
+//! complete frame at least every 1.5 × k. A frame costs no wheel operation: it only records
+//! the moment (`alive_ms`, milliseconds since accept, rounded up so a deadline is never
+//! early), and when the keepalive deadline comes the connection compares it with that
+//! moment and either re-arms for the rest or expires (EventError 19, close once written).
+//! A frame begun and not complete arms whichever of its frame deadline and the keepalive
+//! deadline comes first; the wheel sees one operation per partial frame, as it did before.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -30,8 +41,8 @@ use crate::names::{Claims, Verdict};
 use crate::protocol::ErrorCode;
 use crate::registry::Registry;
 use crate::session::{
-    deadline, Close, CloseReason, Ctx, IdAllocator, Input, Kick, Output, Registration, Session,
-    SessionConfig, State, Timer, TimerAction, TimerKind,
+    deadline, Close, CloseReason, Ctx, IdAllocator, Input, KeepAliveConfig, Kick, Output,
+    Registration, Session, SessionConfig, State, Timer, TimerAction, TimerKind,
 };
 use crate::tls::{Handshake, HandshakeResult, ServerTls, TlsError, TlsPeer};
 
@@ -173,6 +184,10 @@ pub struct Connection {
     admitted: bool,
     /// Milliseconds from accept to its registration (saturating), for the admin API.
     registered_after_ms: u32,
+    /// Milliseconds from accept to its last complete frame, rounded up and wrapping: only
+    /// differences are taken, and a keepalive deadline (at most 1.5 × 65,535 s) is far
+    /// inside the 49 days a `u32` of milliseconds spans.
+    alive_ms: u32,
 }
 
 impl Connection {
@@ -197,6 +212,7 @@ impl Connection {
             tls: None,
             admitted: false,
             registered_after_ms: 0,
+            alive_ms: 0,
         };
         let timer = c.timer_change(arm);
         (c, timer)
@@ -492,6 +508,9 @@ impl Connection {
                 each(o);
             });
         let logical_delta = self.session.logical_clients() as i64 - logical_before;
+        if fed.consumed > 0 {
+            self.alive_ms = self.ms_since_accept(now, true);
+        }
         if registered {
             self.note_registered(now);
         }
@@ -515,14 +534,44 @@ impl Connection {
             // whole frames wait behind a registration's verdict).
             let partial = frames.len() > fed.consumed || mid_record;
             let began_now = fed.consumed > 0 || self.armed != Some(Timer::Frame);
+            let keep_alive = self.keep_alive_left(now).map(|left| deadline(now, left));
             if partial && began_now {
-                progress.timer = self.arm(Timer::Frame, deadline(now, env.config.frame_timeout));
-            } else if !partial && self.armed == Some(Timer::Frame) {
-                self.armed = None;
-                progress.timer = TimerChange::Cancel;
+                let frame = deadline(now, env.config.frame_timeout);
+                progress.timer = match keep_alive {
+                    Some(at) if at < frame => self.arm(Timer::KeepAlive, at),
+                    _ => self.arm(Timer::Frame, frame),
+                };
+            } else if !partial {
+                match (keep_alive, self.armed) {
+                    // A complete frame while the keepalive deadline is armed: nothing to
+                    // do now, the deadline re-checks.
+                    (Some(_), Some(Timer::KeepAlive)) => {}
+                    (Some(at), _) => progress.timer = self.arm(Timer::KeepAlive, at),
+                    (None, Some(Timer::Frame)) => {
+                        self.armed = None;
+                        progress.timer = TimerChange::Cancel;
+                    }
+                    (None, _) => {}
+                }
             }
         }
         progress
+    }
+
+    /// Milliseconds from accept to `now`, wrapping (see `alive_ms`): rounded up for a
+    /// frame's moment, down for the present, so a silence is never overestimated.
+    fn ms_since_accept(&self, now: Instant, round_up: bool) -> u32 {
+        let d = now.saturating_duration_since(self.accepted_at);
+        let ms = d.as_millis() + u128::from(round_up && d.subsec_nanos() % 1_000_000 != 0);
+        ms as u32
+    }
+
+    /// How long, at `now`, until the keepalive in force expires (zero once it has): 1.5 ×
+    /// it after the last complete frame.
+    fn keep_alive_left(&self, now: Instant) -> Option<Duration> {
+        let secs = self.session.keep_alive()?;
+        let silent = self.ms_since_accept(now, false).wrapping_sub(self.alive_ms);
+        Some(KeepAliveConfig::grace(secs).saturating_sub(Duration::from_millis(silent.into())))
     }
 
     /// The engine wrote the last answers and shut down its sending side: the linger starts.
@@ -544,10 +593,35 @@ impl Connection {
         }
     }
 
-    /// The connection's timer passed. Needs no registry; the only bytes it may write to
-    /// `out` are a TLS connection's close_notify, when it closes once written (a TLS peer
-    /// then sees a clean close, not a truncated stream).
-    pub fn on_deadline(&mut self, timer: Timer, out: &mut impl BufMut) -> Progress {
+    /// The connection's timer passed at `now`. A keepalive deadline re-checks the last
+    /// sign of life: re-armed for the rest, or EventError{0, 19} to `out` and a close once
+    /// written (its names given back at once). Otherwise the only bytes it may write are a
+    /// TLS connection's close_notify, when it closes once written (a TLS peer then sees a
+    /// clean close, not a truncated stream).
+    pub fn on_deadline(
+        &mut self,
+        now: Instant,
+        timer: Timer,
+        env: &mut Env<'_>,
+        out: &mut impl BufMut,
+        each: impl FnMut(&Output),
+    ) -> Progress {
+        if timer == Timer::KeepAlive {
+            if self.armed != Some(Timer::KeepAlive) || self.phase != Phase::Open {
+                return Progress::NOTHING;
+            }
+            return match self.keep_alive_left(now) {
+                Some(left) if !left.is_zero() => Progress {
+                    timer: self.arm(Timer::KeepAlive, deadline(now, left)),
+                    ..Progress::NOTHING
+                },
+                Some(_) => self.tell(now, Input::KeepAliveExpired, env, out, each),
+                None => {
+                    self.armed = None;
+                    Progress::NOTHING
+                }
+            };
+        }
         let p = self.deadline_passed(timer);
         if p.action == Action::CloseAfterWrite {
             if let Some(tls) = self.tls.as_deref_mut() {
@@ -589,6 +663,8 @@ impl Connection {
                 self.close_now(reason)
             }
             Timer::WriteStall => self.close_now(CloseReason::WriteStall),
+            // Served by `on_deadline`, which needs the time.
+            Timer::KeepAlive => Progress::NOTHING,
         }
     }
 
@@ -636,7 +712,7 @@ impl Connection {
         }
     }
 
-    /// The drain or a kick, told while no frame is being read.
+    /// The drain, a kick or an expired keepalive, told while no frame is being read.
     fn tell(
         &mut self,
         now: Instant,
@@ -722,11 +798,15 @@ impl Connection {
             o.registration,
             Some(Ok(Registration { logical: false, .. }))
         );
+        let mut timer = self.timer_change(o.timer);
         if registered {
             self.note_registered(now);
+            if let Some(left) = self.keep_alive_left(now) {
+                timer = self.arm(Timer::KeepAlive, deadline(now, left));
+            }
         }
         Progress {
-            timer: self.timer_change(o.timer),
+            timer,
             registered,
             logical_delta: self.session.logical_clients() as i64 - logical_before,
             ..Progress::NOTHING

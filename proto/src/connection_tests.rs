@@ -53,6 +53,19 @@ impl H {
         p
     }
 
+    /// The connection's timer `timer` passed, now.
+    fn deadline(&mut self, timer: Timer) -> Progress {
+        let mut env = Env {
+            registry: &self.reg,
+            ids: &mut self.ids,
+            config: &self.config,
+            gate: None,
+            names: None,
+        };
+        self.c
+            .on_deadline(self.now, timer, &mut env, &mut self.out, |_| {})
+    }
+
     fn drain(&mut self) -> Progress {
         let mut env = Env {
             registry: &self.reg,
@@ -96,6 +109,7 @@ fn rrc(rid: i32, name: &str, ty: i32) -> Vec<u8> {
             proxy_client_id: None,
             credential: None,
             extension: None,
+            keep_alive: None,
         }),
         &mut v,
     )
@@ -142,12 +156,8 @@ fn accept_arms_the_registration_deadline() {
 #[test]
 fn registration_deadline_closes_now_and_a_stale_one_is_ignored() {
     let (mut h, _) = H::new(false);
-    assert_eq!(
-        h.c.on_deadline(Timer::Frame, &mut Vec::new()),
-        Progress::NOTHING,
-        "not armed"
-    );
-    let p = h.c.on_deadline(Timer::Registration, &mut Vec::new());
+    assert_eq!(h.deadline(Timer::Frame), Progress::NOTHING, "not armed");
+    let p = h.deadline(Timer::Registration);
     assert_eq!(p.action, Action::CloseNow(CloseReason::RegistrationTimeout));
 }
 
@@ -205,7 +215,7 @@ fn frame_deadline_runs_from_a_frames_first_byte() {
     assert_eq!(p.timer, TimerChange::Cancel, "nothing partial left");
     assert_eq!(h.c.armed(), None);
     let _ = h.read(&f[..1]);
-    let p = h.c.on_deadline(Timer::Frame, &mut Vec::new());
+    let p = h.deadline(Timer::Frame);
     assert_eq!(p.action, Action::CloseAfterWrite);
     assert_eq!(h.c.on_eof(), CloseReason::FrameTimeout);
 }
@@ -230,7 +240,7 @@ fn unregister_closes_once_written_then_lingers_and_discards() {
     assert!(h.pending.is_empty(), "consumed, not kept");
     assert!(h.answers().is_empty());
     assert_eq!(h.c.on_eof(), CloseReason::Unregister);
-    let p = h.c.on_deadline(Timer::CloseLinger, &mut Vec::new());
+    let p = h.deadline(Timer::CloseLinger);
     assert_eq!(p.action, Action::CloseNow(CloseReason::Unregister));
 }
 
@@ -243,7 +253,7 @@ fn error_deadline_closes_once_written_and_registration_deadline_now() {
         TimerChange::Arm(Timer::ErrorDisconnect, _)
     ));
     assert_eq!(h.answers(), vec![(1, 1)]);
-    let p = h.c.on_deadline(Timer::ErrorDisconnect, &mut Vec::new());
+    let p = h.deadline(Timer::ErrorDisconnect);
     assert_eq!(
         p.action,
         Action::CloseAfterWrite,
@@ -310,6 +320,7 @@ fn rrc_cred(rid: i32, name: &str, ty: i32, cred: &str) -> Vec<u8> {
             proxy_client_id: None,
             credential: Some(cred),
             extension: None,
+            keep_alive: None,
         }),
         &mut v,
     )
@@ -591,3 +602,6 @@ fn a_refused_proxy_address_gets_the_gates_error_then_closes_once_written() {
 fn a_connection_is_88_bytes() {
     assert_eq!(std::mem::size_of::<Connection>(), 88);
 }
+
+#[path = "connection_keepalive_tests.rs"]
+mod keepalive;

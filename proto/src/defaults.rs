@@ -18,3 +18,9 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// `--max-frame-len`: largest frame, length field included.
 pub const MAX_FRAME_LEN: usize = crate::protocol::DEFAULT_MAX_FRAME_LEN;
+/// `--keepalive-min`: the shortest keepalive a client's KeepAlive is clamped to (§12).
+pub const KEEPALIVE_MIN: Duration = Duration::from_secs(5);
+/// `--keepalive-max`: the longest keepalive a client's KeepAlive is clamped to (§12).
+pub const KEEPALIVE_MAX: Duration = Duration::from_secs(3600);
+/// `--keepalive-default`: the keepalive of a registration that asks for none; off.
+pub const KEEPALIVE_DEFAULT: Duration = Duration::ZERO;

@@ -55,6 +55,8 @@ pub struct Ticket {
     pub client_type: u8,
     /// A Proxy's logical client (not the connection's own registration).
     pub logical: bool,
+    /// The keepalive its EventAck announces, in seconds (0: none; §12).
+    pub keep_alive: u16,
 }
 
 /// The outside decision on a [`Claim::Pending`] claim.

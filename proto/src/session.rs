@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub registration_timeout: Duration,
     /// From the first rejection to the close; never extended.
     pub error_disconnect_timeout: Duration,
+    /// How a registration's KeepAlive becomes the keepalive in force (§12).
+    pub keep_alive: KeepAliveConfig,
 }
 
 impl Default for SessionConfig {
@@ -52,7 +54,49 @@ impl Default for SessionConfig {
         Self {
             registration_timeout: crate::defaults::REGISTRATION_TIMEOUT,
             error_disconnect_timeout: crate::defaults::ERROR_DISCONNECT_TIMEOUT,
+            keep_alive: KeepAliveConfig::default(),
         }
+    }
+}
+
+/// The keepalive settings, in whole seconds (docs/PROTOCOL.md §12): a client's KeepAlive
+/// is clamped into `min..=max`; a registration that asks for none (0 or no KeepAlive) gets
+/// `default`, where 0 is none. The server's configuration checks `min <= default <= max`
+/// when `default` is not 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAliveConfig {
+    /// `--keepalive-min`.
+    pub min: u16,
+    /// `--keepalive-max`.
+    pub max: u16,
+    /// `--keepalive-default`; 0 is off.
+    pub default: u16,
+}
+
+impl Default for KeepAliveConfig {
+    fn default() -> Self {
+        let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+        Self {
+            min: secs(crate::defaults::KEEPALIVE_MIN),
+            max: secs(crate::defaults::KEEPALIVE_MAX),
+            default: secs(crate::defaults::KEEPALIVE_DEFAULT),
+        }
+    }
+}
+
+impl KeepAliveConfig {
+    /// The keepalive in force, in seconds (0: none), for a registration that asked for
+    /// `asked` (its KeepAlive attribute).
+    pub fn in_force(&self, asked: Option<u16>) -> u16 {
+        match asked {
+            None | Some(0) => self.default,
+            Some(k) => k.clamp(self.min, self.max.max(self.min)),
+        }
+    }
+
+    /// How long a connection with keepalive `secs` may send no complete frame: 1.5 ×.
+    pub fn grace(secs: u16) -> Duration {
+        Duration::from_millis(u64::from(secs) * 1500)
     }
 }
 
@@ -92,6 +136,8 @@ label_enum! {
         Frame => "frame",
         /// A closing connection whose peer did not close within `close_linger`.
         CloseLinger => "close_linger",
+        /// A registered connection's keepalive: 1.5 × it after its last complete frame.
+        KeepAlive => "keepalive",
     }
 }
 
@@ -120,6 +166,9 @@ pub enum Input<'a> {
     /// The connection is closed by an operator or replaced (EventError 15); only a
     /// registered connection answers to it.
     Kick(Kick),
+    /// A registered connection with a keepalive in force sent no complete frame for 1.5 ×
+    /// its keepalive (EventError 19, §12); the connection checked its last sign of life.
+    KeepAliveExpired,
 }
 
 /// Why a registered connection is closed with EventError 15 (docs/PROTOCOL.md §6).
@@ -186,6 +235,8 @@ label_enum! {
         Operator => "operator",
         /// Replaced by a newer registration of its ClientName (EventError 15).
         Replaced => "replaced",
+        /// Registered with a keepalive in force, and silent for 1.5 × it (EventError 19).
+        KeepAlive => "keepalive",
     }
 }
 
@@ -219,6 +270,8 @@ pub struct Output {
     pub timer: TimerAction,
     /// Close decision.
     pub close: Close,
+    /// A RequestKeepAlive was answered (for `ixn_keepalives_total`).
+    pub keep_alive: bool,
 }
 
 impl Output {
@@ -235,6 +288,7 @@ impl Output {
         registration: None,
         timer: TimerAction::Keep,
         close: Close::No,
+        keep_alive: false,
     };
 }
 
@@ -347,6 +401,8 @@ pub struct Session {
     client_type: u8,
     /// Its own name is entered in the process's name table (`on_duplicate` not `allow`).
     claimed: bool,
+    /// The keepalive in force once registered, in seconds; 0 is none (§12).
+    keep_alive: u16,
     /// A registration waits for the fleet's verdict on its name (docs/PROTOCOL.md §13):
     /// no further frame is read until it comes.
     awaiting: bool,
@@ -377,6 +433,7 @@ impl Session {
             name: None,
             client_type: 0,
             claimed: false,
+            keep_alive: 0,
             awaiting: false,
             logical: None,
             closed_by: None,
@@ -414,6 +471,11 @@ impl Session {
     pub fn registered_as(&self) -> Option<(&str, ClientType)> {
         let ty = ClientType::from_i32(self.client_type.into())?;
         self.name.as_deref().map(|n| (&**n, ty))
+    }
+
+    /// The keepalive in force, in seconds, once registered with one (§12).
+    pub fn keep_alive(&self) -> Option<u16> {
+        (self.keep_alive != 0).then_some(self.keep_alive)
     }
 
     /// Whether a registration waits for an outside verdict on its name
@@ -484,10 +546,12 @@ impl Session {
                     registration: None,
                     timer: TimerAction::Cancel,
                     close: Close::AfterWrite,
+                    ..Output::NOTHING
                 }
             }
             Input::Drain => self.drain(out),
             Input::Kick(kick) => self.kick(kick, out),
+            Input::KeepAliveExpired => self.keep_alive_expired(out),
             Input::Deadline(kind) => self.expire(kind),
             Input::Malformed(m) => {
                 let reference_id = m.reference_id.unwrap_or(0);
@@ -517,6 +581,14 @@ impl Session {
                 }
                 (_, Message::RegisterClient(req)) => self.register_again(req, ctx, out),
                 (_, Message::UnregisterClient(req)) => self.unregister(req, ctx, out),
+                (_, Message::KeepAlive(req)) => {
+                    encode_event_ack(out, req.reference_id, None, None);
+                    Output {
+                        answer: Some(Answer::Ack),
+                        keep_alive: true,
+                        ..Output::NOTHING
+                    }
+                }
                 (_, m) => answer_error(out, m.reference_id(), ErrorCode::UnsupportedRequest),
             },
         }
@@ -557,6 +629,7 @@ impl Session {
                 registration: None,
                 timer: TimerAction::Cancel,
                 close: Close::AfterWrite,
+                ..Output::NOTHING
             }
         } else {
             Output {
@@ -581,6 +654,21 @@ impl Session {
             registration: None,
             timer: TimerAction::Cancel,
             close: Close::AfterWrite,
+            ..Output::NOTHING
+        }
+    }
+
+    fn keep_alive_expired(&mut self, out: &mut impl BufMut) -> Output {
+        if self.state != State::Registered || self.keep_alive == 0 {
+            return Output::NOTHING;
+        }
+        self.close(CloseReason::KeepAlive);
+        encode_event_error(out, 0, ErrorCode::KeepAliveExpired);
+        Output {
+            answer: Some(Answer::Error(ErrorCode::KeepAliveExpired)),
+            timer: TimerAction::Cancel,
+            close: Close::AfterWrite,
+            ..Output::NOTHING
         }
     }
 
@@ -602,6 +690,7 @@ impl Session {
                 deadline(ctx.now, ctx.config.error_disconnect_timeout),
             ),
             close: Close::No,
+            keep_alive: false,
         }
     }
 
@@ -642,6 +731,7 @@ impl Session {
                     reference_id: req.reference_id,
                     client_type: ty.code() as u8,
                     logical: false,
+                    keep_alive: ctx.config.keep_alive.in_force(req.keep_alive),
                 };
                 let (claimed, pending) = match claim(ctx, entry, id, ticket) {
                     Ok(c) => c,
@@ -679,7 +769,13 @@ impl Session {
     fn registered(&mut self, ticket: Ticket, out: &mut impl BufMut) -> Output {
         self.state = State::Registered;
         self.client_type = ticket.client_type;
-        encode_event_ack(out, ticket.reference_id, Some(self.own_id));
+        self.keep_alive = ticket.keep_alive;
+        encode_event_ack(
+            out,
+            ticket.reference_id,
+            Some(self.own_id),
+            self.keep_alive(),
+        );
         Output {
             answer: Some(Answer::Ack),
             registration: Some(Ok(Registration {
@@ -688,6 +784,7 @@ impl Session {
             })),
             timer: TimerAction::Cancel,
             close: Close::No,
+            ..Output::NOTHING
         }
     }
 
@@ -774,6 +871,7 @@ impl Session {
                 reference_id: req.reference_id,
                 client_type: ty.code() as u8,
                 logical: true,
+                keep_alive: 0,
             };
             let id = ctx.ids.next_id().ok_or(ErrorCode::ServerOverloaded)?;
             match claim(ctx, entry, id, ticket) {
@@ -822,7 +920,7 @@ impl Session {
                             names.release(name, id);
                         }
                         ctx.ids.release(id);
-                        encode_event_ack(out, req.reference_id, None);
+                        encode_event_ack(out, req.reference_id, None, None);
                         Output {
                             answer: Some(Answer::Ack),
                             ..Output::NOTHING
@@ -833,12 +931,13 @@ impl Session {
             }
         }
         self.close(CloseReason::Unregister);
-        encode_event_ack(out, req.reference_id, None);
+        encode_event_ack(out, req.reference_id, None, None);
         Output {
             answer: Some(Answer::Ack),
             registration: None,
             timer: TimerAction::Cancel,
             close: Close::AfterWrite,
+            ..Output::NOTHING
         }
     }
 }
@@ -916,7 +1015,7 @@ fn claim(
 
 /// A Proxy's logical client registered as `id`: its EventAck.
 fn logical_acked(out: &mut impl BufMut, reference_id: i32, id: i32) -> Output {
-    encode_event_ack(out, reference_id, Some(id));
+    encode_event_ack(out, reference_id, Some(id), None);
     Output {
         answer: Some(Answer::Ack),
         registration: Some(Ok(Registration {

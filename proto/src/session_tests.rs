@@ -152,6 +152,7 @@ fn rrc(reference_id: i32, name: &str, ty: i32, cred: Option<&str>) -> Vec<u8> {
         proxy_client_id: None,
         credential: cred,
         extension: None,
+        keep_alive: None,
     }))
 }
 
@@ -297,6 +298,7 @@ fn any_other_message_first_is_rejected() {
             reference_id: 8,
             proxy_client_id: None,
             extension: None,
+            keep_alive: None,
         })),
     ] {
         let mut h = H::new();
@@ -745,6 +747,7 @@ fn deadlines_never_overflow_whatever_the_config() {
     let huge = SessionConfig {
         registration_timeout: Duration::MAX,
         error_disconnect_timeout: Duration::from_secs(u64::MAX / 2),
+        keep_alive: KeepAliveConfig::default(),
     };
     let (_, arm) = Session::accept(t0, huge);
     assert_eq!(

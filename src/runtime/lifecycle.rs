@@ -687,13 +687,19 @@ impl<B: Backend> Core<B> {
             } else {
                 s.timer = None;
             }
-            self.scratch.clear();
-            let mut p = s.conn.on_deadline(timer, &mut self.scratch);
+            let sending = s.sending;
+            let mut p = self.tell(i, |conn, env, answers, metrics| {
+                conn.on_deadline(now, timer, env, answers, |o| metrics.output(o))
+            });
             if p.action != Action::Continue {
                 counts[timer.index()] += 1;
             }
-            if p.action == Action::CloseAfterWrite && s.sending {
-                p.action = Action::CloseNow(s.conn.on_eof());
+            // A deadline that closes once written while earlier answers are still not
+            // taken: the peer is not reading, so close now. Not so for an expired
+            // keepalive, whose EventError 19 queues behind them and the write-stall
+            // deadline bounds the wait (docs/PROTOCOL.md §12).
+            if p.action == Action::CloseAfterWrite && sending && timer != Timer::KeepAlive {
+                p.action = Action::CloseNow(self.slots[i].conn.on_eof());
             }
             self.carry_out(b, i, p);
         }

@@ -402,6 +402,7 @@ pub fn rrc(rid: i32, name: &str, ty: i32, cred: Option<&str>) -> Vec<u8> {
         proxy_client_id: None,
         credential: cred,
         extension: None,
+        keep_alive: None,
     }))
 }
 

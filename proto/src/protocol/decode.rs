@@ -6,7 +6,8 @@
 //! so the caller answers it and resumes at the next frame, `frame_len` bytes further on.
 
 use super::types::{
-    attr, msg, AttrType, EventAck, EventError, KvList, Message, RegisterClient, UnregisterClient,
+    attr, msg, AttrType, EventAck, EventError, KeepAlive, KvList, Message, RegisterClient,
+    UnregisterClient,
 };
 use super::{ATTR_HEADER_LEN, HEADER_LEN, MAX_CLIENT_NAME_LEN, MAX_CREDENTIAL_LEN};
 
@@ -84,6 +85,9 @@ pub enum MalformedReason {
     /// An attribute's length is outside what its type or definition allows.
     #[error("attribute {0} has a bad length")]
     BadLength(u16),
+    /// An int attribute outside the values its definition allows (KeepAlive: 0..=65535).
+    #[error("attribute {0} is out of its range")]
+    OutOfRange(u16),
     /// A mandatory attribute is absent.
     #[error("mandatory attribute {0} is missing")]
     Missing(u16),
@@ -167,6 +171,7 @@ struct Attrs<'a> {
     extension: Option<KvList<'a>>,
     error_code: Option<i32>,
     error_description: Option<&'a str>,
+    keep_alive: Option<u16>,
 }
 
 impl<'a> Attrs<'a> {
@@ -241,6 +246,11 @@ impl<'a> Attrs<'a> {
                 id,
                 string(id, value, usize::MAX, 0)?,
             ),
+            attr::KEEP_ALIVE => {
+                let secs =
+                    u16::try_from(int(id, value)?).map_err(|_| MalformedReason::OutOfRange(id))?;
+                put(&mut self.keep_alive, id, secs)
+            }
             _ => Ok(()),
         }
     }
@@ -257,15 +267,20 @@ impl<'a> Attrs<'a> {
                 proxy_client_id: self.proxy_client_id,
                 credential: self.credential,
                 extension: self.extension,
+                keep_alive: self.keep_alive,
             }),
             msg::REQUEST_UNREGISTER_CLIENT => Message::UnregisterClient(UnregisterClient {
                 reference_id: need(self.reference_id, attr::REFERENCE_ID)?,
                 proxy_client_id: self.proxy_client_id,
             }),
+            msg::REQUEST_KEEP_ALIVE => Message::KeepAlive(KeepAlive {
+                reference_id: need(self.reference_id, attr::REFERENCE_ID)?,
+            }),
             msg::EVENT_ACK => Message::EventAck(EventAck {
                 reference_id: need(self.reference_id, attr::REFERENCE_ID)?,
                 proxy_client_id: self.proxy_client_id,
                 extension: self.extension,
+                keep_alive: self.keep_alive,
             }),
             msg::EVENT_ERROR => Message::EventError(EventError {
                 reference_id: need(self.reference_id, attr::REFERENCE_ID)?,

@@ -83,7 +83,10 @@ pub fn encode(message: &Message<'_>, dst: &mut impl BufMut) -> Result<(), Encode
     fn kv<'a>(k: Option<KvList<'a>>) -> Option<Attr<'a>> {
         k.map(|k| Attr::Kv(attr::EXTENSION, k.as_bytes()))
     }
-    let attrs: [Option<Attr<'_>>; 6] = match message {
+    fn keep_alive<'a>(k: Option<u16>) -> Option<Attr<'a>> {
+        k.map(|k| Int(attr::KEEP_ALIVE, k.into()))
+    }
+    let attrs: [Option<Attr<'_>>; 7] = match message {
         Message::RegisterClient(m) => [
             Some(Int(attr::REFERENCE_ID, m.reference_id)),
             Some(Str(attr::CLIENT_NAME, m.client_name.as_bytes())),
@@ -91,10 +94,21 @@ pub fn encode(message: &Message<'_>, dst: &mut impl BufMut) -> Result<(), Encode
             m.proxy_client_id.map(|v| Int(attr::PROXY_CLIENT_ID, v)),
             m.credential.map(|c| Str(attr::CREDENTIAL, c.as_bytes())),
             kv(m.extension),
+            keep_alive(m.keep_alive),
         ],
         Message::UnregisterClient(m) => [
             Some(Int(attr::REFERENCE_ID, m.reference_id)),
             m.proxy_client_id.map(|v| Int(attr::PROXY_CLIENT_ID, v)),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ],
+        Message::KeepAlive(m) => [
+            Some(Int(attr::REFERENCE_ID, m.reference_id)),
+            None,
+            None,
             None,
             None,
             None,
@@ -104,6 +118,7 @@ pub fn encode(message: &Message<'_>, dst: &mut impl BufMut) -> Result<(), Encode
             Some(Int(attr::REFERENCE_ID, m.reference_id)),
             m.proxy_client_id.map(|v| Int(attr::PROXY_CLIENT_ID, v)),
             kv(m.extension),
+            keep_alive(m.keep_alive),
             None,
             None,
             None,
@@ -115,9 +130,11 @@ pub fn encode(message: &Message<'_>, dst: &mut impl BufMut) -> Result<(), Encode
             None,
             None,
             None,
+            None,
         ],
         Message::Other { reference_id, .. } => [
             reference_id.map(|v| Int(attr::REFERENCE_ID, v)),
+            None,
             None,
             None,
             None,
@@ -128,13 +145,20 @@ pub fn encode(message: &Message<'_>, dst: &mut impl BufMut) -> Result<(), Encode
     write_frame(dst, message.msg_id(), &attrs)
 }
 
-/// Writes the server's EventAck: ReferenceId and, when given, ProxyClientId.
-pub fn encode_event_ack(dst: &mut impl BufMut, reference_id: i32, proxy_client_id: Option<i32>) {
+/// Writes the server's EventAck: ReferenceId and, when given, ProxyClientId and the
+/// keepalive in force.
+pub fn encode_event_ack(
+    dst: &mut impl BufMut,
+    reference_id: i32,
+    proxy_client_id: Option<i32>,
+    keep_alive: Option<u16>,
+) {
     let attrs = [
         Some(Attr::Int(attr::REFERENCE_ID, reference_id)),
         proxy_client_id.map(|v| Attr::Int(attr::PROXY_CLIENT_ID, v)),
+        keep_alive.map(|k| Attr::Int(attr::KEEP_ALIVE, k.into())),
     ];
-    // Two ints cannot exceed any length field.
+    // Three ints cannot exceed any length field.
     let _ = write_frame(dst, msg::EVENT_ACK, &attrs);
 }
 

@@ -13,8 +13,8 @@ mod types;
 pub use decode::{decode, DecodeError, Frame, FramingError, Malformed, MalformedReason};
 pub use encode::{encode, encode_event_ack, encode_event_error, write_kv_entry, EncodeError};
 pub use types::{
-    attr, msg, AttrType, ClientType, ErrorCode, EventAck, EventError, KvIter, KvList, Message,
-    RegisterClient, UnregisterClient, Value,
+    attr, msg, AttrType, ClientType, ErrorCode, EventAck, EventError, KeepAlive, KvIter, KvList,
+    Message, RegisterClient, UnregisterClient, Value,
 };
 
 /// Bytes of the frame header: `length` (u32), `msg_id` (u16), `attr_count` (u16).

@@ -8,6 +8,8 @@ pub mod msg {
     pub const REQUEST_REGISTER_CLIENT: u16 = 0x0001;
     /// client → server: unregister the connection or one of a Proxy's logical clients.
     pub const REQUEST_UNREGISTER_CLIENT: u16 = 0x0002;
+    /// client → server: a registered client's sign of life (revision 3, §12).
+    pub const REQUEST_KEEP_ALIVE: u16 = 0x0003;
     /// server → client: the request succeeded.
     pub const EVENT_ACK: u16 = 0x0080;
     /// server → client: the request failed.
@@ -32,6 +34,8 @@ pub mod attr {
     pub const ERROR_CODE: u16 = 7;
     /// string, human readable.
     pub const ERROR_DESCRIPTION: u16 = 8;
+    /// int, seconds 0..=65535 (revision 3, §12).
+    pub const KEEP_ALIVE: u16 = 9;
 }
 
 /// Attribute value types on the wire.
@@ -63,9 +67,11 @@ impl AttrType {
     /// The type each known attribute id must have.
     pub fn of_attr(attr_id: u16) -> Option<Self> {
         match attr_id {
-            attr::REFERENCE_ID | attr::CLIENT_TYPE | attr::PROXY_CLIENT_ID | attr::ERROR_CODE => {
-                Some(Self::Int)
-            }
+            attr::REFERENCE_ID
+            | attr::CLIENT_TYPE
+            | attr::PROXY_CLIENT_ID
+            | attr::ERROR_CODE
+            | attr::KEEP_ALIVE => Some(Self::Int),
             attr::CLIENT_NAME | attr::CREDENTIAL | attr::ERROR_DESCRIPTION => Some(Self::String),
             attr::EXTENSION => Some(Self::KvList),
             _ => None,
@@ -193,6 +199,9 @@ wire_enum! {
         /// The fleet's name table did not answer in time for a name under `reject` or
         /// `replace`, and `fleet_unavailable = "refuse"` (docs/PROTOCOL.md §13).
         FleetUnavailable = 18,
+        /// A registered connection with a keepalive in force sent no complete frame for
+        /// 1.5 × its KeepAlive (docs/PROTOCOL.md §12).
+        KeepAliveExpired = 19,
     }
 }
 
@@ -219,6 +228,7 @@ impl ErrorCode {
             Self::AddressTemporarilyRefused => "address temporarily refused",
             Self::TlsRequired => "tls required",
             Self::FleetUnavailable => "fleet unavailable",
+            Self::KeepAliveExpired => "keepalive expired",
         }
     }
 }
@@ -229,7 +239,7 @@ mod enum_tests {
 
     #[test]
     fn one_declaration_gives_all_count_conversions_names_and_indexes() {
-        assert_eq!(ErrorCode::COUNT, 18);
+        assert_eq!(ErrorCode::COUNT, 19);
         for (i, c) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(c.index(), i);
             assert_eq!(c.code(), i as i32 + 1);
@@ -237,7 +247,7 @@ mod enum_tests {
             assert!(!c.description().is_empty());
         }
         assert_eq!(ErrorCode::from_i32(0), None);
-        assert_eq!(ErrorCode::from_i32(19), None);
+        assert_eq!(ErrorCode::from_i32(20), None);
         assert_eq!(ErrorCode::TlsRequired.name(), "TlsRequired");
         assert_eq!(ClientType::COUNT, 5);
         for (i, t) in ClientType::ALL.iter().enumerate() {
@@ -256,6 +266,8 @@ pub enum Message<'a> {
     RegisterClient(RegisterClient<'a>),
     /// 0x0002
     UnregisterClient(UnregisterClient),
+    /// 0x0003
+    KeepAlive(KeepAlive),
     /// 0x0080
     EventAck(EventAck<'a>),
     /// 0x0081
@@ -275,6 +287,7 @@ impl Message<'_> {
         match self {
             Self::RegisterClient(_) => msg::REQUEST_REGISTER_CLIENT,
             Self::UnregisterClient(_) => msg::REQUEST_UNREGISTER_CLIENT,
+            Self::KeepAlive(_) => msg::REQUEST_KEEP_ALIVE,
             Self::EventAck(_) => msg::EVENT_ACK,
             Self::EventError(_) => msg::EVENT_ERROR,
             Self::Other { msg_id, .. } => *msg_id,
@@ -286,6 +299,7 @@ impl Message<'_> {
         match self {
             Self::RegisterClient(m) => m.reference_id,
             Self::UnregisterClient(m) => m.reference_id,
+            Self::KeepAlive(m) => m.reference_id,
             Self::EventAck(m) => m.reference_id,
             Self::EventError(m) => m.reference_id,
             Self::Other { reference_id, .. } => reference_id.unwrap_or(0),
@@ -308,6 +322,8 @@ pub struct RegisterClient<'a> {
     pub credential: Option<&'a str>,
     /// Optional.
     pub extension: Option<KvList<'a>>,
+    /// Optional: the keepalive asked for, in seconds; 0 asks for none (§12).
+    pub keep_alive: Option<u16>,
 }
 
 /// RequestUnregisterClient.
@@ -319,6 +335,13 @@ pub struct UnregisterClient {
     pub proxy_client_id: Option<i32>,
 }
 
+/// RequestKeepAlive (revision 3, §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Mandatory.
+    pub reference_id: i32,
+}
+
 /// EventAck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventAck<'a> {
@@ -328,6 +351,9 @@ pub struct EventAck<'a> {
     pub proxy_client_id: Option<i32>,
     /// Optional.
     pub extension: Option<KvList<'a>>,
+    /// Optional: the keepalive in force, in seconds (the answer to a registration that
+    /// set one, §12).
+    pub keep_alive: Option<u16>,
 }
 
 /// EventError.
