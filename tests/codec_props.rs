@@ -66,6 +66,7 @@ proptest! {
     fn register_round_trips(
         rid in any::<i32>(), n in name(), ty in any::<i32>(), pid in any::<Option<i32>>(),
         cred in prop::option::of("\\PC{0,40}"), ext in prop::option::of(extension()),
+        ka in any::<Option<u16>>(),
     ) {
         let m = Message::RegisterClient(RegisterClient {
             reference_id: rid,
@@ -74,7 +75,7 @@ proptest! {
             proxy_client_id: pid,
             credential: cred.as_deref(),
             extension: ext.as_deref().map(|e| KvList::parse(e).unwrap()),
-            keep_alive: None,
+            keep_alive: ka,
         });
         let mut buf = Vec::new();
         encode(&m, &mut buf).unwrap();
@@ -88,11 +89,12 @@ proptest! {
     #[test]
     fn other_messages_round_trip(
         rid in any::<i32>(), pid in any::<Option<i32>>(), code in any::<i32>(), text in "\\PC{0,80}",
-        other_id in 3u16..0x7f,
+        other_id in 4u16..0x7f, ka in any::<Option<u16>>(),
     ) {
         let ms = [
             Message::UnregisterClient(UnregisterClient { reference_id: rid, proxy_client_id: pid }),
-            Message::EventAck(EventAck { reference_id: rid, proxy_client_id: pid, extension: None, keep_alive: None }),
+            Message::KeepAlive(ixn::protocol::KeepAlive { reference_id: rid }),
+            Message::EventAck(EventAck { reference_id: rid, proxy_client_id: pid, extension: None, keep_alive: ka }),
             Message::EventError(EventError { reference_id: rid, error_code: code, error_description: &text }),
             Message::Other { msg_id: other_id, reference_id: pid },
         ];

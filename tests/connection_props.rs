@@ -102,8 +102,11 @@ proptest! {
     ) {
         let registry = Registry::embedded();
         let mut ids = IdAllocator::default();
-        let config = ConnConfig::default();
+        // Every registration gets a keepalive of 1 s (silent for 1.5 s at most).
+        let mut config = ConnConfig::default();
+        config.session.keep_alive = ixn::session::KeepAliveConfig { min: 1, max: 3600, default: 1 };
         let mut now = Instant::now();
+        let mut last_frame = now;
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (mut c, first) = Connection::accept(now, (peer, 40000).into(), preamble.is_some(), &config);
         prop_assert!(matches!(first, TimerChange::Arm(_, _)));
@@ -149,6 +152,9 @@ proptest! {
                         pending.extend_from_slice(part);
                         let p = c.on_bytes(now, &pending, &mut env, &mut out, |_| {});
                         prop_assert!(p.consumed <= pending.len());
+                        if p.consumed > 0 {
+                            last_frame = now;
+                        }
                         pending.drain(..p.consumed);
                         if matches!(p.action, Action::CloseNow(_)) {
                             last = Some(p);
@@ -179,9 +185,16 @@ proptest! {
                 let f = decode(rest, usize::MAX).unwrap().unwrap();
                 match f.message {
                     Message::EventAck(_) => prop_assert!(before != State::Rejected),
-                    Message::EventError(_) => {
+                    Message::EventError(e) => {
                         if ever_rejected || c.session().state() == State::Rejected {
                             errors_when_rejected += 1;
+                        }
+                        if e.error_code == 19 {
+                            prop_assert!(
+                                now.duration_since(last_frame) >= Duration::from_millis(1500),
+                                "keepalive expired {:?} after the last frame",
+                                now.duration_since(last_frame)
+                            );
                         }
                     }
                     m => prop_assert!(false, "wrote {:?}", m),
@@ -193,6 +206,9 @@ proptest! {
             }
             if ever_rejected {
                 prop_assert!(c.session().state() != State::Registered);
+            }
+            if c.session().state() == State::Registered && !c.is_closing() {
+                prop_assert!(c.armed().is_some(), "a keepalive in force always has a deadline");
             }
             match p.action {
                 Action::Continue => {}

@@ -26,10 +26,22 @@ pub enum Scenario {
     /// --reconnect-targets with exponential backoff and full jitter until all are
     /// registered again.
     Storm,
+    /// Register with --keepalive, then go silent: time the server's EventError 19 and
+    /// close against 1.5 × the keepalive in force (docs/PROTOCOL.md §12).
+    Lapse,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `--keepalive`: whole seconds a KeepAlive attribute can carry (1..=65535).
+fn keep_alive(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.subsec_nanos() != 0 || !(1..=u64::from(u16::MAX)).contains(&d.as_secs()) {
+        return Err(format!("{s}: whole seconds in 1s..=65535s"));
+    }
+    Ok(d)
 }
 
 /// A duration that clap can show as a default (`5s`), so that defaults taken from the
@@ -115,6 +127,11 @@ pub struct Args {
     /// Its Credential, if the registry requires one.
     #[arg(long)]
     pub credential: Option<String>,
+    /// Ask for this keepalive (whole seconds, docs/PROTOCOL.md §12) when registering.
+    /// hold: each held client then sends RequestKeepAlive at this interval and times its
+    /// answer; lapse: the clients go silent and time the server's EventError 19.
+    #[arg(long, value_parser = keep_alive)]
+    pub keepalive: Option<Duration>,
     /// invalid: a ClientName that requires a Credential (sent with a wrong one).
     #[arg(long, default_value = "AgentDesktop")]
     pub credential_client: String,

@@ -72,6 +72,11 @@ pub struct Summary {
     pub phases: Phases,
     pub silent: Option<Deadline>,
     pub invalid: Option<Deadline>,
+    /// lapse: when the server sent EventError 19, from the last frame written, against
+    /// 1.5 × the keepalive; `null` for the other scenarios.
+    pub lapse: Option<Deadline>,
+    /// hold with --keepalive: RequestKeepAlive written → its EventAck; `null` otherwise.
+    pub keepalive_rtt_us: Option<Percentiles>,
     /// The storm scenario's outcome; `null` for the others.
     pub storm: Option<StormReport>,
     pub series: Vec<Second>,
@@ -205,6 +210,14 @@ impl Summary {
                 drop_us: Percentiles::of(&t.error_close),
                 classes: t.error_drops,
             }),
+            lapse: (args.scenario == Scenario::Lapse).then(|| Deadline {
+                deadline_ms: args.keepalive.map_or(0, |k| (k * 3 / 2).as_millis() as u64),
+                window_ms,
+                drop_us: Percentiles::of(&t.lapsed),
+                classes: t.lapse_drops,
+            }),
+            keepalive_rtt_us: (args.scenario == Scenario::Hold && args.keepalive.is_some())
+                .then(|| Percentiles::of(&t.keepalive)),
             storm: None,
             series,
         }
@@ -256,9 +269,13 @@ impl Summary {
         row("connect", &self.phases.connect);
         row("register -> ack", &self.phases.register);
         row("total", &self.latency_us);
+        if let Some(k) = &self.keepalive_rtt_us {
+            row("keepalive -> ack", k);
+        }
         for (name, d) in [
             ("silent drop", &self.silent),
             ("error close", &self.invalid),
+            ("keepalive lapse", &self.lapse),
         ] {
             if let Some(d) = d {
                 row(name, &d.drop_us);

@@ -50,6 +50,8 @@ enum Kind {
     Invalid(InvalidCase),
     /// A storm client registered again after its drop.
     Storm,
+    /// Registered with a keepalive, then silent until the server's EventError 19.
+    Lapse,
 }
 
 /// The invalid clients the `invalid` scenario rotates through, each declared once with
@@ -130,6 +132,7 @@ impl Kind {
             Kind::Silent => "silent",
             Kind::Invalid(_) => "invalid",
             Kind::Storm => "storm",
+            Kind::Lapse => "lapse",
         }
     }
 }
@@ -166,6 +169,7 @@ mod err {
     pub const DATA_ON_SILENT: &str = "data_on_silent_connection";
     pub const HOLD_DROPPED: &str = "held_connection_dropped";
     pub const TLS: &str = "tls_handshake_failed";
+    pub const NO_KEEPALIVE: &str = "no_keepalive_in_force";
 }
 
 /// Runs one thread to completion and returns what it measured.
@@ -341,6 +345,7 @@ impl Thread {
             Scenario::Churn => Kind::Churn,
             Scenario::Hold | Scenario::Storm => Kind::Hold,
             Scenario::Silent => Kind::Silent,
+            Scenario::Lapse => Kind::Lapse,
             Scenario::Invalid => invalid(),
             Scenario::Mix => {
                 let m = self.plan.mix;
@@ -468,8 +473,16 @@ fn is_fatal(e: &std::io::Error) -> Option<String> {
 /// A decoded server answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    Ack { rid: i32, id: Option<i32> },
-    Error { rid: i32, code: i32 },
+    Ack {
+        rid: i32,
+        id: Option<i32>,
+        /// The keepalive in force, in seconds, when the EventAck carries one.
+        keep_alive: Option<u16>,
+    },
+    Error {
+        rid: i32,
+        code: i32,
+    },
 }
 
 struct Conn {
@@ -550,6 +563,7 @@ impl Conn {
                         Message::EventAck(a) => Answer::Ack {
                             rid: a.reference_id,
                             id: a.proxy_client_id,
+                            keep_alive: a.keep_alive,
                         },
                         Message::EventError(e) => Answer::Error {
                             rid: e.reference_id,
@@ -571,6 +585,16 @@ impl Conn {
 }
 
 fn rrc(reference_id: i32, name: &str, ty: i32, credential: Option<&str>) -> Vec<u8> {
+    rrc_keep_alive(reference_id, name, ty, credential, None)
+}
+
+fn rrc_keep_alive(
+    reference_id: i32,
+    name: &str,
+    ty: i32,
+    credential: Option<&str>,
+    keep_alive: Option<Duration>,
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(64);
     let _ = encode(
         &Message::RegisterClient(RegisterClient {
@@ -580,8 +604,18 @@ fn rrc(reference_id: i32, name: &str, ty: i32, credential: Option<&str>) -> Vec<
             proxy_client_id: None,
             credential,
             extension: None,
-            keep_alive: None,
+            // `--keepalive` is checked to be whole seconds that fit.
+            keep_alive: keep_alive.map(|k| k.as_secs() as u16),
         }),
+        &mut v,
+    );
+    v
+}
+
+fn keep_alive_request(reference_id: i32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    let _ = encode(
+        &Message::KeepAlive(ixn::protocol::KeepAlive { reference_id }),
         &mut v,
     );
     v
@@ -597,6 +631,74 @@ fn other(reference_id: i32) -> Vec<u8> {
         &mut v,
     );
     v
+}
+
+/// hold with --keepalive: a RequestKeepAlive every `every`, each answer timed, until the
+/// run ends (the held socket is shut down) or an answer is not its EventAck (returned).
+async fn keep_alive_loop(
+    t: &Thread,
+    c: &mut Conn,
+    every: Duration,
+    measured: bool,
+) -> std::io::Result<Option<Answer>> {
+    let mut next = Instant::now() + every;
+    loop {
+        tokio::time::sleep_until(next.into()).await;
+        if t.shared.stop.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let rid = (t.rand() & 0x7fff_ffff) as i32;
+        let sent = Instant::now();
+        c.send(keep_alive_request(rid)).await?;
+        match c.answer().await? {
+            Some(Answer::Ack { rid: r, .. }) if r == rid => {
+                if measured && sent < t.plan.measure_until {
+                    record(&mut t.totals.borrow_mut().keepalive, sent.elapsed());
+                }
+            }
+            other => return Ok(other),
+        }
+        next += every;
+    }
+}
+
+/// lapse: registered with keepalive `k` (in force) by the frame written at `last`, the
+/// client says nothing more; the server must send EventError{0, 19} no earlier than
+/// 1.5 × k after that frame and within a tick (+ --slack) after, then close.
+async fn lapse(
+    t: &Thread,
+    c: &mut Conn,
+    last: Instant,
+    k: u16,
+    measured: bool,
+) -> Result<Duration, &'static str> {
+    let a = &t.plan.args;
+    let answer = c.answer().await.map_err(io)?;
+    let elapsed = last.elapsed();
+    match answer {
+        Some(Answer::Error { rid: 0, code: 19 }) => {}
+        Some(Answer::Error { code: 11, .. }) => return Err(err::SHUTTING_DOWN),
+        Some(_) => return Err(err::WRONG_CODE),
+        None => return Err(err::CLOSED),
+    }
+    // Close once written: nothing follows the EventError but the end of stream.
+    if !matches!(c.answer().await, Ok(None)) {
+        return Err(err::BAD_ANSWER);
+    }
+    let deadline = Duration::from_millis(u64::from(k) * 1500);
+    let window = a.timer_tick + a.slack;
+    if measured {
+        let mut tot = t.totals.borrow_mut();
+        record(&mut tot.lapsed, elapsed);
+        classify(elapsed, deadline, window, &mut tot.lapse_drops);
+    }
+    if elapsed < deadline {
+        return Err(err::DROPPED_EARLY);
+    }
+    if elapsed > deadline + window {
+        return Err(err::DROPPED_LATE);
+    }
+    Ok(elapsed)
 }
 
 /// Runs one scenario instance intended to start at `at` and records its outcome.
@@ -632,7 +734,7 @@ async fn scenario(
     let rid = (t.rand() & 0x7fff_ffff) as i32;
     match kind {
         // Storm clients run `storm_client`; were one started here it would be a churn.
-        Kind::Churn | Kind::Hold | Kind::Storm => {
+        Kind::Churn | Kind::Hold | Kind::Storm | Kind::Lapse => {
             let spread;
             let name = if a.client_names > 0 {
                 let i = t.shared.names.fetch_add(1, Ordering::Relaxed) % a.client_names;
@@ -641,7 +743,16 @@ async fn scenario(
             } else {
                 &a.client_name
             };
-            let request = rrc(rid, name, a.client_type, a.credential.as_deref());
+            let keep_alive = a
+                .keepalive
+                .filter(|_| matches!(kind, Kind::Hold | Kind::Lapse));
+            let request = rrc_keep_alive(
+                rid,
+                name,
+                a.client_type,
+                a.credential.as_deref(),
+                keep_alive,
+            );
             let exchange = async {
                 c.send(request).await.map_err(io)?;
                 let connected = Instant::now();
@@ -657,16 +768,27 @@ async fn scenario(
                 exchange.await?
             };
             let done = Instant::now();
+            let in_force = match answer {
+                Some(Answer::Ack { keep_alive, .. }) => keep_alive,
+                _ => None,
+            };
             acknowledged(answer, rid)?;
             if measured {
                 let mut tot = t.totals.borrow_mut();
                 record(&mut tot.connect, connected.saturating_duration_since(at));
                 record(&mut tot.register, done - connected);
             }
+            if kind == Kind::Lapse {
+                let k = in_force.ok_or(err::NO_KEEPALIVE)?;
+                return lapse(t, &mut c, connected, k, measured).await;
+            }
             if kind == Kind::Hold {
                 t.held.borrow_mut().push(c.s.clone());
                 // Held until the run ends (shutdown below) or the server drops it.
-                let r = c.answer().await;
+                let r = match keep_alive {
+                    Some(every) => keep_alive_loop(t, &mut c, every, measured).await,
+                    None => c.answer().await,
+                };
                 if !t.shared.stop.load(Ordering::Acquire) {
                     return Err(match r {
                         Ok(Some(Answer::Error { code: 11, .. })) => err::SHUTTING_DOWN,
@@ -763,6 +885,7 @@ fn acknowledged(answer: Option<Answer>, rid: i32) -> Result<(), &'static str> {
         Some(Answer::Ack {
             rid: r,
             id: Some(id),
+            ..
         }) if r == rid && id != 0 => Ok(()),
         Some(Answer::Error { code: 10, .. }) => Err(err::OVERLOADED),
         Some(Answer::Error { code: 11, .. }) => Err(err::SHUTTING_DOWN),

@@ -185,6 +185,11 @@ pub struct Totals {
     /// invalid: first EventError → the server's close.
     pub error_close: Histogram<u64>,
     pub error_drops: DropClasses,
+    /// hold with --keepalive: RequestKeepAlive written → its EventAck.
+    pub keepalive: Histogram<u64>,
+    /// lapse: the last frame written → the server's EventError 19.
+    pub lapsed: Histogram<u64>,
+    pub lapse_drops: DropClasses,
 }
 
 impl Default for Totals {
@@ -202,6 +207,9 @@ impl Default for Totals {
             drops: DropClasses::default(),
             error_close: hist(),
             error_drops: DropClasses::default(),
+            keepalive: hist(),
+            lapsed: hist(),
+            lapse_drops: DropClasses::default(),
         }
     }
 }
@@ -225,12 +233,15 @@ impl Totals {
             (&mut self.handshake, &o.handshake),
             (&mut self.dropped, &o.dropped),
             (&mut self.error_close, &o.error_close),
+            (&mut self.keepalive, &o.keepalive),
+            (&mut self.lapsed, &o.lapsed),
         ] {
             let _ = a.add(b);
         }
         for (a, b) in [
             (&mut self.drops, &o.drops),
             (&mut self.error_drops, &o.error_drops),
+            (&mut self.lapse_drops, &o.lapse_drops),
         ] {
             a.before += b.before;
             a.within += b.within;
