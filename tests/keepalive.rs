@@ -193,6 +193,76 @@ each_engine! {
     }
 }
 
+/// Runs the loadgen against `target` with `args`, its JSON report parsed.
+fn loadgen(
+    target: std::net::SocketAddr,
+    json: &std::path::Path,
+    args: &[&str],
+) -> std::process::Child {
+    std::process::Command::new(loadgen_bin())
+        .args([
+            "--target",
+            &target.to_string(),
+            "--threads",
+            "1",
+            "-q",
+            "--json",
+        ])
+        .arg(json)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn report(json: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(json).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+each_engine! {
+    /// 1,000 registered clients with KeepAlive 2 that go silent are all closed with 19 no
+    /// earlier than 3.0 s after their last frame and within a tick (+ slack) after it,
+    /// while 300 others that send a RequestKeepAlive every 2 s (KeepAlive 2 too: a second
+    /// of room for a loaded machine) are never closed.
+    fn a_thousand_silent_clients_lapse_on_time_and_busy_ones_stay() {
+        let dir = test_dir("keepalive-lapse");
+        let s = server(&dir, &[]);
+        let base = s.fds();
+        let (hold_json, lapse_json) = (dir.join("hold.json"), dir.join("lapse.json"));
+        let mut hold = loadgen(
+            s.addr,
+            &hold_json,
+            &["--scenario", "hold", "--keepalive", "2s", "--connections", "300", "--duration", "6s"],
+        );
+        let lapse = loadgen(
+            s.addr,
+            &lapse_json,
+            &[
+                "--scenario", "lapse", "--keepalive", "2s", "--concurrency", "1000", "--count",
+                "1000", "--timer-tick", "20ms", "--slack", "400ms",
+            ],
+        )
+        .wait_with_output()
+        .unwrap();
+        assert!(lapse.status.success(), "{}", String::from_utf8_lossy(&lapse.stderr));
+        assert!(hold.wait().unwrap().success());
+        let l = report(&lapse_json);
+        assert_eq!(l["ok"], 1000, "{l}");
+        assert_eq!(l["error_total"], 0, "{l}");
+        assert_eq!(l["lapse"]["deadline_ms"], 3000);
+        assert_eq!(l["lapse"]["before"], 0, "none early: {l}");
+        assert_eq!(l["lapse"]["within"], 1000, "all within a tick: {l}");
+        let h = report(&hold_json);
+        assert_eq!(h["error_total"], 0, "no busy client closed: {h}");
+        assert!(h["keepalive_rtt_us"]["count"].as_u64().unwrap() >= 300 * 2, "{h}");
+        assert_eq!(s.metric(r#"ixn_connections_closed_total{reason="keepalive"}"#), 1000.0);
+        assert!(s.metric("ixn_keepalives_total") >= 600.0);
+        s.assert_clean(base);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 #[test]
 fn bad_keepalive_settings_are_refused_at_start() {
     for args in [

@@ -553,6 +553,38 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> (u1
     (status, body)
 }
 
+/// A CA able to sign certificates.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A leaf certificate with these SAN DNS names and URIs and this CN, and its key.
+    pub fn issue(&self, dns: &[&str], uris: &[&str], cn: &str) -> (String, String) {
+        let mut p =
+            rcgen::CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(rcgen::Ia5String::try_from(*u).unwrap()));
+        }
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A self-signed certificate for `ixn.test`: (certificate PEM, key PEM).
 pub fn self_signed() -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
