@@ -17,7 +17,8 @@ enum Event {
     Bytes(Piece),
     Deadline,
     Drain,
-    Later(u16),
+    /// Microseconds pass (not whole milliseconds: the core rounds times it keeps).
+    Later(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => prop::collection::vec(any::<u8>(), 0..24).prop_map(|g| Event::Bytes(Piece::Garbage(g))),
         1 => Just(Event::Deadline),
         1 => Just(Event::Drain),
-        1 => (0u16..2000).prop_map(Event::Later),
+        1 => (0u32..2_000_000).prop_map(Event::Later),
     ]
 }
 
@@ -133,8 +134,8 @@ proptest! {
             let mut env = Env { registry: &registry, ids: &mut ids, config: &config, gate: None, names: None };
             let before = c.session().state();
             let p = match ev {
-                Event::Later(ms) => {
-                    now += Duration::from_millis(u64::from(*ms));
+                Event::Later(us) => {
+                    now += Duration::from_micros(u64::from(*us));
                     continue;
                 }
                 Event::Deadline => match c.armed() {

@@ -332,8 +332,8 @@ impl Task {
                 let _ = r.send(Err(Error::from(stop.clone())));
             }
         }
-        self.status.send_replace(Status::Stopped(stop.clone()));
-        self.emit(Event::Stopped(stop));
+        self.emit(Event::Stopped(stop.clone()));
+        self.status.send_replace(Status::Stopped(stop));
     }
 
     /// Waits `d` between connections, taking commands meanwhile; a close ends it.
@@ -399,9 +399,11 @@ impl Task {
             Answer::Ack { .. } => return lost(Lost::Io("an EventAck for another request".into())),
         };
         tracing::info!(proxy_client_id = registered.proxy_client_id, keep_alive = ?registered.keep_alive, "registered");
+        // The event first: a program that subscribes once `registered()` returns must
+        // not see this registration as a new one.
+        self.emit(Event::Registered(registered.clone()));
         self.status
             .send_replace(Status::Registered(registered.clone()));
-        self.emit(Event::Registered(registered.clone()));
         let ended = self.serve(&mut conn, &registered).await;
         // Whatever was acknowledged on this connection must be registered again.
         for l in self.logical.values_mut() {

@@ -185,8 +185,8 @@ pub struct Connection {
     /// Milliseconds from accept to its registration (saturating), for the admin API.
     registered_after_ms: u32,
     /// Milliseconds from accept to its last complete frame, rounded up and wrapping: only
-    /// differences are taken, and a keepalive deadline (at most 1.5 × 65,535 s) is far
-    /// inside the 49 days a `u32` of milliseconds spans.
+    /// differences are taken (as `i32`), and a keepalive deadline (at most 1.5 × 65,535 s)
+    /// is far inside the 24 days an `i32` of milliseconds spans.
     alive_ms: u32,
 }
 
@@ -570,8 +570,11 @@ impl Connection {
     /// it after the last complete frame.
     fn keep_alive_left(&self, now: Instant) -> Option<Duration> {
         let secs = self.session.keep_alive()?;
-        let silent = self.ms_since_accept(now, false).wrapping_sub(self.alive_ms);
-        Some(KeepAliveConfig::grace(secs).saturating_sub(Duration::from_millis(silent.into())))
+        // Signed: the last frame's moment is rounded up and the present down, so within
+        // the same millisecond the difference is -1, which is no silence at all.
+        let silent = self.ms_since_accept(now, false).wrapping_sub(self.alive_ms) as i32;
+        let silent = Duration::from_millis(silent.max(0) as u64);
+        Some(KeepAliveConfig::grace(secs).saturating_sub(silent))
     }
 
     /// The engine wrote the last answers and shut down its sending side: the linger starts.

@@ -217,3 +217,20 @@ fn without_a_keepalive_nothing_is_armed_while_registered() {
     assert_eq!(h.answers().last(), Some(&(2, 0)), "still answered");
     assert_eq!(h.deadline(Timer::KeepAlive), Progress::NOTHING);
 }
+
+#[test]
+fn a_deadline_in_the_same_millisecond_as_the_last_frame_finds_it_alive() {
+    // The frame's moment is rounded up, the present down: within one millisecond the
+    // silence is "negative", which must read as none (not as 49 days of it).
+    let mut h = with_keep_alive(5, 3600, 0);
+    h.later(Duration::from_micros(1500));
+    let _ = h.read(&rrc_ka(1, "MediaServer_email", 1, Some(5)));
+    h.out.clear();
+    let p = h.deadline(Timer::KeepAlive);
+    assert_eq!(p.action, Action::Continue);
+    assert_eq!(
+        p.timer,
+        TimerChange::Arm(Timer::KeepAlive, h.now + Duration::from_millis(7500))
+    );
+    assert!(h.out.is_empty());
+}
