@@ -286,7 +286,7 @@ fn drive(
                 };
                 let _ = s.set_nodelay(true);
                 let (hello, answer) = kind.hello(i);
-                let mut buf = vec![0u8; 64];
+                let mut buf = [0u8; 64];
                 if !hello.is_empty() {
                     if let Err(e) = s.write_all(&hello).await {
                         return fail(&format!("hello: {e}"));
