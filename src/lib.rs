@@ -15,4 +15,4 @@ pub mod runtime;
 pub mod tls;
 
 pub mod names;
-pub use ixn_proto::{connection, protocol, proxy, registry, session, timer_wheel};
+pub use ixn_proto::{connection, protocol, proxy, registry, session, slot_wheel, timer_wheel};

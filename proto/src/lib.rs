@@ -53,5 +53,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod registry;
 pub mod session;
+pub mod slot_wheel;
 pub mod timer_wheel;
 pub mod tls;

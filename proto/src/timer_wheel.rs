@@ -55,11 +55,7 @@ struct Entry<T> {
 /// `advance` is called at every tick boundary.
 #[derive(Debug)]
 pub struct TimerWheel<T> {
-    origin: Instant,
-    tick_nanos: u64,
-    /// ⌊2^64 / tick_nanos⌋: turns the division by the tick on every insert into a
-    /// multiplication (plus one correction step), the one costly instruction of an insert.
-    tick_recip: u64,
+    ticks: Ticks,
     /// Every tick below this one has been processed.
     next_tick: u64,
     slots: Box<[u32]>,
@@ -72,12 +68,8 @@ impl<T> TimerWheel<T> {
     /// A wheel starting at `origin` with `slots` (rounded up to a power of two) of `tick` each.
     pub fn new(origin: Instant, tick: Duration, slots: usize) -> Self {
         let slots = slots.max(1).next_power_of_two();
-        let tick = tick.max(Duration::from_millis(1));
         Self {
-            origin,
-            // Ticks of more than 584 years do not occur; u64 keeps the hot path off u128 division.
-            tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
-            tick_recip: u64::try_from((1u128 << 64) / tick.as_nanos().max(2)).unwrap_or(u64::MAX),
+            ticks: Ticks::new(origin, tick),
             next_tick: 0,
             slots: vec![NIL; slots].into_boxed_slice(),
             mask: slots as u64 - 1,
@@ -96,30 +88,9 @@ impl<T> TimerWheel<T> {
         self.entries.is_empty()
     }
 
-    fn elapsed_nanos(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.origin);
-        d.as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()))
-    }
-
-    /// ⌊nanos / tick⌋ without a division: the reciprocal estimate is at most one short.
-    #[inline]
-    fn ticks_floor(&self, nanos: u64) -> u64 {
-        let q = ((u128::from(nanos) * u128::from(self.tick_recip)) >> 64) as u64;
-        if (q + 1).saturating_mul(self.tick_nanos) <= nanos {
-            q + 1
-        } else {
-            q
-        }
-    }
-
     /// Arms a timer for `deadline`; a deadline already passed fires at the next `advance`.
     pub fn insert(&mut self, deadline: Instant, value: T) -> TimerKey {
-        let nanos = self.elapsed_nanos(deadline);
-        let floor = self.ticks_floor(nanos);
-        let ceil = floor + u64::from(floor.saturating_mul(self.tick_nanos) < nanos);
-        let tick = ceil.max(self.next_tick);
+        let tick = self.ticks.ceil(deadline).max(self.next_tick);
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let slot = (tick & self.mask) as usize;
@@ -162,7 +133,7 @@ impl<T> TimerWheel<T> {
     /// Processes every tick boundary up to `now`, handing each expired value to `expired`.
     /// Returns how many expired.
     pub fn advance(&mut self, now: Instant, mut expired: impl FnMut(T)) -> usize {
-        let target = self.ticks_floor(self.elapsed_nanos(now));
+        let target = self.ticks.floor(now);
         if target < self.next_tick {
             return 0;
         }
@@ -182,6 +153,61 @@ impl<T> TimerWheel<T> {
         }
         self.next_tick = target + 1;
         n
+    }
+}
+
+/// Time cut into ticks since an origin: the arithmetic both wheels share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticks {
+    origin: Instant,
+    tick_nanos: u64,
+    /// ⌊2^64 / tick_nanos⌋: turns the division by the tick on every insert into a
+    /// multiplication (plus one correction step), the one costly instruction of an insert.
+    tick_recip: u64,
+}
+
+impl Ticks {
+    /// Ticks of `tick` (at least 1 ms) from `origin`.
+    pub(crate) fn new(origin: Instant, tick: Duration) -> Self {
+        let tick = tick.max(Duration::from_millis(1));
+        Self {
+            origin,
+            // Ticks of more than 584 years do not occur; u64 keeps the hot path off u128 division.
+            tick_nanos: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
+            tick_recip: u64::try_from((1u128 << 64) / tick.as_nanos().max(2)).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn elapsed_nanos(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.origin);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
+    }
+
+    /// ⌊nanos / tick⌋ without a division: the reciprocal estimate is at most one short.
+    #[inline]
+    fn nanos_floor(&self, nanos: u64) -> u64 {
+        let q = ((u128::from(nanos) * u128::from(self.tick_recip)) >> 64) as u64;
+        if (q + 1).saturating_mul(self.tick_nanos) <= nanos {
+            q + 1
+        } else {
+            q
+        }
+    }
+
+    /// The last tick boundary at or before `t`.
+    #[inline]
+    pub(crate) fn floor(&self, t: Instant) -> u64 {
+        self.nanos_floor(self.elapsed_nanos(t))
+    }
+
+    /// The first tick boundary at or after `t`.
+    #[inline]
+    pub(crate) fn ceil(&self, t: Instant) -> u64 {
+        let nanos = self.elapsed_nanos(t);
+        let floor = self.nanos_floor(nanos);
+        floor + u64::from(floor.saturating_mul(self.tick_nanos) < nanos)
     }
 }
 
@@ -281,8 +307,8 @@ mod tests {
         // Ticks from the wheel's minimum (it clamps anything shorter to 1 ms): a tick below
         // it made this test fail about once in 40 runs, comparing against the unclamped tick.
         fn reciprocal_division_is_exact(nanos in any::<u64>(), tick in 1_000_000u64..10_000_000_000) {
-            let w: TimerWheel<()> = TimerWheel::new(Instant::now(), Duration::from_nanos(tick), 1);
-            prop_assert_eq!(w.ticks_floor(nanos), nanos / tick);
+            let t = Ticks::new(Instant::now(), Duration::from_nanos(tick));
+            prop_assert_eq!(t.nanos_floor(nanos), nanos / tick);
         }
     }
 

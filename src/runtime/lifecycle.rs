@@ -40,6 +40,7 @@ use super::shared::{Admission, Shared};
 use crate::control::Command;
 use crate::metrics::WorkerMetrics;
 use crate::session::{deadline, CloseReason, IdAllocator, Timer};
+use crate::slot_wheel::SlotWheel;
 use crate::timer_wheel::{TimerKey, TimerWheel};
 
 /// Refusals lingering at once per worker (closed once their EventError is written):
@@ -111,7 +112,7 @@ pub(super) struct Slot<Io> {
     pub generation: u32,
     pub conn: Connection,
     pub io: Io,
-    timer: Option<TimerKey>,
+    /// Its write-stall deadline (its protocol deadline is in `Core::timers`, at its index).
     write_timer: Option<TimerKey>,
     /// Input not yet consumed (a frame split across receives).
     pending: Vec<u8>,
@@ -150,7 +151,13 @@ pub(super) struct Core<B: Backend> {
     pub shared: Arc<Shared>,
     cfg: ConnConfig,
     ids: IdAllocator,
+    /// Write-stall deadlines (a second deadline a connection may hold while its answers
+    /// wait for the socket).
     wheel: TimerWheel<(usize, u32, Timer)>,
+    /// Each connection's one protocol deadline (registration, error, frame, keepalive,
+    /// linger), at its slot's index: no allocation per deadline, and a keepalive held for
+    /// a connection's life costs no memory beyond its node.
+    timers: SlotWheel<Timer>,
     pub slots: Slab<Slot<B::Io>>,
     generation: u32,
     pub metrics: WorkerMetrics,
@@ -185,6 +192,7 @@ impl<B: Backend> Core<B> {
                 super::debug::id_space_last(),
             ),
             wheel: TimerWheel::new(origin, shared.config.timer_tick, WHEEL_SLOTS),
+            timers: SlotWheel::new(origin, shared.config.timer_tick, WHEEL_SLOTS),
             slots: Slab::new(),
             generation: 0,
             metrics: WorkerMetrics::new(),
@@ -294,7 +302,6 @@ impl<B: Backend> Core<B> {
             generation: self.generation,
             conn,
             io,
-            timer: None,
             write_timer: None,
             pending: Vec::new(),
             out: Vec::new(),
@@ -320,20 +327,12 @@ impl<B: Backend> Core<B> {
     }
 
     fn apply_timer(&mut self, i: usize, change: TimerChange) {
-        let s = &mut self.slots[i];
         match change {
             TimerChange::Keep => {}
             TimerChange::Cancel => {
-                if let Some(k) = s.timer.take() {
-                    self.wheel.cancel(k);
-                }
+                self.timers.disarm(i);
             }
-            TimerChange::Arm(t, at) => {
-                if let Some(k) = s.timer.take() {
-                    self.wheel.cancel(k);
-                }
-                s.timer = Some(self.wheel.insert(at, (i, s.generation, t)));
-            }
+            TimerChange::Arm(t, at) => self.timers.arm(i, at, t),
         }
     }
 
@@ -597,7 +596,8 @@ impl<B: Backend> Core<B> {
         let s = &mut self.slots[i];
         if s.hard.is_none() {
             s.hard = Some(reason);
-            for k in [s.timer.take(), s.write_timer.take()].into_iter().flatten() {
+            self.timers.disarm(i);
+            if let Some(k) = s.write_timer.take() {
                 self.wheel.cancel(k);
             }
         }
@@ -671,21 +671,23 @@ impl<B: Backend> Core<B> {
     /// the one it was armed for); a close once written whose answers are not draining
     /// becomes a close now (the peer is not reading).
     fn expire(&mut self, b: &mut B, now: Instant) {
+        // Write stalls carry their connection's generation; a protocol deadline is at its
+        // connection's own index, disarmed when that connection closes.
         let mut expired = Vec::new();
-        self.wheel.advance(now, |e| expired.push(e));
+        self.wheel
+            .advance(now, |(i, g, t)| expired.push((i, Some(g), t)));
+        self.timers.advance(now, |i, t| expired.push((i, None, t)));
         let mut counts = [0u64; Timer::ALL.len()];
         for (i, generation, timer) in expired {
             let Some(s) = self
                 .slots
                 .get_mut(i)
-                .filter(|s| s.generation == generation && s.hard.is_none())
+                .filter(|s| generation.is_none_or(|g| s.generation == g) && s.hard.is_none())
             else {
                 continue;
             };
             if timer == Timer::WriteStall {
                 s.write_timer = None;
-            } else {
-                s.timer = None;
             }
             let sending = s.sending;
             let mut p = self.tell(i, |conn, env, answers, metrics| {
