@@ -852,19 +852,39 @@ fn main() {
     }
 }
 
-/// Issue 16's storm figure: 200 registered clients probe the server (a frame each, one in
-/// flight, answered EventError 9) while `ixn-loadgen` throws new connections at 20x the
-/// `--max-connection-rate` cap from 16 source addresses; their p99 beside the same probe
-/// with no storm, in one run.
+/// The storm figure (issues 16 and 26): 200 registered clients probe the server (a frame
+/// each, one in flight, answered EventError 9) while `ixn-loadgen` throws new connections at
+/// 20x the `--max-connection-rate` cap from 16 source addresses; their p50/p99 beside the
+/// same probe with no storm, for each engine and each `--connection-rate-mode`, with what
+/// became of the storm's connections and the server's CPU per storm connection.
 fn storm(dur: Duration) {
+    println!("# connection storm: 200 registered clients' answers while connections arrive at 20x the rate cap (1,000/s)");
+    for engine in ["uring", "epoll"] {
+        for mode in ["pace", "refuse"] {
+            storm_one(dur, engine, mode);
+        }
+    }
+}
+
+fn storm_one(dur: Duration, engine: &str, mode: &str) {
     let mut bin = std::env::current_exe().unwrap();
     bin.pop();
     bin.pop();
     bin.push("ixn-loadgen");
-    println!("# refusal storm: 200 registered clients' answers while connections are refused at the rate cap");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let p = start_ixn(&[
+        "--metrics-listen",
+        &metrics,
         "--max-connection-rate",
         "1000",
+        "--connection-rate-mode",
+        mode,
+        "--engine",
+        engine,
         "--registration-timeout",
         "120s",
     ]);
@@ -909,8 +929,19 @@ fn storm(dur: Duration) {
         (q(0.5), q(0.99), lat.len())
     };
     let (q50, q99, qn) = probe(&mut clients, dur);
-    println!("  quiet: {qn} answers, p50 {q50:.0} µs, p99 {q99:.0} µs");
     let json = std::env::temp_dir().join(format!("ixn-storm-{}.json", std::process::id()));
+    let metric = |name: &str| -> f64 {
+        let text = std::process::Command::new("curl")
+            .args(["-s", &format!("http://{metrics}/metrics")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let cpu0 = cpu_ns(p.child.id());
     let mut lg = Command::new(&bin)
         .args(["--target", &p.addr.to_string(), "--threads", "1"])
         .args([
@@ -929,7 +960,7 @@ fn storm(dur: Duration) {
             "0s",
             "-q",
         ])
-        .args(["--io-timeout", "2s", "--json"])
+        .args(["--io-timeout", "500ms", "--json"])
         .arg(&json)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -938,13 +969,19 @@ fn storm(dur: Duration) {
     std::thread::sleep(Duration::from_millis(1000));
     let (s50, s99, sn) = probe(&mut clients, dur);
     let _ = lg.wait();
+    let cpu = cpu_ns(p.child.id()) - cpu0;
     let text = std::fs::read_to_string(&json).unwrap_or_default();
     let _ = std::fs::remove_file(&json);
     let field = |k: &str| json_number(&text, k);
+    let (served, failed) = (field("ok"), field("error_total"));
     println!(
-        "  storm: {sn} answers, p50 {s50:.0} µs, p99 {s99:.0} µs ({:.2}x the quiet p99); the storm: {:.0} connections served, {:.0} refused or failed",
+        "  {engine:<5} {mode:<6} quiet: p50 {q50:>4.0} µs p99 {q99:>5.0} µs ({qn}); storm: p50 {s50:>4.0} µs p99 {s99:>5.0} µs ({sn}): p99 {:.2}x quiet",
         s99 / q99,
-        field("ok"),
-        field("error_total")
+    );
+    println!(
+        "               storm connections: {served:.0} served, {:.0} paced, {:.0} refused, {failed:.0} failed at the client (refused, timed out); server {:.1} µs of CPU per storm connection",
+        metric("ixn_connections_paced_total"),
+        metric("ixn_connections_refused_total"),
+        cpu as f64 / 1000.0 / (served + failed).max(1.0),
     );
 }

@@ -83,6 +83,8 @@ impl Refusal {
 pub struct Limits {
     /// New connections per second, all workers together.
     pub rate: u32,
+    /// What a connection over `rate` gets.
+    pub rate_mode: crate::config::RateMode,
     /// Concurrent connections from one address.
     pub per_ip: u32,
     /// Failed registrations within `window` that ban an address.
@@ -159,11 +161,17 @@ impl Admission {
     /// when it passes, counts it against the rate and its address. A connection that
     /// passes must be [`Admission::released`] when it closes.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        self.check_counting(ip, now, true)
+    }
+
+    /// [`Admission::check`], counting the connection against the rate only when `rate`
+    /// (behind a PROXY listener in `pace` mode the rate was taken at accept).
+    pub fn check_counting(&self, ip: IpAddr, now: Instant, rate: bool) -> Result<(), Refusal> {
         let ip = ip.to_canonical();
         if self.limits.ban_failures > 0 && self.banned(ip, now) {
             return Err(Refusal::Banned);
         }
-        if self.limits.rate > 0 && !self.take_rate(now) {
+        if rate && !self.take_rate(now) {
             return Err(Refusal::Rate);
         }
         if self.limits.per_ip > 0 {
@@ -195,7 +203,24 @@ impl Admission {
         }
     }
 
-    fn take_rate(&self, now: Instant) -> bool {
+    /// Whether connections over the rate are paced (held until the next second) rather
+    /// than refused.
+    pub fn paces(&self) -> bool {
+        self.limits.rate > 0 && self.limits.rate_mode == crate::config::RateMode::Pace
+    }
+
+    /// When the rate's next second begins, after `now`.
+    pub fn next_second(&self, now: Instant) -> Instant {
+        let sec = now.saturating_duration_since(self.origin).as_secs();
+        self.origin + Duration::from_secs(sec + 1)
+    }
+
+    /// Counts one connection against this second's rate: whether it is within it (always
+    /// with no rate set).
+    pub fn take_rate(&self, now: Instant) -> bool {
+        if self.limits.rate == 0 {
+            return true;
+        }
         let sec = now.saturating_duration_since(self.origin).as_secs();
         loop {
             let cur = self.second.load(Ordering::Acquire);

@@ -134,6 +134,18 @@ pub enum Engine {
     Epoll,
 }
 
+/// What a connection over `--max-connection-rate` gets (docs/PROTOCOL.md §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateMode {
+    /// The worker stops taking connections off its listeners until the next second: they
+    /// wait in the kernel's backlog and are served then.
+    #[default]
+    Pace,
+    /// EventError{0, 10} and a close once written.
+    Refuse,
+}
+
 /// Command line; every flag also reads `IXN_<FLAG>` and the `--config` file.
 #[derive(Debug, Clone, Default, Parser, Deserialize)]
 #[command(name = "ixn-server", version, about = "IXN/1 registration server")]
@@ -208,6 +220,11 @@ pub struct Args {
     /// (0: off) [default: 0].
     #[arg(long, env = "IXN_MAX_CONNECTION_RATE", value_name = "N")]
     pub max_connection_rate: Option<u32>,
+    /// Over --max-connection-rate: pace (stop taking connections off the listeners until
+    /// the next second; they wait in the kernel's backlog) or refuse (EventError 10)
+    /// [default: pace].
+    #[arg(long, env = "IXN_CONNECTION_RATE_MODE", value_enum)]
+    pub connection_rate_mode: Option<RateMode>,
     /// Concurrent connections from one address; the next get EventError 10 (0: off)
     /// [default: 0].
     #[arg(long, env = "IXN_MAX_CONNECTIONS_PER_IP", value_name = "N")]
@@ -547,6 +564,7 @@ impl Args {
             tls_client_ca,
             tls_require_client_cert,
             max_connection_rate,
+            connection_rate_mode,
             max_connections_per_ip,
             ban_failures,
             ban_window,
@@ -610,6 +628,7 @@ impl Args {
             tls_client_ca: self.tls_client_ca.or(tls_client_ca),
             tls_require_client_cert: self.tls_require_client_cert.or(tls_require_client_cert),
             max_connection_rate: self.max_connection_rate.or(max_connection_rate),
+            connection_rate_mode: self.connection_rate_mode.or(connection_rate_mode),
             max_connections_per_ip: self.max_connections_per_ip.or(max_connections_per_ip),
             ban_failures: self.ban_failures.or(ban_failures),
             ban_window: self.ban_window.or(ban_window),
@@ -693,6 +712,7 @@ impl Args {
             },
             admission: crate::admission::Limits {
                 rate: args.max_connection_rate.unwrap_or(def::MAX_CONNECTION_RATE),
+                rate_mode: args.connection_rate_mode.unwrap_or_default(),
                 per_ip: args
                     .max_connections_per_ip
                     .unwrap_or(def::MAX_CONNECTIONS_PER_IP),

@@ -51,6 +51,9 @@ pub const REGISTRATION_DURATION: &str = "ixn_registration_duration_seconds";
 pub const TIMER_EXPIRED: &str = "ixn_timer_expired_total";
 /// `ixn_timer_bulk_drop_connections`: connections one tick closed together.
 pub const BULK_DROP: &str = "ixn_timer_bulk_drop_connections";
+/// `ixn_connections_paced_total`: connections held over the rate in `pace` mode
+/// (docs/PROTOCOL.md §11).
+pub const PACED: &str = "ixn_connections_paced_total";
 /// `ixn_keepalives_total`: RequestKeepAlive answered (docs/PROTOCOL.md §12).
 pub const KEEPALIVES: &str = "ixn_keepalives_total";
 /// `ixn_received_bytes_total`
@@ -136,6 +139,10 @@ pub fn describe() {
         "Timer wheel deadlines that closed a connection, by timer."
     );
     describe_histogram!(BULK_DROP, "Connections one timer tick closed together.");
+    describe_counter!(
+        PACED,
+        "Connections over --max-connection-rate held until the next second (pace mode)."
+    );
     describe_counter!(
         KEEPALIVES,
         "RequestKeepAlive messages answered (docs/PROTOCOL.md §12)."
@@ -276,6 +283,7 @@ pub struct WorkerMetrics {
     errors_sent: Vec<Local>,
     timers: Vec<Local>,
     keep_alives: Local,
+    paced: Local,
     bytes_in: Local,
     bytes_out: Local,
     accept_errors: Local,
@@ -336,6 +344,7 @@ impl WorkerMetrics {
             errors_sent,
             timers,
             keep_alives: Local::new(counter!(KEEPALIVES)),
+            paced: Local::new(counter!(PACED)),
             bytes_in: Local::new(counter!(BYTES_IN)),
             bytes_out: Local::new(counter!(BYTES_OUT)),
             accept_errors: Local::new(counter!(ACCEPT_ERRORS)),
@@ -386,6 +395,11 @@ impl WorkerMetrics {
         if answered {
             self.errors_sent[r.code().index()].add(1);
         }
+    }
+
+    /// A connection held over the rate (`pace` mode), counted once.
+    pub fn paced(&self) {
+        self.paced.add(1);
     }
 
     /// A refusal by reason (the connection itself is counted where it closes).
@@ -510,6 +524,7 @@ impl WorkerMetrics {
             c.flush();
         }
         self.keep_alives.flush();
+        self.paced.flush();
         self.bytes_in.flush();
         self.bytes_out.flush();
         self.accept_errors.flush();

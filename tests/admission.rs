@@ -44,8 +44,15 @@ each_engine! {
 }
 
 each_engine! {
-    fn the_connection_rate_is_capped_per_second() {
-        let s = Server::start(&["--max-connection-rate", "20", "--workers", "2"]);
+    fn the_connection_rate_is_capped_per_second_in_refuse_mode() {
+        let s = Server::start(&[
+            "--max-connection-rate",
+            "20",
+            "--connection-rate-mode",
+            "refuse",
+            "--workers",
+            "2",
+        ]);
         let t0 = Instant::now();
         let mut clients: Vec<Client> = (0..60).map(|_| s.connect()).collect();
         let spanned = t0.elapsed().as_secs() + 1;
@@ -72,6 +79,65 @@ each_engine! {
             ),
             refused as f64
         );
+    }
+}
+
+each_engine! {
+    /// `pace` (the default): over the rate nothing is refused; the excess waits (in the
+    /// backlog, or held by the worker that took it) and is served in the seconds after.
+    fn over_the_rate_connections_wait_their_second_and_are_all_served() {
+        let s = Server::start(&["--max-connection-rate", "20", "--workers", "2"]);
+        let t0 = Instant::now();
+        let mut clients: Vec<Client> = (0..60).map(|_| s.connect()).collect();
+        for c in &mut clients {
+            c.send(&rrc(1, "MediaServer_email", 1, None));
+        }
+        let mut acked = Vec::new();
+        for c in &mut clients {
+            assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })), "served, not refused");
+            acked.push(t0.elapsed());
+        }
+        acked.sort();
+        // 20 a second: the last 20 come at least one second boundary after the first 20
+        // began, so the whole took more than a second, and less than the 3 seconds (and
+        // a boundary) the three twenties need.
+        assert!(acked[59] > Duration::from_secs(1), "{:?}", acked[59]);
+        assert!(acked[59] < Duration::from_secs(4), "{:?}", acked[59]);
+        assert_eq!(s.metric("ixn_connections_refused_total{reason=\"rate\"}"), 0.0);
+        assert!(s.wait_metric_at_least("ixn_connections_paced_total", 1.0) >= 1.0);
+        assert_eq!(s.wait_metric("ixn_connections_accepted_total{listener=\"plain\"}", 60.0), 60.0);
+    }
+
+    /// Under a steady overload the server serves the rate (±5 %) and loses nothing. Each
+    /// second's connections come in a burst when it begins, and the loadgen's seconds are
+    /// not the server's: one of its seconds may hold the tail of one burst and the next
+    /// whole, so the rate is their mean over the run's whole seconds.
+    fn a_steady_overload_is_served_at_the_rate() {
+        let s = Server::start(&["--max-connection-rate", "200", "--workers", "2"]);
+        let dir = test_dir("pace-steady");
+        let json = dir.join("lg.json");
+        let out = std::process::Command::new(loadgen_bin())
+            .args(["--target", &s.addr.to_string(), "--threads", "1", "-q"])
+            .args(["--scenario", "churn", "--concurrency", "64", "--duration", "7s"])
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["error_total"], 0, "nothing lost: {v}");
+        let series = v["series"].as_array().unwrap();
+        // Whole seconds only (the first and the last are partial).
+        let per_second: Vec<u64> = series[1..series.len() - 1]
+            .iter()
+            .map(|p| p["ok"].as_u64().unwrap())
+            .collect();
+        assert!(per_second.len() >= 5, "{v}");
+        let mean = per_second.iter().sum::<u64>() as f64 / per_second.len() as f64;
+        assert!((190.0..=210.0).contains(&mean), "{mean} a second, not 200 ±5 %: {per_second:?}");
+        assert!(s.wait_metric_at_least("ixn_connections_paced_total", 1.0) >= 1.0);
+        assert_eq!(s.metric("ixn_connections_refused_total{reason=\"rate\"}"), 0.0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

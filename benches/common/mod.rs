@@ -58,15 +58,12 @@ pub fn start_ixn(extra: &[&str]) -> Proc {
         p.push("ixn-server");
         p.to_string_lossy().into_owned()
     });
-    let mut child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--workers", "1"]);
+    if !extra.contains(&"--metrics-listen") {
+        cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
         .args(extra)
         .env("RUST_LOG", "warn,ixn::runtime=info")
         .stdout(Stdio::null())

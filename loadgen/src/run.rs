@@ -708,10 +708,20 @@ async fn one(t: Rc<Thread>, kind: Kind, at: Instant) {
     t.shared.active.fetch_add(1, Ordering::Relaxed);
     // A held connection is meant to outlive any I/O timeout: its registration is timed
     // inside the scenario, the holding is not.
+    let socket = RefCell::new(None);
     let outcome = if kind == Kind::Hold {
-        Ok(scenario(&t, kind, at, measured).await)
+        Ok(scenario(&t, kind, at, measured, &socket).await)
     } else {
-        tokio::time::timeout(io_timeout, scenario(&t, kind, at, measured)).await
+        let r = tokio::time::timeout(io_timeout, scenario(&t, kind, at, measured, &socket)).await;
+        if r.is_err() {
+            // The timed-out operation still holds the socket in the ring, and a connect
+            // whose SYNs a full backlog drops would hold it for the kernel's SYN retries
+            // (minutes): shut it down so that its descriptor comes back now.
+            if let Some(s) = socket.borrow_mut().take() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        r
     };
     t.shared.active.fetch_sub(1, Ordering::Relaxed);
     match outcome {
@@ -726,11 +736,14 @@ async fn scenario(
     kind: Kind,
     at: Instant,
     measured: bool,
+    socket: &RefCell<Option<Rc<TcpStream>>>,
 ) -> Result<Duration, &'static str> {
     let a = &t.plan.args;
     // Before connect(2): the server cannot accept, and start its deadline, any earlier.
     let connect_started = Instant::now();
-    let mut c = t.connect(a.target, kind != Kind::Silent, measured).await?;
+    let mut c = t
+        .connect(a.target, kind != Kind::Silent, measured, socket)
+        .await?;
     let rid = (t.rand() & 0x7fff_ffff) as i32;
     match kind {
         // Storm clients run `storm_client`; were one started here it would be a churn.
@@ -903,11 +916,16 @@ impl Thread {
         target: SocketAddr,
         handshake: bool,
         measured: bool,
+        socket: &RefCell<Option<Rc<TcpStream>>>,
     ) -> Result<Conn, &'static str> {
         let a = &self.plan.args;
         let connect_started = Instant::now();
         let s = match start_connect(target, self.source(), a.reset_close) {
-            Ok(s) => Rc::new(s),
+            Ok(s) => {
+                let s = Rc::new(s);
+                *socket.borrow_mut() = Some(s.clone());
+                s
+            }
             Err(e) => {
                 if let Some(why) = is_fatal(&e) {
                     self.shared.fail(why);
@@ -942,8 +960,9 @@ impl Thread {
     /// Connects to `target` and registers, within --io-timeout.
     async fn register_on(&self, target: SocketAddr) -> Result<Conn, &'static str> {
         let a = &self.plan.args;
+        let socket = RefCell::new(None);
         let attempt = async {
-            let mut c = self.connect(target, true, true).await?;
+            let mut c = self.connect(target, true, true, &socket).await?;
             let rid = (self.rand() & 0x7fff_ffff) as i32;
             c.send(rrc(
                 rid,
@@ -956,9 +975,14 @@ impl Thread {
             acknowledged(c.answer().await.map_err(io)?, rid)?;
             Ok(c)
         };
-        tokio::time::timeout(a.io_timeout, attempt)
-            .await
-            .map_err(|_| err::TIMEOUT)?
+        let r = tokio::time::timeout(a.io_timeout, attempt).await;
+        if r.is_err() {
+            // As in `one`: a timed-out connect gives its descriptor back now.
+            if let Some(s) = socket.borrow_mut().take() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        r.map_err(|_| err::TIMEOUT)?
     }
 
     /// The wait before reconnection attempt `attempt` (0 after the first failure):

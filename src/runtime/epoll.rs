@@ -85,6 +85,9 @@ pub(super) struct Epoll {
     /// Listeners whose accept failed for lack of descriptors: retried at the next tick.
     accept_paused: Vec<usize>,
     accepting: bool,
+    /// Over the connection rate (`pace` mode): the listeners are not read until the next
+    /// second (their backlog waits in the kernel).
+    pacing: bool,
     last_warn: Option<Instant>,
     /// Connections to read at the next wake-up: their turn ended before their socket ran
     /// dry, or their answers drained and what waited is to be read (`true`: read until
@@ -175,6 +178,19 @@ impl Backend for Epoll {
         self.accept_again.append(&mut self.accept_paused);
     }
 
+    fn pause_accepting(&mut self) {
+        self.pacing = true;
+    }
+
+    fn resume_accepting(&mut self) {
+        self.pacing = false;
+        if self.accepting {
+            // Edge-triggered: the backlog that waited raised no new event; look at every
+            // listener.
+            self.accept_again = (0..self.listeners.len()).collect();
+        }
+    }
+
     fn wake_in(&mut self, after: Duration) {
         let at = Instant::now() + after;
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
@@ -213,6 +229,7 @@ pub(super) fn thread_main(
             accept_paused: Vec::new(),
             listeners: mio_listeners,
             accepting: true,
+            pacing: false,
             last_warn: None,
             again: Vec::new(),
             recv: vec![0; RECV_BUF].into_boxed_slice(),
@@ -290,6 +307,7 @@ impl Worker {
             if woken {
                 self.core.woken(&mut self.b);
             }
+            self.core.unpace(&mut self.b);
             if self.core.now < next_tick {
                 continue;
             }
@@ -303,10 +321,14 @@ impl Worker {
 
     /// Accepts from listener `l` until it runs dry (or its turn ends).
     fn accept(&mut self, l: usize) {
-        if !self.b.accepting {
+        if !self.b.accepting || self.b.pacing {
             return;
         }
         for _ in 0..ACCEPTS_PER_EVENT {
+            if self.b.pacing {
+                // This accept's connection was paced: the rest wait in the backlog.
+                return;
+            }
             let (listener, kind) = &self.b.listeners[l];
             let kind = *kind;
             match listener.accept() {

@@ -102,6 +102,11 @@ pub(super) trait Backend {
     fn stop_accepting(&mut self);
     /// A tick outside the drain: accept again where descriptors ran out.
     fn accept_again(&mut self);
+    /// Over the connection rate in `pace` mode: take nothing more off the listeners
+    /// (their backlog waits in the kernel) until [`Backend::resume_accepting`].
+    fn pause_accepting(&mut self);
+    /// The next second has begun: take connections off the listeners again.
+    fn resume_accepting(&mut self);
     /// Wake the worker's loop after `after` (once), even if nothing else happens.
     fn wake_in(&mut self, after: std::time::Duration);
 }
@@ -177,6 +182,12 @@ pub(super) struct Core<B: Backend> {
     /// wake-up for the next hand-over is armed.
     fleet_flushed: Instant,
     fleet_due: bool,
+    /// Connections taken off a listener over the rate in `pace` mode (docs/PROTOCOL.md
+    /// §11), in arrival order: offered to admission again when the next second begins.
+    /// While any waits, or until then, the listeners are not read (`pacing`).
+    held: std::collections::VecDeque<(B::Io, SocketAddr, ListenerKind)>,
+    /// The listeners are paused until this second begins.
+    pacing: Option<Instant>,
 }
 
 impl<B: Backend> Core<B> {
@@ -204,6 +215,8 @@ impl<B: Backend> Core<B> {
             paused: Vec::new(),
             fleet_flushed: origin,
             fleet_due: false,
+            held: std::collections::VecDeque::new(),
+            pacing: None,
             shared,
         }
     }
@@ -247,8 +260,26 @@ impl<B: Backend> Core<B> {
     /// A connection accepted from a listener of `kind`: trust, admission, then its core.
     pub fn accepted(&mut self, b: &mut B, io: B::Io, peer: SocketAddr, kind: ListenerKind) {
         super::debug::maybe_panic("accept");
+        self.admit(b, io, peer, kind, false);
+    }
+
+    /// Admission of a connection taken off a listener, or (`held`) one paced earlier.
+    fn admit(&mut self, b: &mut B, io: B::Io, peer: SocketAddr, kind: ListenerKind, held: bool) {
         let now = self.now;
         match self.shared.admit(peer, kind.proxy(), now) {
+            Admission::Paced => {
+                if !held {
+                    self.metrics.paced();
+                }
+                self.held.push_back((io, peer, kind));
+                if self.pacing.is_none() {
+                    // The listeners wait (their backlog with them) until the next second.
+                    let next = self.shared.admission.next_second(now);
+                    self.pacing = Some(next);
+                    b.pause_accepting();
+                    b.wake_in(next.saturating_duration_since(now));
+                }
+            }
             Admission::Untrusted => {
                 tracing::debug!(%peer, "refused: not a trusted PROXY protocol peer");
                 self.metrics.refused_untrusted(kind);
@@ -644,12 +675,18 @@ impl<B: Backend> Core<B> {
     pub fn tick(&mut self, b: &mut B) -> bool {
         let now = self.now;
         self.expire(b, now);
+        self.unpace(b);
         let draining = self.shared.health.draining.load(Ordering::Acquire);
         if !draining {
             b.accept_again();
         }
         if self.drain.is_none() && draining {
             b.stop_accepting();
+            // Held connections go the way of the backlog: closed.
+            for (io, _, _) in std::mem::take(&mut self.held) {
+                b.refuse_now(io, &[]);
+            }
+            self.pacing = None;
             self.shared.health.listening.fetch_sub(1, Ordering::AcqRel);
             self.drain = Some(Drain::new(now, &self.shared.config));
         }
@@ -816,6 +853,28 @@ impl<B: Backend> Core<B> {
         }
         for (slot, kick) in kicks {
             self.notify(b, slot, now, Notice::Kick(kick));
+        }
+    }
+
+    /// Pacing (docs/PROTOCOL.md §11): once the next second has begun, the held
+    /// connections are offered to admission again, in order; when none is left over the
+    /// listeners are read again, else they wait for the second after.
+    pub fn unpace(&mut self, b: &mut B) {
+        let Some(until) = self.pacing else { return };
+        if self.now < until || self.drain.is_some() {
+            return;
+        }
+        self.pacing = None;
+        for (io, peer, kind) in std::mem::take(&mut self.held) {
+            if self.pacing.is_some() {
+                // Paced again: the rest keep their place behind it.
+                self.held.push_back((io, peer, kind));
+            } else {
+                self.admit(b, io, peer, kind, true);
+            }
+        }
+        if self.pacing.is_none() {
+            b.resume_accepting();
         }
     }
 

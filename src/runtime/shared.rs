@@ -131,6 +131,9 @@ pub enum Admission {
     /// Refused (section 11's order: ban, rate, per address, then the limit): answer its
     /// EventError (none on TLS listeners) and close once written.
     Refused(crate::admission::Refusal),
+    /// Over the connection rate in `pace` mode: held, and offered again once the next
+    /// second begins (docs/PROTOCOL.md §11); nothing is written to it.
+    Paced,
     /// Admitted and counted in `active`; `counted` when admission control counted its
     /// address (to be released at close, see `Connection::mark_admitted`).
     Admitted {
@@ -145,11 +148,13 @@ impl Shared {
     /// connection limit; counts the connection in `active` when it is admitted.
     pub fn admit(&self, peer: SocketAddr, proxy: bool, now: Instant) -> Admission {
         let mut counted = false;
+        let paces = self.admission.paces();
         if !proxy {
-            if let Err(r) = self.admission.check(peer.ip(), now) {
-                return Admission::Refused(r);
+            match self.admission.check(peer.ip(), now) {
+                Err(crate::admission::Refusal::Rate) if paces => return Admission::Paced,
+                Err(r) => return Admission::Refused(r),
+                Ok(()) => counted = true,
             }
-            counted = true;
         }
         if proxy {
             let ip = peer.ip().to_canonical();
@@ -160,6 +165,10 @@ impl Shared {
                 .any(|n| n.contains(&ip))
             {
                 return Admission::Untrusted;
+            }
+            // Paced at accept: the rate counts connections, whoever the header names.
+            if paces && !self.admission.take_rate(now) {
+                return Admission::Paced;
             }
         }
         let limit = self.max_clients.load(Ordering::Relaxed);
@@ -181,7 +190,8 @@ impl Shared {
         now: Instant,
         metrics: &crate::metrics::WorkerMetrics,
     ) -> Result<(), ixn_proto::protocol::ErrorCode> {
-        self.admission.check(ip, now).map_err(|r| {
+        let rate = !self.admission.paces();
+        self.admission.check_counting(ip, now, rate).map_err(|r| {
             metrics.refused_by(r);
             r.code()
         })

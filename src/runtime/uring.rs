@@ -214,6 +214,11 @@ pub(super) struct Uring {
     accept_paused: Vec<usize>,
     /// The drain has stopped the listeners.
     stopped: bool,
+    /// Over the connection rate (`pace` mode): accepts are cancelled, and not re-armed
+    /// until the next second.
+    pacing: bool,
+    /// Listeners whose accept pacing cancelled, re-armed when it ends.
+    pace_paused: Vec<usize>,
     last_warn: Option<Instant>,
     /// Completions the kernel reported lost so far.
     cq_lost: u32,
@@ -406,6 +411,29 @@ impl Backend for Uring {
             self.arm_accept(l);
         }
     }
+
+    fn pause_accepting(&mut self) {
+        if self.pacing || self.stopped {
+            return;
+        }
+        self.pacing = true;
+        // Each multishot accept ends with -ECANCELED; `accept_done` then leaves it for
+        // `resume_accepting`. What completes before that is held by the core like the rest.
+        for i in 0..self.listeners.len() {
+            let cancel = opcode::AsyncCancel::new(other(ACCEPT, i)).build();
+            self.push(cancel.user_data(other(IGNORE, 0)));
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        self.pacing = false;
+        if self.stopped {
+            return;
+        }
+        for l in std::mem::take(&mut self.pace_paused) {
+            self.arm_accept(l);
+        }
+    }
 }
 
 /// Whether this kernel gives the ring what the io_uring engine needs; the reason if not.
@@ -453,6 +481,8 @@ pub(super) fn thread_main(
             listeners,
             accept_paused: Vec::new(),
             stopped: false,
+            pacing: false,
+            pace_paused: Vec::new(),
             last_warn: None,
             cq_lost: 0,
             tick_due: false,
@@ -517,6 +547,7 @@ impl Worker {
             for (u, res, flags) in done.drain(..) {
                 self.complete(u, res, flags);
             }
+            self.core.unpace(&mut self.b);
             if std::mem::take(&mut self.b.wake_due) {
                 self.b.arm_wake();
                 self.core.woken(&mut self.b);
@@ -592,6 +623,8 @@ impl Worker {
         }
         if res < 0 && lifecycle::out_of_descriptors(-res, &mut self.b.last_warn, self.core.now) {
             self.b.accept_paused.push(l);
+        } else if !more && self.b.pacing {
+            self.b.pace_paused.push(l);
         } else if !more && !self.b.stopped {
             self.b.arm_accept(l);
         }

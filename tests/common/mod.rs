@@ -247,6 +247,18 @@ impl Server {
         }
     }
 
+    /// Waits (at most 5 s) until `series` is at least `want`; its last value.
+    pub fn wait_metric_at_least(&self, series: &str, want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series);
+            if v >= want || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Waits until no client connection is open and the descriptors are back to `baseline`.
     pub fn assert_clean(&self, baseline: usize) {
         assert_eq!(
