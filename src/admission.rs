@@ -78,13 +78,25 @@ impl Refusal {
     }
 }
 
+/// What a connection over `--max-connection-rate` gets (docs/PROTOCOL.md §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateMode {
+    /// The worker stops taking connections off its listeners until the next second: they
+    /// wait in the kernel's backlog and are served then.
+    #[default]
+    Pace,
+    /// EventError{0, 10} and a close once written.
+    Refuse,
+}
+
 /// The limits in force; 0 turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
     /// New connections per second, all workers together.
     pub rate: u32,
     /// What a connection over `rate` gets.
-    pub rate_mode: crate::config::RateMode,
+    pub rate_mode: RateMode,
     /// Concurrent connections from one address.
     pub per_ip: u32,
     /// Failed registrations within `window` that ban an address.
@@ -206,7 +218,7 @@ impl Admission {
     /// Whether connections over the rate are paced (held until the next second) rather
     /// than refused.
     pub fn paces(&self) -> bool {
-        self.limits.rate > 0 && self.limits.rate_mode == crate::config::RateMode::Pace
+        self.limits.rate > 0 && self.limits.rate_mode == RateMode::Pace
     }
 
     /// When the rate's next second begins, after `now`.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::admission::RateMode;
 use crate::protocol::{MAX_FRAME_LEN_LIMIT, MIN_FRAME_LEN};
 use crate::session::{KeepAliveConfig, SessionConfig};
 
@@ -132,18 +133,6 @@ pub enum Engine {
     Uring,
     /// epoll (mio): for hosts and containers that refuse io_uring.
     Epoll,
-}
-
-/// What a connection over `--max-connection-rate` gets (docs/PROTOCOL.md §11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RateMode {
-    /// The worker stops taking connections off its listeners until the next second: they
-    /// wait in the kernel's backlog and are served then.
-    #[default]
-    Pace,
-    /// EventError{0, 10} and a close once written.
-    Refuse,
 }
 
 /// Command line; every flag also reads `IXN_<FLAG>` and the `--config` file.
