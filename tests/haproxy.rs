@@ -79,7 +79,7 @@ each_engine! {
             na = a.metric(series);
             nb = b.metric(series);
         }
-        assert_eq!(na + nb, ok);
+        assert_eq!(na + nb, ok, "registrations the servers saw against the loadgen's: {text}");
         assert!(na > 0.0 && nb > 0.0, "both instances served: {na} + {nb}");
 
         // The allow-list sees the real source address, not HAProxy's.
