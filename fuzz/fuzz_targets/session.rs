@@ -52,7 +52,13 @@ fuzz_target!(|data: &[u8]| {
         },
     };
     let mut ids = IdAllocator::default();
-    let config = ConnConfig::default();
+    // Every registration gets a keepalive of 1 s, so its deadline is fuzzed too.
+    let mut config = ConnConfig::default();
+    config.session.keep_alive = ixn::session::KeepAliveConfig {
+        min: 1,
+        max: 3600,
+        default: 1,
+    };
     let mut now = Instant::now();
     // Mode bit 0: a PROXY header is expected (the input must bring it, split anywhere);
     // bits 1..: the read size.
@@ -79,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
         let was_rejected = c.session().state() == State::Rejected;
         let p = match chunk.first() {
             Some(&DEADLINE) => match c.armed() {
-                Some(t) => c.on_deadline(t, &mut out),
+                Some(t) => c.on_deadline(now, t, &mut env, &mut out, |_| {}),
                 None => continue,
             },
             Some(&DRAIN) => c.on_drain(now, &mut env, &mut out, |_| {}),

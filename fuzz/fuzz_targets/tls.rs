@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let p = if chunk.first() == Some(&DEADLINE) {
             match c.armed() {
-                Some(t) => c.on_deadline(t, &mut out),
+                Some(t) => c.on_deadline(now, t, &mut env, &mut out, |_| {}),
                 None => continue,
             }
         } else {
