@@ -142,6 +142,33 @@ each_engine! {
 }
 
 each_engine! {
+    /// Behind a PROXY listener the rate is counted at accept (it counts connections, not
+    /// addresses): over it the balancer's connections wait too, and are all served.
+    fn behind_a_proxy_listener_connections_are_paced_too() {
+        let s = Server::start(&["--proxy-listen", "127.0.0.1:0", "--max-connection-rate", "10"]);
+        let proxy = s.proxy_addr.unwrap();
+        let t0 = Instant::now();
+        let mut clients: Vec<Client> = (0..25)
+            .map(|i| {
+                let mut c = Client::connect(proxy);
+                let mut bytes = format!("PROXY TCP4 192.0.2.{} 127.0.0.1 5000 7400\r\n", i + 1)
+                    .into_bytes();
+                bytes.extend(rrc(1, "MediaServer_email", 1, None));
+                c.send(&bytes);
+                c
+            })
+            .collect();
+        for c in &mut clients {
+            assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })), "served, not refused");
+        }
+        // 25 at ten a second span two second boundaries: more than a second in all.
+        assert!(t0.elapsed() > Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!(s.metric("ixn_connections_refused_total{reason=\"rate\"}"), 0.0);
+        assert!(s.wait_metric_at_least("ixn_connections_paced_total", 1.0) >= 1.0);
+    }
+}
+
+each_engine! {
     fn failed_registrations_ban_an_address_until_the_ban_expires() {
         let s = Server::start(&[
             "--ban-failures",
