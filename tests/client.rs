@@ -199,6 +199,36 @@ each_engine! {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    fn under_retry_a_refused_name_is_registered_once_it_is_free() {
+        let dir = test_dir("client-retry");
+        let registry = dir.join("registry.toml");
+        std::fs::write(
+            &registry,
+            "[[client]]\nname = \"Rej\"\ntypes = [\"MediaServer\"]\non_duplicate = \"reject\"\n",
+        )
+        .unwrap();
+        let s = Server::start(&["--registry", registry.to_str().unwrap()]);
+        let server = s.addr.to_string();
+        let rt = runtime();
+        let reg = || Registration::new("Rej", ClientType::MediaServer);
+        let first = rt.block_on(Client::connect(ClientConfig::new([server.clone()], reg()))).unwrap();
+        let second = rt.block_on(async {
+            Client::start(
+                fast(ClientConfig::new([server.clone()], reg()))
+                    .refusals(ixn_client::RefusalPolicy::Retry, ixn_client::RefusalPolicy::Stop),
+            )
+        })
+        .unwrap();
+        let mut events = second.events();
+        let seen = rt.block_on(until(&mut events, |e| matches!(e, Event::Lost { reason: Lost::Refused(ErrorCode::DuplicateClient), .. })));
+        assert!(!seen.iter().any(|e| matches!(e, Event::Registered(_))), "{seen:?}");
+        // The holder leaves: the retrying client gets the name.
+        rt.block_on(first.close());
+        rt.block_on(until(&mut events, |e| matches!(e, Event::Registered(_))));
+        assert!(matches!(second.status(), Status::Registered(_)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn a_stopped_server_is_noticed_within_the_keepalive() {
         let s = Server::start(&["--workers", "1", "--keepalive-min", "1s"]);
         let rt = runtime();
