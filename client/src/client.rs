@@ -205,7 +205,9 @@ impl Client {
         self.status.borrow().clone()
     }
 
-    /// Events from now on.
+    /// Events from now on. The status changes before its event is sent, so a receiver
+    /// made after [`Client::registered`] returns may still see that registration's
+    /// [`Event::Registered`]: subscribe before, from [`Client::start`], to see each once.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -332,8 +334,8 @@ impl Task {
                 let _ = r.send(Err(Error::from(stop.clone())));
             }
         }
-        self.emit(Event::Stopped(stop.clone()));
-        self.status.send_replace(Status::Stopped(stop));
+        self.status.send_replace(Status::Stopped(stop.clone()));
+        self.emit(Event::Stopped(stop));
     }
 
     /// Waits `d` between connections, taking commands meanwhile; a close ends it.
@@ -399,11 +401,10 @@ impl Task {
             Answer::Ack { .. } => return lost(Lost::Io("an EventAck for another request".into())),
         };
         tracing::info!(proxy_client_id = registered.proxy_client_id, keep_alive = ?registered.keep_alive, "registered");
-        // The event first: a program that subscribes once `registered()` returns must
-        // not see this registration as a new one.
-        self.emit(Event::Registered(registered.clone()));
+        // The status first: a program told of an event finds the status it describes.
         self.status
             .send_replace(Status::Registered(registered.clone()));
+        self.emit(Event::Registered(registered.clone()));
         let ended = self.serve(&mut conn, &registered).await;
         // Whatever was acknowledged on this connection must be registered again.
         for l in self.logical.values_mut() {
