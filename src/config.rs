@@ -480,9 +480,6 @@ pub struct Config {
     pub metrics_max_connections: usize,
     /// io_uring or epoll.
     pub engine: Engine,
-    /// `--keepalive-min`, `--keepalive-max` and `--keepalive-default` as given (the
-    /// session's [`ixn_proto::session::KeepAliveConfig`] is their whole seconds).
-    pub keep_alive: [Duration; 3],
     /// The fleet (docs/PROTOCOL.md §13); `None` without `--fleet-redis`.
     pub fleet: Option<FleetConfig>,
 }
@@ -506,6 +503,53 @@ pub struct FleetConfig {
     pub unavailable: FleetUnavailable,
     /// Bans shared.
     pub bans: bool,
+}
+
+/// The keepalive settings (docs/PROTOCOL.md §12) as the session takes them: whole seconds
+/// a KeepAlive can carry (1..=65535 s; the default may be 0s, off), and min ≤ default ≤ max
+/// when the default is on; anything else is refused, naming the flag.
+fn keep_alive_config(
+    min: Duration,
+    max: Duration,
+    default: Duration,
+) -> Result<KeepAliveConfig, ConfigError> {
+    for (flag, d, zero_ok) in [
+        ("--keepalive-min", min, false),
+        ("--keepalive-max", max, false),
+        ("--keepalive-default", default, true),
+    ] {
+        let whole = d.subsec_nanos() == 0;
+        let in_range = (1..=u64::from(u16::MAX)).contains(&d.as_secs());
+        if !(whole && (in_range || (zero_ok && d.is_zero()))) {
+            let off = if zero_ok { " (0s turns it off)" } else { "" };
+            return Err(ConfigError::Invalid(format!(
+                "{flag} {} is not a whole number of seconds in 1s..=65535s{off}",
+                fmt_dur(d)
+            )));
+        }
+    }
+    if min > max {
+        return Err(ConfigError::Invalid(format!(
+            "--keepalive-min {} is longer than --keepalive-max {}",
+            fmt_dur(min),
+            fmt_dur(max)
+        )));
+    }
+    if !default.is_zero() && !(min..=max).contains(&default) {
+        return Err(ConfigError::Invalid(format!(
+            "--keepalive-default {} is outside --keepalive-min {} ..= --keepalive-max {}",
+            fmt_dur(default),
+            fmt_dur(min),
+            fmt_dur(max)
+        )));
+    }
+    // Each fits a u16: checked above.
+    let secs = |d: Duration| d.as_secs() as u16;
+    Ok(KeepAliveConfig {
+        min: secs(min),
+        max: secs(max),
+        default: secs(default),
+    })
 }
 
 impl FleetConfig {
@@ -732,17 +776,12 @@ impl Args {
                     args.error_disconnect_timeout,
                     def::ERROR_DISCONNECT_TIMEOUT,
                 ),
-                keep_alive: KeepAliveConfig {
-                    min: whole_secs(d(args.keepalive_min, def::KEEPALIVE_MIN)),
-                    max: whole_secs(d(args.keepalive_max, def::KEEPALIVE_MAX)),
-                    default: whole_secs(d(args.keepalive_default, def::KEEPALIVE_DEFAULT)),
-                },
+                keep_alive: keep_alive_config(
+                    d(args.keepalive_min, def::KEEPALIVE_MIN),
+                    d(args.keepalive_max, def::KEEPALIVE_MAX),
+                    d(args.keepalive_default, def::KEEPALIVE_DEFAULT),
+                )?,
             },
-            keep_alive: [
-                d(args.keepalive_min, def::KEEPALIVE_MIN),
-                d(args.keepalive_max, def::KEEPALIVE_MAX),
-                d(args.keepalive_default, def::KEEPALIVE_DEFAULT),
-            ],
             timer_tick: d(args.timer_tick, def::TIMER_TICK),
             max_connections: args.max_connections.unwrap_or(def::MAX_CONNECTIONS),
             max_frame_len: args.max_frame_len.unwrap_or(def::MAX_FRAME_LEN),
@@ -777,10 +816,6 @@ impl Args {
     }
 }
 
-/// Seconds of a keepalive setting, saturating (validation refuses what does not fit).
-fn whole_secs(d: Duration) -> u16 {
-    u16::try_from(d.as_secs()).unwrap_or(u16::MAX)
-}
 
 /// Refuses the flags engine v1 took with it, saying what to use instead: a flag that
 /// quietly did nothing would leave an operator believing it did.
@@ -967,7 +1002,6 @@ impl Config {
                 SOCKET_SEND_BUFFER_RANGE.end()
             ));
         }
-        self.validate_keep_alive()?;
         if let Some(f) = &self.fleet {
             f.validate()?;
         }
@@ -976,46 +1010,6 @@ impl Config {
                 "--metrics-max-connections {} is outside 1..=65536",
                 self.metrics_max_connections
             ));
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// The keepalive settings (docs/PROTOCOL.md §12): whole seconds a KeepAlive can carry
-    /// (1..=65535 s; the default may be 0s, off), and min ≤ default ≤ max when the default
-    /// is on.
-    fn validate_keep_alive(&self) -> Result<(), ConfigError> {
-        let [min, max, default] = self.keep_alive;
-        for (flag, d, zero_ok) in [
-            ("--keepalive-min", min, false),
-            ("--keepalive-max", max, false),
-            ("--keepalive-default", default, true),
-        ] {
-            let whole = d.subsec_nanos() == 0;
-            let in_range = (1..=u64::from(u16::MAX)).contains(&d.as_secs());
-            if !(whole && (in_range || (zero_ok && d.is_zero()))) {
-                let off = if zero_ok { " (0s turns it off)" } else { "" };
-                return Err(ConfigError::Invalid(format!(
-                    "{flag} {} is not a whole number of seconds in 1s..=65535s{off}",
-                    fmt_dur(d)
-                )));
-            }
-        }
-        if min > max {
-            return Err(ConfigError::Invalid(format!(
-                "--keepalive-min {} is longer than --keepalive-max {}",
-                fmt_dur(min),
-                fmt_dur(max)
-            )));
-        }
-        if !default.is_zero() && !(min..=max).contains(&default) {
-            return Err(ConfigError::Invalid(format!(
-                "--keepalive-default {} is outside --keepalive-min {} ..= --keepalive-max {}",
-                fmt_dur(default),
-                fmt_dur(min),
-                fmt_dur(max)
-            )));
         }
         Ok(())
     }

@@ -116,15 +116,13 @@ each_engine! {
         let s = Server::start(&["--max-connection-rate", "200", "--workers", "2"]);
         let dir = test_dir("pace-steady");
         let json = dir.join("lg.json");
-        let out = std::process::Command::new(loadgen_bin())
-            .args(["--target", &s.addr.to_string(), "--threads", "1", "-q"])
-            .args(["--scenario", "churn", "--concurrency", "64", "--duration", "7s"])
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let lg = loadgen(
+            s.addr,
+            &json,
+            &["--scenario", "churn", "--concurrency", "64", "--duration", "7s"],
+        );
+        assert!(lg.wait_with_output().unwrap().status.success());
+        let v = loadgen_report(&json);
         assert_eq!(v["error_total"], 0, "nothing lost: {v}");
         let series = v["series"].as_array().unwrap();
         // Whole seconds only (the first and the last are partial).

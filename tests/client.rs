@@ -24,15 +24,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A port nobody listens on now (for a server started, killed and started again).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn fast(config: ClientConfig) -> ClientConfig {
     config.backoff(Backoff {
         initial: Duration::from_millis(50),

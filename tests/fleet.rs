@@ -499,28 +499,6 @@ fn many_names(dir: &Path, prefixes: &[&str], n: usize) -> PathBuf {
     path
 }
 
-/// Runs `ixn-loadgen` with `args` against `s`, returning its JSON result.
-fn loadgen(s: &Server, args: &[&str], json: &Path) -> std::process::Child {
-    std::process::Command::new(loadgen_bin())
-        .args([
-            "--target",
-            &s.addr.to_string(),
-            "--threads",
-            "1",
-            "-q",
-            "--json",
-        ])
-        .arg(json)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("ixn-loadgen")
-}
-
-fn result(json: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
-}
-
 each_engine! {
     // The promise: Redis restarting (empty) under load loses no registration, no
     // answer and no name, and keeps no registration waiting past its deadline.
@@ -546,25 +524,25 @@ each_engine! {
         assert_eq!(s.wait_metric("ixn_fleet_up", 1.0), 1.0);
         let held_json = dir.join("held.json");
         let mut held = loadgen(
-            &s,
+            s.addr,
+            &held_json,
             &["--scenario", "hold", "--connections", "300", "--duration", "12s",
               "--client-name", "Held", "--client-names", "300"],
-            &held_json,
         );
         eventually("held registered", Duration::from_secs(10), || {
             s.metric("ixn_fleet_names_held") >= 300.0
         });
         let churn_json = dir.join("churn.json");
         let mut churn = loadgen(
-            &s,
+            s.addr,
+            &churn_json,
             &["--scenario", "churn", "--concurrency", "16", "--duration", "4s",
               "--client-name", "Churn", "--client-names", "300", "--reset-close"],
-            &churn_json,
         );
         std::thread::sleep(Duration::from_secs(1));
         redis.restart();
         assert!(churn.wait().unwrap().success(), "churn");
-        let c = result(&churn_json);
+        let c = loadgen_report(&churn_json);
         let (ok, errors) = (c["ok"].as_u64().unwrap(), c["error_total"].as_u64().unwrap());
         let max_us = c["phases"]["register"]["max"].as_u64().unwrap();
         eprintln!("churn through the restart: {ok} registered, {errors} errors, slowest answer {max_us} µs");
@@ -582,7 +560,7 @@ each_engine! {
         assert_eq!(holders.lines().filter(|l| l.starts_with("a ")).count(), 300, "{holders}");
         eprintln!("300 of 300 held names re-asserted, each held by this server");
         assert!(held.wait().unwrap().success(), "hold");
-        let h = result(&held_json);
+        let h = loadgen_report(&held_json);
         assert_eq!(h["ok"].as_u64(), Some(300), "{h}");
         assert_eq!(h["error_total"].as_u64(), Some(0), "no held client was dropped: {h}");
     }

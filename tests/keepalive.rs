@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ixn::protocol::{KeepAlive, Message, RegisterClient};
+use ixn::protocol::{KeepAlive, Message};
 
 const TICK_MS: u64 = 20;
 /// Scheduling slack on a loaded 2-core machine.
@@ -49,15 +49,7 @@ fn server(dir: &std::path::Path, extra: &[&str]) -> Server {
 }
 
 fn register(rid: i32, name: &str, ty: i32, keep_alive: Option<u16>) -> Vec<u8> {
-    frame(Message::RegisterClient(RegisterClient {
-        reference_id: rid,
-        client_name: name,
-        client_type: ty,
-        proxy_client_id: None,
-        credential: None,
-        extension: None,
-        keep_alive,
-    }))
+    rrc_keep_alive(rid, name, ty, None, keep_alive)
 }
 
 fn keep_alive(rid: i32) -> Vec<u8> {
@@ -193,33 +185,6 @@ each_engine! {
     }
 }
 
-/// Runs the loadgen against `target` with `args`, its JSON report parsed.
-fn loadgen(
-    target: std::net::SocketAddr,
-    json: &std::path::Path,
-    args: &[&str],
-) -> std::process::Child {
-    std::process::Command::new(loadgen_bin())
-        .args([
-            "--target",
-            &target.to_string(),
-            "--threads",
-            "1",
-            "-q",
-            "--json",
-        ])
-        .arg(json)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn report(json: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(json).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 each_engine! {
     /// 1,000 registered clients with KeepAlive 2 that go silent are all closed with 19 no
     /// earlier than 3.0 s after their last frame and within a tick (+ slack) after it,
@@ -247,13 +212,13 @@ each_engine! {
         .unwrap();
         assert!(lapse.status.success(), "{}", String::from_utf8_lossy(&lapse.stderr));
         assert!(hold.wait().unwrap().success());
-        let l = report(&lapse_json);
+        let l = loadgen_report(&lapse_json);
         assert_eq!(l["ok"], 1000, "{l}");
         assert_eq!(l["error_total"], 0, "{l}");
         assert_eq!(l["lapse"]["deadline_ms"], 3000);
         assert_eq!(l["lapse"]["before"], 0, "none early: {l}");
         assert_eq!(l["lapse"]["within"], 1000, "all within a tick: {l}");
-        let h = report(&hold_json);
+        let h = loadgen_report(&hold_json);
         assert_eq!(h["error_total"], 0, "no busy client closed: {h}");
         assert!(h["keepalive_rtt_us"]["count"].as_u64().unwrap() >= 300 * 2, "{h}");
         assert_eq!(s.metric(r#"ixn_connections_closed_total{reason="keepalive"}"#), 1000.0);

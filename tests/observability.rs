@@ -198,14 +198,6 @@ each_engine! {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `prometheus` scraping the server every 200 ms and returns `query`'s value.
 fn prometheus_query(s: &Server, query: &str) -> f64 {
     let dir = test_dir("prom");

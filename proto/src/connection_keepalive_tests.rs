@@ -6,21 +6,7 @@ use super::*;
 use crate::session::KeepAliveConfig;
 
 fn rrc_ka(rid: i32, name: &str, ty: i32, keep_alive: Option<u16>) -> Vec<u8> {
-    let mut v = Vec::new();
-    encode(
-        &Message::RegisterClient(RegisterClient {
-            reference_id: rid,
-            client_name: name,
-            client_type: ty,
-            proxy_client_id: None,
-            credential: None,
-            extension: None,
-            keep_alive,
-        }),
-        &mut v,
-    )
-    .unwrap();
-    v
+    rrc_with(rid, name, ty, None, keep_alive)
 }
 
 fn keep_alive_request(rid: i32) -> Vec<u8> {

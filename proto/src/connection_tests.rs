@@ -100,6 +100,11 @@ impl H {
 }
 
 fn rrc(rid: i32, name: &str, ty: i32) -> Vec<u8> {
+    rrc_with(rid, name, ty, None, None)
+}
+
+/// RequestRegisterClient with an optional Credential and KeepAlive.
+fn rrc_with(rid: i32, name: &str, ty: i32, cred: Option<&str>, keep_alive: Option<u16>) -> Vec<u8> {
     let mut v = Vec::new();
     encode(
         &Message::RegisterClient(RegisterClient {
@@ -107,9 +112,9 @@ fn rrc(rid: i32, name: &str, ty: i32) -> Vec<u8> {
             client_name: name,
             client_type: ty,
             proxy_client_id: None,
-            credential: None,
+            credential: cred,
             extension: None,
-            keep_alive: None,
+            keep_alive,
         }),
         &mut v,
     )
@@ -311,21 +316,7 @@ fn unreg_id(rid: i32, id: i32) -> Vec<u8> {
 }
 
 fn rrc_cred(rid: i32, name: &str, ty: i32, cred: &str) -> Vec<u8> {
-    let mut v = Vec::new();
-    encode(
-        &Message::RegisterClient(RegisterClient {
-            reference_id: rid,
-            client_name: name,
-            client_type: ty,
-            proxy_client_id: None,
-            credential: Some(cred),
-            extension: None,
-            keep_alive: None,
-        }),
-        &mut v,
-    )
-    .unwrap();
-    v
+    rrc_with(rid, name, ty, Some(cred), None)
 }
 
 /// One row of docs/PROTOCOL.md §6: the frames that bring the connection to its state

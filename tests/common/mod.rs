@@ -407,6 +407,17 @@ pub fn frame(m: Message<'_>) -> Vec<u8> {
 }
 
 pub fn rrc(rid: i32, name: &str, ty: i32, cred: Option<&str>) -> Vec<u8> {
+    rrc_keep_alive(rid, name, ty, cred, None)
+}
+
+/// RequestRegisterClient asking for a keepalive (docs/PROTOCOL.md §12).
+pub fn rrc_keep_alive(
+    rid: i32,
+    name: &str,
+    ty: i32,
+    cred: Option<&str>,
+    keep_alive: Option<u16>,
+) -> Vec<u8> {
     frame(Message::RegisterClient(RegisterClient {
         reference_id: rid,
         client_name: name,
@@ -414,7 +425,7 @@ pub fn rrc(rid: i32, name: &str, ty: i32, cred: Option<&str>) -> Vec<u8> {
         proxy_client_id: None,
         credential: cred,
         extension: None,
-        keep_alive: None,
+        keep_alive,
     }))
 }
 
@@ -500,6 +511,41 @@ impl Drop for Haproxy {
 }
 
 /// The `ixn-loadgen` binary beside the server's, built first if missing.
+/// A loopback port nobody listens on now (for a server started on it, killed and started
+/// again, or a process whose port must be known before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `ixn-loadgen` against `target` (one thread, quiet) with `args`, writing its JSON
+/// report to `json` ([`loadgen_report`]).
+pub fn loadgen(target: SocketAddr, json: &std::path::Path, args: &[&str]) -> Child {
+    Command::new(loadgen_bin())
+        .args([
+            "--target",
+            &target.to_string(),
+            "--threads",
+            "1",
+            "-q",
+            "--json",
+        ])
+        .arg(json)
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ixn-loadgen")
+}
+
+/// The JSON report a [`loadgen`] run wrote.
+pub fn loadgen_report(json: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(json).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 pub fn loadgen_bin() -> std::path::PathBuf {
     let mut p = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ixn-server"));
     p.set_file_name("ixn-loadgen");
