@@ -816,7 +816,6 @@ impl Args {
     }
 }
 
-
 /// Refuses the flags engine v1 took with it, saying what to use instead: a flag that
 /// quietly did nothing would leave an operator believing it did.
 fn retired(args: &Args) -> Result<(), ConfigError> {
