@@ -27,6 +27,24 @@ pub fn cpu_ns(pid: u32) -> u64 {
     total
 }
 
+/// Nanoseconds every `ksoftirqd/N` thread has run. A process's CPU time includes the
+/// softirq work (TCP's, for its closes) run in its own context, but not what the kernel
+/// leaves to these threads when softirqs pile up, which varies from run to run; where
+/// nothing else sends packets, their change over a measurement belongs to it too.
+pub fn softirqd_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
