@@ -27,6 +27,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use ixn_proto::session::Kick;
 
+use crate::admin_api as api;
 use crate::admission::Admission;
 use crate::control::{page, Action, ClientKey, Command, Inboxes, Query};
 
@@ -93,16 +94,22 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let text = serde_json::to_string(body).unwrap_or_default();
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string() + "\n")))
+        .body(Full::new(Bytes::from(text + "\n")))
         .unwrap_or_default()
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": message }))
+    json(
+        status,
+        &api::ApiError {
+            error: message.to_string(),
+        },
+    )
 }
 
 fn empty(status: StatusCode) -> Response<Full<Bytes>> {
@@ -225,32 +232,32 @@ impl Api {
         }
         let (clients, next) = page(all, query.limit);
         let origin = self.server.origin;
-        let clients: Vec<serde_json::Value> = clients
+        let clients = clients
             .into_iter()
             .map(|c| {
                 let registered = origin.0 + Duration::from_millis(c.key.registered_ms);
-                serde_json::json!({
-                    "id": self.id_text(c.key),
-                    "worker": c.key.conn.worker,
-                    "peer": c.peer.to_string(),
-                    "client_name": &*c.name,
-                    "client_type": c.client_type.name(),
-                    "proxy_client_id": c.proxy_client_id,
-                    "logical_clients": c.logical_clients,
-                    "registered_at": rfc3339(wall(origin, registered)),
-                    "tls": c.tls.map(|(version, identities)| serde_json::json!({
-                        "version": version,
-                        "identities": identities.iter().map(|i| &**i).collect::<Vec<_>>(),
-                    })),
-                })
+                api::Client {
+                    id: self.id_text(c.key),
+                    worker: c.key.conn.worker,
+                    peer: c.peer.to_string(),
+                    client_name: c.name.to_string(),
+                    client_type: c.client_type.name().to_string(),
+                    proxy_client_id: c.proxy_client_id,
+                    logical_clients: c.logical_clients,
+                    registered_at: rfc3339(wall(origin, registered)),
+                    tls: c.tls.map(|(version, identities)| api::Tls {
+                        version: version.to_string(),
+                        identities: identities.iter().map(|i| i.to_string()).collect(),
+                    }),
+                }
             })
             .collect();
         json(
             StatusCode::OK,
-            &serde_json::json!({
-                "clients": clients,
-                "next": next.map(|k| self.id_text(k)),
-            }),
+            &api::ClientPage {
+                clients,
+                next: next.map(|k| self.id_text(k)),
+            },
         )
     }
 
@@ -314,20 +321,18 @@ impl Api {
 
     fn bans(&self) -> Response<Full<Bytes>> {
         let origin = self.server.origin;
-        let bans: Vec<serde_json::Value> = self
+        let bans = self
             .server
             .admission
             .bans(Instant::now())
             .into_iter()
-            .map(|b| {
-                serde_json::json!({
-                    "address": b.address.to_string(),
-                    "until": rfc3339(wall(origin, b.until)),
-                    "failures": b.failures,
-                })
+            .map(|b| api::Ban {
+                address: b.address.to_string(),
+                until: rfc3339(wall(origin, b.until)),
+                failures: b.failures,
             })
             .collect();
-        json(StatusCode::OK, &serde_json::json!({ "bans": bans }))
+        json(StatusCode::OK, &api::BanList { bans })
     }
 
     fn lift(&self, address: &str) -> Response<Full<Bytes>> {
@@ -363,10 +368,9 @@ impl Api {
             done,
         });
         match tokio::time::timeout(fleet.config.timeout * 4, answer).await {
-            Ok(Ok(Ok(Some((instance, id))))) => json(
-                StatusCode::OK,
-                &serde_json::json!({ "name": name, "instance": instance, "id": id }),
-            ),
+            Ok(Ok(Ok(Some((instance, id))))) => {
+                json(StatusCode::OK, &api::NameHolder { name, instance, id })
+            }
             Ok(Ok(Ok(None))) => error(StatusCode::NOT_FOUND, "no live holder of that name"),
             Ok(Ok(Err(e))) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
             _ => error(StatusCode::SERVICE_UNAVAILABLE, "the fleet did not answer"),
@@ -381,7 +385,15 @@ impl Api {
         let (done, answer) = tokio::sync::oneshot::channel();
         fleet.post(crate::fleet::Op::Instances { done });
         match tokio::time::timeout(fleet.config.timeout * 4, answer).await {
-            Ok(Ok(Ok(all))) => json(StatusCode::OK, &serde_json::json!({ "instances": all })),
+            Ok(Ok(Ok(all))) => {
+                // The fleet keeps each server's description as JSON in Redis; one that
+                // does not read as an instance (another version's) is left out.
+                let instances = all
+                    .into_iter()
+                    .filter_map(|v| serde_json::from_value(v).ok())
+                    .collect();
+                json(StatusCode::OK, &api::InstanceList { instances })
+            }
             Ok(Ok(Err(e))) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
             _ => error(StatusCode::SERVICE_UNAVAILABLE, "the fleet did not answer"),
         }

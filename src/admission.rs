@@ -40,11 +40,20 @@ pub enum Refusal {
     PerIp,
     /// `--max-connections` reached (10).
     Limit,
+    /// A banned address's SYN, dropped by the listener's ban filter before a socket
+    /// existed (revision 3): nothing is answered, the client's TCP retries.
+    BannedSyn,
 }
 
 impl Refusal {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Refusal; 4] = [Self::Banned, Self::Rate, Self::PerIp, Self::Limit];
+    pub const ALL: [Refusal; 5] = [
+        Self::Banned,
+        Self::Rate,
+        Self::PerIp,
+        Self::Limit,
+        Self::BannedSyn,
+    ];
 
     /// The label value.
     pub fn name(self) -> &'static str {
@@ -53,6 +62,7 @@ impl Refusal {
             Self::Rate => "rate",
             Self::PerIp => "per_ip",
             Self::Limit => "limit",
+            Self::BannedSyn => "banned_syn",
         }
     }
 
@@ -61,10 +71,13 @@ impl Refusal {
         self as usize
     }
 
-    /// The EventError a refusal answers with (section 11).
+    /// The EventError a refusal answers with (section 11); a dropped SYN is answered
+    /// with nothing, and would have been told 16 at accept.
     pub fn code(self) -> ixn_proto::protocol::ErrorCode {
         match self {
-            Self::Banned => ixn_proto::protocol::ErrorCode::AddressTemporarilyRefused,
+            Self::Banned | Self::BannedSyn => {
+                ixn_proto::protocol::ErrorCode::AddressTemporarilyRefused
+            }
             _ => ixn_proto::protocol::ErrorCode::ServerOverloaded,
         }
     }
@@ -72,7 +85,7 @@ impl Refusal {
     /// The close reason it is counted under.
     pub fn close_reason(self) -> ixn_proto::session::CloseReason {
         match self {
-            Self::Banned => ixn_proto::session::CloseReason::Banned,
+            Self::Banned | Self::BannedSyn => ixn_proto::session::CloseReason::Banned,
             _ => ixn_proto::session::CloseReason::Overload,
         }
     }
@@ -105,6 +118,8 @@ pub struct Limits {
     pub ban_window: Duration,
     /// How long a ban lasts.
     pub ban_duration: Duration,
+    /// Bans are enforced below accept too, by the listeners' filters (`crate::ban_filter`).
+    pub ban_filter: bool,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +159,9 @@ pub struct Admission {
     next_expiry_ms: AtomicU64,
     /// Failures not counted because the table was full.
     pub untracked: AtomicU64,
+    /// Changes to the set of bans (made, lifted, ended): the listeners' ban filters are
+    /// rebuilt when it moves.
+    epoch: AtomicU64,
 }
 
 impl Admission {
@@ -159,7 +177,23 @@ impl Admission {
             bans: AtomicUsize::new(0),
             next_expiry_ms: AtomicU64::new(u64::MAX),
             untracked: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counts the changes to the set of bans; ends are seen by [`Admission::bans_active`],
+    /// which workers call at every tick.
+    pub fn ban_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn bans_changed(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, Shard> {
@@ -263,6 +297,7 @@ impl Admission {
             Some(_) => {
                 s.bans.remove(&ip);
                 self.bans.fetch_sub(1, Ordering::AcqRel);
+                self.bans_changed();
                 false
             }
             None => false,
@@ -325,6 +360,7 @@ impl Admission {
         if s.bans.insert(ip, (ban.until, count)).is_none() {
             self.bans.fetch_add(1, Ordering::AcqRel);
         }
+        self.bans_changed();
         self.next_expiry_ms
             .fetch_min(self.ms(ban.until), Ordering::AcqRel);
         Some(ban)
@@ -339,6 +375,8 @@ impl Admission {
             return count;
         }
         let mut next = u64::MAX;
+        // Every ban that ended is gone from the filters too.
+        self.bans_changed();
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
             sweep(&mut s.bans, &self.bans, |(until, _)| *until <= now);
@@ -390,6 +428,7 @@ impl Admission {
         if entry.0 < until {
             *entry = (until, failures);
         }
+        self.bans_changed();
         self.next_expiry_ms
             .fetch_min(self.ms(until), Ordering::AcqRel);
     }
@@ -401,6 +440,7 @@ impl Admission {
         let had = s.bans.remove(&ip).is_some();
         if had {
             self.bans.fetch_sub(1, Ordering::AcqRel);
+            self.bans_changed();
         }
         had
     }

@@ -66,6 +66,8 @@ pub mod defaults {
     pub const BAN_WINDOW: Duration = Duration::from_secs(60);
     /// `--ban-duration`.
     pub const BAN_DURATION: Duration = Duration::from_secs(300);
+    /// `--ban-filter`.
+    pub const BAN_FILTER: bool = true;
     /// `--lame-duck-duration` (off: all at once).
     pub const LAME_DUCK_DURATION: Duration = Duration::ZERO;
     /// `--lame-duck-grace`.
@@ -228,6 +230,10 @@ pub struct Args {
     /// How long a ban lasts [default: 300s].
     #[arg(long, env = "IXN_BAN_DURATION", value_name = "DUR")]
     pub ban_duration: Option<Dur>,
+    /// Drop banned addresses' SYNs with a filter on the listeners, below accept (beyond
+    /// what it holds, and behind PROXY listeners: EventError 16 at accept) [default: true].
+    #[arg(long, env = "IXN_BAN_FILTER", value_name = "BOOL")]
+    pub ban_filter: Option<bool>,
     /// Drain as a lame duck: send registered clients EventError 11 spread evenly over this
     /// (0s: all at once) [default: 0s].
     #[arg(long, env = "IXN_LAME_DUCK_DURATION", value_name = "DUR")]
@@ -602,6 +608,7 @@ impl Args {
             ban_failures,
             ban_window,
             ban_duration,
+            ban_filter,
             lame_duck_duration,
             lame_duck_grace,
             admin_listen,
@@ -666,6 +673,7 @@ impl Args {
             ban_failures: self.ban_failures.or(ban_failures),
             ban_window: self.ban_window.or(ban_window),
             ban_duration: self.ban_duration.or(ban_duration),
+            ban_filter: self.ban_filter.or(ban_filter),
             lame_duck_duration: self.lame_duck_duration.or(lame_duck_duration),
             lame_duck_grace: self.lame_duck_grace.or(lame_duck_grace),
             admin_listen: self.admin_listen.or(admin_listen),
@@ -752,6 +760,7 @@ impl Args {
                 ban_failures: args.ban_failures.unwrap_or(def::BAN_FAILURES),
                 ban_window: d(args.ban_window, def::BAN_WINDOW),
                 ban_duration: d(args.ban_duration, def::BAN_DURATION),
+                ban_filter: args.ban_filter.unwrap_or(def::BAN_FILTER),
             },
             lame_duck_duration: d(args.lame_duck_duration, def::LAME_DUCK_DURATION),
             lame_duck_grace: d(args.lame_duck_grace, def::LAME_DUCK_GRACE),

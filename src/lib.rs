@@ -5,7 +5,9 @@
 //! sockets and clocks, and adds configuration, metrics and the HTTP endpoint.
 
 pub mod admin;
+pub mod admin_api;
 pub mod admission;
+pub mod ban_filter;
 pub mod config;
 pub mod control;
 pub mod fleet;

@@ -406,6 +406,10 @@ impl WorkerMetrics {
     pub fn refused_by(&self, r: Refusal) {
         self.refused[r.index()].add(1);
     }
+    /// SYNs of banned addresses the listeners' filters dropped.
+    pub fn syns_dropped(&self, n: u64) {
+        self.refused[Refusal::BannedSyn.index()].add(n);
+    }
 
     /// The drain's queue of registered connections grew (positive) or was told (negative).
     pub fn drain_remaining(&self, delta: i64) {

@@ -167,8 +167,11 @@ each_engine! {
 }
 
 each_engine! {
+    /// The check at accept (what the filter falls back to): EventError 16.
     fn failed_registrations_ban_an_address_until_the_ban_expires() {
         let s = Server::start(&[
+            "--ban-filter",
+            "false",
             "--ban-failures",
             "3",
             "--ban-window",
@@ -203,6 +206,103 @@ each_engine! {
             s.metric("ixn_connections_closed_total{reason=\"banned\"}"),
             1.0
         );
+        assert_eq!(
+            s.metric("ixn_connections_refused_total{reason=\"banned_syn\"}"),
+            0.0
+        );
+    }
+}
+
+/// A connect from `from` to `to` that gives up after `wait`: whether the handshake
+/// completed.
+fn handshake_from(from: &str, to: std::net::SocketAddr, wait: Duration) -> bool {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    sock.connect_timeout(&to.into(), wait).is_ok()
+}
+
+/// Fails a registration from `from`, which bans it under `--ban-failures 1`.
+fn fail_from(from: &str, to: std::net::SocketAddr) {
+    let mut c = connect_from(from, to);
+    c.send(&rrc(1, "nobody", 1, None));
+    assert_eq!(c.answer(), Some(err(1, 2)), "{from}");
+}
+
+each_engine! {
+    /// Bans below accept (revision 3): a banned address's SYNs are dropped by the
+    /// listener's filter, so its connects never complete; lifting the ban through the
+    /// admin API lets it in within a tick.
+    fn a_banned_address_never_completes_a_handshake_until_the_ban_is_lifted() {
+        let s = Server::start(&[
+            "--ban-failures",
+            "1",
+            "--ban-duration",
+            "60s",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        fail_from("127.0.0.21", s.addr);
+        assert_eq!(s.wait_metric("ixn_bans_active", 1.0), 1.0);
+        // The filter is built at the next tick.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !handshake_from("127.0.0.21", s.addr, Duration::from_millis(1500)),
+            "a banned address completed a handshake"
+        );
+        // The SYN and its retransmission after 1 s.
+        assert!(
+            s.wait_metric_at_least("ixn_connections_refused_total{reason=\"banned_syn\"}", 2.0)
+                >= 2.0
+        );
+        assert_eq!(
+            s.metric("ixn_connections_refused_total{reason=\"banned\"}"),
+            0.0,
+            "nothing reached accept"
+        );
+        // Another address is served meanwhile, and the established connections of the
+        // listener (which inherit its filter) work both ways.
+        let mut other = connect_from("127.0.0.22", s.addr);
+        other.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(other.answer(), Some(Ans::Ack { .. })));
+        // Lifted: in within a tick (each try waits 150 ms; a SYN dropped before the swap
+        // would otherwise be retried only after a second).
+        assert_eq!(s.admin("DELETE", "/v1/bans/127.0.0.21", None).0, 204);
+        let lifted = Instant::now();
+        while !handshake_from("127.0.0.21", s.addr, Duration::from_millis(150)) {
+            assert!(lifted.elapsed() < Duration::from_secs(1), "the lifted ban still drops");
+        }
+        assert!(lifted.elapsed() < Duration::from_millis(600), "{:?}", lifted.elapsed());
+        let mut c = connect_from("127.0.0.21", s.addr);
+        c.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
+    }
+}
+
+each_engine! {
+    /// A ban list larger than the filter holds: the first bans are dropped below accept,
+    /// the rest refused at accept with EventError 16; and when bans end, the filter goes.
+    fn bans_beyond_the_filter_are_refused_at_accept() {
+        let s = Server::start(&["--ban-failures", "1", "--ban-duration", "4s"]);
+        let n = 530;
+        let from = |i: usize| format!("127.0.{}.{}", 2 + i / 250, 1 + i % 250);
+        for i in 0..n {
+            fail_from(&from(i), s.addr);
+        }
+        assert_eq!(s.wait_metric("ixn_bans_active", n as f64), n as f64);
+        std::thread::sleep(Duration::from_millis(300));
+        // The first ban made is in the filter; the last is beyond it.
+        assert!(!handshake_from(&from(0), s.addr, Duration::from_millis(500)));
+        let mut c = connect_from(&from(n - 1), s.addr);
+        assert_eq!(c.answer(), Some(err(0, 16)), "beyond the filter: refused at accept");
+        c.expect_close();
+        // Once the bans end, everyone is served again.
+        std::thread::sleep(Duration::from_millis(4300));
+        assert_eq!(s.wait_metric("ixn_bans_active", 0.0), 0.0);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = connect_from(&from(0), s.addr);
+        c.send(&rrc(1, "MediaServer_email", 1, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { .. })));
     }
 }
 

@@ -390,7 +390,14 @@ each_engine! {
         let dir = test_dir("fleet-bans");
         let redis = Redis::start(&dir);
         let urls = [redis.url()];
-        let ban = ["--ban-failures", "2", "--ban-duration", "60s"];
+        let ban = [
+            "--ban-filter",
+            "false",
+            "--ban-failures",
+            "2",
+            "--ban-duration",
+            "60s",
+        ];
         let a = member(&urls, "a", &dir, &ban);
         let b = member(&urls, "b", &dir, &ban);
         for rid in 1..=2 {

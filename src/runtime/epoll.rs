@@ -191,6 +191,14 @@ impl Backend for Epoll {
         }
     }
 
+    fn listeners(&self) -> Vec<(std::os::fd::BorrowedFd<'_>, ListenerKind)> {
+        use std::os::fd::AsFd;
+        self.listeners
+            .iter()
+            .map(|(l, k)| (l.as_fd(), *k))
+            .collect()
+    }
+
     fn wake_in(&mut self, after: Duration) {
         let at = Instant::now() + after;
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));

@@ -109,6 +109,8 @@ pub(super) trait Backend {
     fn resume_accepting(&mut self);
     /// Wake the worker's loop after `after` (once), even if nothing else happens.
     fn wake_in(&mut self, after: std::time::Duration);
+    /// This worker's listeners, for their ban filters.
+    fn listeners(&self) -> Vec<(std::os::fd::BorrowedFd<'_>, ListenerKind)>;
 }
 
 /// One connection: the protocol core and the lifecycle's state around the backend's socket.
@@ -188,6 +190,8 @@ pub(super) struct Core<B: Backend> {
     held: std::collections::VecDeque<(B::Io, SocketAddr, ListenerKind)>,
     /// The listeners are paused until this second begins.
     pacing: Option<Instant>,
+    /// The ban filters on this worker's listeners.
+    ban_filters: super::bans::BanFilters,
 }
 
 impl<B: Backend> Core<B> {
@@ -217,6 +221,7 @@ impl<B: Backend> Core<B> {
             fleet_due: false,
             held: std::collections::VecDeque::new(),
             pacing: None,
+            ban_filters: Default::default(),
             shared,
         }
     }
@@ -699,6 +704,8 @@ impl<B: Backend> Core<B> {
         self.commands(b, now);
         self.metrics
             .bans_active(self.shared.admission.bans_active(now));
+        self.ban_filters
+            .tick(&self.shared.admission, now, &b.listeners(), &self.metrics);
         self.metrics.names_held(self.shared.names.len());
         self.metrics.flush();
         done

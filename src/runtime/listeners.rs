@@ -2,6 +2,7 @@
 //! once no dying predecessor's socket is left on a fixed port.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use ixn_proto::tls::ListenerKind;
@@ -119,4 +120,46 @@ pub(super) fn bind_all(config: &Config) -> Result<Bound, StartError> {
         bound.push((actual, proxy));
     }
     Ok((per_worker, bound))
+}
+
+/// Puts `filter` on a listener (atomically replacing the one before), or takes it off.
+pub(super) fn set_ban_filter(
+    listener: BorrowedFd<'_>,
+    filter: Option<&[libc::sock_filter]>,
+) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(&listener);
+    match filter {
+        Some(f) => s.attach_filter(f),
+        // ENOENT: there was none.
+        None => match s.detach_filter() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        },
+    }
+}
+
+/// Packets the kernel dropped at this socket (`SK_MEMINFO_DROPS`): on a listener, SYNs its
+/// filter dropped and those that found its backlog full.
+pub(super) fn socket_drops(listener: BorrowedFd<'_>) -> u64 {
+    // From <asm-generic/socket.h> (every architecture we build for); libc does not
+    // export it.
+    const SO_MEMINFO: libc::c_int = 55;
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` and `len` are live locals, `len` is `info`'s size in bytes, and the
+    // kernel writes at most `len` bytes to `info` (and the length it wrote to `len`).
+    let r = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        u64::from(info[libc::SK_MEMINFO_DROPS as usize])
+    } else {
+        0
+    }
 }

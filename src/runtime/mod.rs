@@ -7,6 +7,7 @@
 //! registry (an `ArcSwap`, swapped whole on SIGHUP), the connection count (one atomic,
 //! touched at accept and close) and the drain flag.
 
+mod bans;
 mod debug;
 mod descriptors;
 mod drain;

@@ -47,7 +47,7 @@
 //! another thread, by descriptor number (see `shutdown`).
 
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -393,6 +393,13 @@ impl Backend for Uring {
             self.push(cancel.user_data(other(IGNORE, 0)));
             lifecycle::refuse_new_connections(&self.listeners[i].0);
         }
+    }
+
+    fn listeners(&self) -> Vec<(BorrowedFd<'_>, ListenerKind)> {
+        self.listeners
+            .iter()
+            .map(|(l, k)| (l.as_fd(), *k))
+            .collect()
     }
 
     fn wake_in(&mut self, after: Duration) {
