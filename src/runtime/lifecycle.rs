@@ -297,16 +297,17 @@ impl<B: Backend> Core<B> {
             }
             Admission::Refused(r) => {
                 self.metrics.refused(kind, r, true);
-                let mut out = Vec::with_capacity(64);
-                let (conn, p) = Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut out);
+                // The answer goes straight into the worker's answer buffer: nothing is
+                // allocated for a refusal beyond its slab entry.
+                self.scratch.clear();
+                let (conn, p) =
+                    Connection::refuse(now, peer.ip(), r.code(), &self.cfg, &mut self.scratch);
                 if self.refusing >= REFUSALS_LINGERING_MAX {
-                    b.refuse_now(io, &out);
+                    b.refuse_now(io, &self.scratch);
                     return;
                 }
                 self.refusing += 1;
                 if let Some(i) = self.insert(b, conn, io, false) {
-                    self.scratch.clear();
-                    self.scratch.extend_from_slice(&out);
                     self.carry_out(b, i, p);
                 }
             }
