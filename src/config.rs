@@ -411,6 +411,16 @@ pub enum ConfigError {
     Registry(#[from] ixn_proto::registry::RegistryError),
 }
 
+/// The registry a configuration names: its file read and parsed, or the embedded one.
+/// `ixn-server` (at start and for `--check-config`) and `ixnctl check-config` both come
+/// here, so both accept and refuse alike.
+pub fn registry(config: &Config) -> Result<ixn_proto::registry::Registry, ConfigError> {
+    match &config.registry {
+        None => Ok(ixn_proto::registry::Registry::embedded()),
+        Some(path) => load_registry(path),
+    }
+}
+
 /// Reads and parses a registry file: the core parses text, reading it is the server's job.
 pub fn load_registry(path: &Path) -> Result<ixn_proto::registry::Registry, ConfigError> {
     let file = path.display().to_string();

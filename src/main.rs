@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ixn::config::{Args, LogFormat};
-use ixn::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 fn init_logs(format: LogFormat) {
@@ -78,15 +77,12 @@ fn main() -> ExitCode {
         }
     };
     init_logs(config.log_format);
-    let registry = match &config.registry {
-        None => Registry::embedded(),
-        Some(path) => match ixn::config::load_registry(path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("ixn-server: registry: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let registry = match ixn::config::registry(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ixn-server: registry: {e}");
+            return ExitCode::from(2);
+        }
     };
     if check_only {
         println!(

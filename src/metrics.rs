@@ -73,6 +73,11 @@ pub const LOGICAL: &str = "ixn_logical_clients_registered";
 pub const BUILD_INFO: &str = "ixn_build_info";
 /// `ixn_registry_clients`: ClientNames in the registry in force.
 pub const REGISTRY_CLIENTS: &str = "ixn_registry_clients";
+/// `ixn_registry_loaded_timestamp_seconds`: when the registry in force was read (Unix
+/// time), at start or by the last successful reload.
+pub const REGISTRY_LOADED: &str = "ixn_registry_loaded_timestamp_seconds";
+/// `ixn_workers`: the server's worker threads.
+pub const WORKERS: &str = "ixn_workers";
 /// `ixn_registry_reloads_total{result}`
 pub const REGISTRY_RELOADS: &str = "ixn_registry_reloads_total";
 
@@ -164,6 +169,12 @@ pub fn describe() {
         "Always 1; the version label says which build runs."
     );
     describe_gauge!(REGISTRY_CLIENTS, "ClientNames in the registry in force.");
+    describe_gauge!(
+        REGISTRY_LOADED,
+        Unit::Seconds,
+        "When the registry in force was read (Unix time): at start or by the last reload."
+    );
+    describe_gauge!(WORKERS, "Worker threads.");
     describe_counter!(REGISTRY_RELOADS, "Registry reloads on SIGHUP, by result.");
     describe_counter!(
         ADMIN_REQUESTS,
@@ -204,6 +215,15 @@ pub fn describe() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let _ = counter!(REGISTRY_RELOADS, "result" => "ok");
     let _ = counter!(REGISTRY_RELOADS, "result" => "error");
+}
+
+/// The registry in force was read now.
+pub fn registry_loaded(clients: usize) {
+    gauge!(REGISTRY_CLIENTS).set(clients as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(REGISTRY_LOADED).set(now.as_secs_f64());
 }
 
 fn result_index(r: Result<(), ErrorCode>) -> usize {

@@ -174,7 +174,8 @@ fn install_metrics(
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     crate::metrics::describe();
     metrics::gauge!(crate::metrics::ENGINE_INFO, "engine" => engine_name(config)).set(1.0);
-    metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(registry.len() as f64);
+    metrics::gauge!(crate::metrics::WORKERS).set(config.workers as f64);
+    crate::metrics::registry_loaded(registry.len());
     Ok(Some(handle))
 }
 

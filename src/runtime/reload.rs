@@ -45,7 +45,7 @@ pub(super) fn reload_registry(shared: &Shared, why: &str) {
         Ok(r) => {
             let n = r.len();
             shared.registry.store(Arc::new(r));
-            metrics::gauge!(crate::metrics::REGISTRY_CLIENTS).set(n as f64);
+            crate::metrics::registry_loaded(n);
             metrics::counter!(crate::metrics::REGISTRY_RELOADS, "result" => "ok").increment(1);
             tracing::info!(
                 clients = n,
