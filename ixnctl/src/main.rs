@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ixn::admin_api as types;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use api::{exit, refused, Admin, Failure};
 
@@ -141,8 +141,18 @@ fn print_json(v: &impl serde::Serialize) {
     );
 }
 
+/// What a path segment or query value escapes: all but RFC 3986's unreserved characters
+/// and the `:` and `@` of addresses and fleet client ids, which the API reads unescaped.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'@');
+
 fn encode(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(s, ESCAPED).to_string()
 }
 
 fn admin(cli: &Cli) -> Result<Admin, Failure> {

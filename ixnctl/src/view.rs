@@ -45,8 +45,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], width: usize) -> String {
     out
 }
 
-/// The terminal's width, or 120 where there is none (a pipe).
+/// The terminal's width; no limit when the output is not a terminal (a pipe, a file), so
+/// that scripts get every cell whole.
 pub fn terminal_width() -> usize {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return usize::MAX;
+    }
     ratatui::crossterm::terminal::size()
         .map(|(w, _)| w as usize)
         .ok()

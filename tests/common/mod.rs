@@ -547,14 +547,20 @@ pub fn loadgen_report(json: &std::path::Path) -> serde_json::Value {
 }
 
 pub fn loadgen_bin() -> std::path::PathBuf {
+    workspace_bin("ixn-loadgen", "ixn-loadgen")
+}
+
+/// Another workspace binary beside the server's (`cargo test --workspace` builds it; built
+/// here if missing).
+pub fn workspace_bin(package: &str, name: &str) -> std::path::PathBuf {
     let mut p = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ixn-server"));
-    p.set_file_name("ixn-loadgen");
+    p.set_file_name(name);
     if !p.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)
-            .args(["build", "-p", "ixn-loadgen"])
+            .args(["build", "-p", package])
             .status()
-            .expect("cargo build ixn-loadgen");
+            .unwrap_or_else(|e| panic!("cargo build {package}: {e}"));
         assert!(ok.success());
     }
     p
