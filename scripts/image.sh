@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the ixn-server container image from scratch, pulling no base image: the release
-# binary, the shared libraries it links (as ldd lists them), and a passwd entry for the
-# non-root user it runs as (65532).
+# binaries (ixn-server, and ixnctl with its shell completions and man page), the shared
+# libraries they link (as ldd lists them), and a passwd entry for the non-root user it
+# runs as (65532).
 #   scripts/image.sh [TAG]        default TAG: ixn-server:<version>, also tagged :latest
 # Environment:
 #   IXN_BINARY=PATH        use this binary instead of building the release one
+#   IXNCTL_BINARY=PATH     the same for ixnctl
 #   IXN_IMAGE_ARCHIVE=FILE also write the image as an OCI archive (podman load / ctr import)
 # Needs buildah (Debian: apt-get install buildah).
 set -euo pipefail
@@ -16,13 +18,24 @@ if [ -z "$bin" ]; then
   cargo build --release -p ixn-server --bin ixn-server
   bin=target/release/ixn-server
 fi
+ctl=${IXNCTL_BINARY:-}
+if [ -z "$ctl" ]; then
+  cargo build --release -p ixnctl --bin ixnctl
+  ctl=target/release/ixnctl
+fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 install -D -m 0755 "$bin" "$root/usr/local/bin/ixn-server"
+install -D -m 0755 "$ctl" "$root/usr/local/bin/ixnctl"
 # The release profile keeps line tables for profiling; the image does not need them.
-strip --strip-debug "$root/usr/local/bin/ixn-server"
-# The dynamic loader and every library the binary links, at the paths it looks for them.
-for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+strip --strip-debug "$root/usr/local/bin/ixn-server" "$root/usr/local/bin/ixnctl"
+# ixnctl's completions and man page, generated from its command-line definition.
+"$ctl" completions bash | install -D -m 0644 /dev/stdin "$root/usr/share/bash-completion/completions/ixnctl"
+"$ctl" completions zsh | install -D -m 0644 /dev/stdin "$root/usr/share/zsh/vendor-completions/_ixnctl"
+"$ctl" completions fish | install -D -m 0644 /dev/stdin "$root/usr/share/fish/vendor_completions.d/ixnctl.fish"
+"$ctl" man | install -D -m 0644 /dev/stdin "$root/usr/local/share/man/man1/ixnctl.1"
+# The dynamic loader and every library the binaries link, at the paths they look for them.
+for lib in $( (ldd "$bin"; ldd "$ctl") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
   install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
 done
 mkdir -p "$root/etc/ixn-server" "$root/tmp"

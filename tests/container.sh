@@ -24,6 +24,7 @@ LIMITS=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 LOADGEN=target/debug/ixn-loadgen
 [ -x "$LOADGEN" ] || cargo build -q -p ixn-loadgen
 cargo build -q -p ixn-server --bin ixn-server
+cargo build -q -p ixnctl --bin ixnctl
 
 step "1. the seccomp profile"
 python3 scripts/seccomp-profile.py --check || fail "deploy/seccomp/ixn-server.json is stale"
@@ -31,7 +32,8 @@ grep -q '"io_uring_setup"' /usr/share/containers/seccomp.json \
   && fail "the runtime's default profile allows io_uring: nothing to test against"
 
 step "2. the image"
-IXN_BINARY=target/debug/ixn-server scripts/image.sh ixn-server:test >/dev/null
+IXN_BINARY=target/debug/ixn-server IXNCTL_BINARY=target/debug/ixnctl \
+  scripts/image.sh ixn-server:test >/dev/null
 user=$("${P[@]}" image inspect ixn-server:test --format '{{.Config.User}}')
 [ "$user" = 65532:65532 ] || fail "the image runs as '$user', not the non-root 65532"
 
@@ -58,6 +60,14 @@ c=$(port); m=$(port)
 trap '"${P[@]}" rm -f -t 0 ixn-test-default ixn-test-ours >/dev/null 2>&1 || true' EXIT
 wait_ready "$m" 200 || fail "auto under the default profile never became ready"
 register "$c" "the epoll engine"
+# ixnctl ships in the image, with its man page and completions.
+"${P[@]}" exec ixn-test-default /usr/local/bin/ixnctl --metrics "http://127.0.0.1:$m" status \
+  >/dev/null || fail "ixnctl status in the container did not say ready"
+cid=$("${P[@]}" create ixn-server:test)
+for f in /usr/local/share/man/man1/ixnctl.1 /usr/share/bash-completion/completions/ixnctl; do
+  "${P[@]}" cp "$cid:$f" - | tar -tf - >/dev/null 2>&1 || fail "the image has no $f"
+done
+"${P[@]}" rm "$cid" >/dev/null
 [ "$(metric "$m" 'ixn_engine_info{engine="epoll"}')" = 1 ] || fail "auto did not run epoll"
 # Read whole, then searched: `logs | grep -q` under pipefail fails when grep stops
 # reading before podman has written everything (SIGPIPE).
