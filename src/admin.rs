@@ -410,7 +410,7 @@ fn percent_decode(s: &str) -> String {
 /// Binds `--admin-listen` now (a bad address fails start-up) and serves the API on a
 /// thread of its own.
 pub fn spawn(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     token: Option<String>,
     server: Context,
 ) -> std::io::Result<SocketAddr> {
@@ -421,7 +421,7 @@ pub fn spawn(
     });
     let what = ("admin", "the admin API's own limit, admin::MAX_CONNECTIONS");
     crate::http::serve(
-        addr,
+        listener,
         what,
         || MAX_CONNECTIONS,
         crate::http::WhenFull::Evict,

@@ -234,6 +234,16 @@ impl Admission {
         Ok(())
     }
 
+    /// A connection counted by another process's admission, handed over by a live
+    /// upgrade: counted here (never refused: it is open already).
+    pub fn adopted(&self, ip: IpAddr) {
+        if self.limits.per_ip == 0 {
+            return;
+        }
+        let ip = ip.to_canonical();
+        *self.shard(ip).open.entry(ip).or_insert(0) += 1;
+    }
+
     /// A connection that passed [`Admission::check`] closed.
     pub fn released(&self, ip: IpAddr) {
         if self.limits.per_ip == 0 {

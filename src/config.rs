@@ -382,6 +382,11 @@ pub struct Args {
     #[arg(long, value_name = "PID")]
     #[serde(skip)]
     pub signal_drain: Option<i32>,
+    /// Set by a running server on the new binary it starts for a live upgrade (SIGUSR2):
+    /// the Unix socket to take its listeners and connections from.
+    #[arg(long, value_name = "SOCKET")]
+    #[serde(skip)]
+    pub upgrade_from: Option<PathBuf>,
 }
 
 /// A setting that cannot be used.
@@ -458,6 +463,8 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// Reload the registry file when it changes.
     pub registry_watch: bool,
+    /// `--upgrade-from`: this process is a live upgrade's new binary.
+    pub upgrade_from: Option<PathBuf>,
     /// Worker threads.
     pub workers: usize,
     /// Registry file, or `None` for the embedded one.
@@ -659,6 +666,7 @@ impl Args {
             fleet_bans,
             check_config: _,
             signal_drain: _,
+            upgrade_from: _,
         } = file;
         fn list<T>(mine: Vec<T>, theirs: Vec<T>) -> Vec<T> {
             if mine.is_empty() {
@@ -725,6 +733,7 @@ impl Args {
             config: self.config,
             check_config: self.check_config,
             signal_drain: self.signal_drain,
+            upgrade_from: self.upgrade_from,
         }
     }
 
@@ -777,6 +786,7 @@ impl Args {
             admin_listen: args.admin_listen,
             admin_token_file: args.admin_token_file,
             registry_watch: args.registry_watch.unwrap_or(def::REGISTRY_WATCH),
+            upgrade_from: args.upgrade_from,
             proxy_protocol_trusted: if args.proxy_protocol_trusted.is_empty() {
                 def::PROXY_PROTOCOL_TRUSTED
                     .iter()

@@ -134,6 +134,47 @@ pub enum Command {
         /// does not).
         done: Option<tokio::sync::oneshot::Sender<bool>>,
     },
+    /// A live upgrade (docs/OPERATIONS.md 7e): stop accepting, and hand every connection
+    /// at rest to `parts`, a batch per tick, until none is left to wait for.
+    HandOver {
+        /// Where the batches go.
+        parts: std::sync::mpsc::Sender<Part>,
+        /// How long connections not yet at rest are waited for.
+        until: std::time::Instant,
+    },
+    /// The upgrade failed: adopt these again (handed earlier, never adopted), and accept
+    /// again.
+    TakeBack {
+        /// The connections and their sockets.
+        conns: Vec<Handed>,
+    },
+    /// The new process has adopted everything handed: drain what is left as a lame duck,
+    /// leaving the listeners (now the new process's) open.
+    Upgraded,
+}
+
+/// A connection handed over: its state and its socket.
+pub type Handed = (ixn_proto::handoff::Handoff, std::os::fd::OwnedFd);
+
+/// One worker's batch of a live upgrade.
+#[derive(Debug)]
+pub struct Part {
+    /// The worker.
+    pub worker: usize,
+    /// Connections at rest, detached from the worker.
+    pub conns: Vec<Handed>,
+    /// The worker's last batch: its listeners (duplicates of its descriptors) come with
+    /// it, and the connections it keeps (TLS, closing) are counted.
+    pub last: Option<LastPart>,
+}
+
+/// What a worker's last batch carries besides connections.
+#[derive(Debug)]
+pub struct LastPart {
+    /// Its listeners.
+    pub listeners: Vec<(std::os::fd::OwnedFd, ixn_proto::tls::ListenerKind)>,
+    /// Connections it keeps and will drain (TLS, closing, not at rest in time).
+    pub kept: usize,
 }
 
 #[derive(Debug, Default)]

@@ -24,6 +24,9 @@ pub struct Health {
     pub listening: std::sync::atomic::AtomicUsize,
     /// Set when the drain begins.
     pub draining: std::sync::atomic::AtomicBool,
+    /// A live upgrade handed this process's connections and listeners to a new process:
+    /// the service is ready there, whatever this process's drain says.
+    pub handed_over: std::sync::atomic::AtomicBool,
     /// Metrics connections served at once (`--metrics-max-connections`, or less when the
     /// descriptor limit leaves less beside the clients).
     pub max_connections: std::sync::atomic::AtomicUsize,
@@ -36,6 +39,7 @@ impl Health {
             workers,
             listening: 0.into(),
             draining: false.into(),
+            handed_over: false.into(),
             max_connections: max_connections.into(),
         }
     }
@@ -75,7 +79,12 @@ fn respond(
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
             let listening = health.listening.load(Ordering::Acquire);
-            if health.draining.load(Ordering::Acquire) {
+            if health.handed_over.load(Ordering::Acquire) {
+                text(
+                    StatusCode::OK,
+                    "ready (handed over to the new process)\n".into(),
+                )
+            } else if health.draining.load(Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
             } else if listening < health.workers {
                 text(
@@ -130,7 +139,7 @@ impl RateLimitedWarn {
 /// is closed as soon as it is accepted), request heads of at most [`MAX_HEAD_BYTES`] arriving
 /// within [`HEADER_READ_TIMEOUT`], and [`CONNECTION_LIFETIME`] per connection.
 pub fn spawn(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     handle: Option<PrometheusHandle>,
     health: Arc<Health>,
 ) -> std::io::Result<SocketAddr> {
@@ -141,7 +150,7 @@ pub fn spawn(
         Box::pin(async move { r })
     });
     serve(
-        addr,
+        listener,
         (
             "metrics",
             "--metrics-max-connections, and the descriptor limit",
@@ -191,14 +200,13 @@ pub enum WhenFull {
 /// in the warning when they are full), bounded request heads and connection lifetimes.
 /// `start` runs once inside the thread's runtime.
 pub fn serve(
-    addr: SocketAddr,
+    std_listener: std::net::TcpListener,
     (what, limit_name): (&'static str, &'static str),
     max_connections: impl Fn() -> usize + Send + 'static,
     full: WhenFull,
     handler: Handler,
     start: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -76,6 +76,13 @@ pub const REGISTRY_CLIENTS: &str = "ixn_registry_clients";
 /// `ixn_registry_loaded_timestamp_seconds`: when the registry in force was read (Unix
 /// time), at start or by the last successful reload.
 pub const REGISTRY_LOADED: &str = "ixn_registry_loaded_timestamp_seconds";
+/// `ixn_upgrade_connections_total{result}`: connections in live upgrades (docs/OPERATIONS.md
+/// 7e): `handed` by this process to a new one, `adopted` from an old one, `kept` by this
+/// process to drain (TLS, not at rest in time), `taken_back` after a failed upgrade.
+pub const UPGRADE_CONNECTIONS: &str = "ixn_upgrade_connections_total";
+/// `ixn_upgrade_duration_seconds`: the last live upgrade's handover, from the signal to the
+/// new process's adoption of every connection handed.
+pub const UPGRADE_DURATION: &str = "ixn_upgrade_duration_seconds";
 /// `ixn_workers`: the server's worker threads.
 pub const WORKERS: &str = "ixn_workers";
 /// `ixn_registry_reloads_total{result}`
@@ -175,6 +182,15 @@ pub fn describe() {
         "When the registry in force was read (Unix time): at start or by the last reload."
     );
     describe_gauge!(WORKERS, "Worker threads.");
+    describe_counter!(
+        UPGRADE_CONNECTIONS,
+        "Connections in live upgrades, by result (handed, adopted, kept, taken_back)."
+    );
+    describe_gauge!(
+        UPGRADE_DURATION,
+        Unit::Seconds,
+        "The last live upgrade's handover, from the signal to the new process's adoption."
+    );
     describe_counter!(REGISTRY_RELOADS, "Registry reloads on SIGHUP, by result.");
     describe_counter!(
         ADMIN_REQUESTS,
@@ -215,6 +231,13 @@ pub fn describe() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let _ = counter!(REGISTRY_RELOADS, "result" => "ok");
     let _ = counter!(REGISTRY_RELOADS, "result" => "error");
+}
+
+/// Counts `n` connections of a live upgrade under `result` (rare: no batching).
+pub fn upgrade_connections(result: &'static str, n: usize) {
+    if n > 0 {
+        counter!(UPGRADE_CONNECTIONS, "result" => result).increment(n as u64);
+    }
 }
 
 /// The registry in force was read now.
@@ -425,6 +448,14 @@ impl WorkerMetrics {
     /// A refusal by reason (the connection itself is counted where it closes).
     pub fn refused_by(&self, r: Refusal) {
         self.refused[r.index()].add(1);
+    }
+    /// Connections this worker handed to a new process.
+    pub fn handed_over(&self, n: usize) {
+        upgrade_connections("handed", n);
+    }
+    /// Connections this worker adopted from an old process.
+    pub fn adopted(&self, n: usize) {
+        upgrade_connections("adopted", n);
     }
     /// SYNs of banned addresses the listeners' filters dropped.
     pub fn syns_dropped(&self, n: u64) {

@@ -558,6 +558,90 @@ impl Connection {
         progress
     }
 
+    /// The connection's state for a live upgrade ([`crate::handoff`]), with `pending` (the
+    /// bytes of a frame begun) and `deadline` (when its protocol deadline fires, as the
+    /// engine's wheel has it); `None` unless it is at rest: reading frames, plain TCP, and
+    /// its session neither closing nor awaiting a verdict. The engine makes sure no answer
+    /// is unsent.
+    pub fn hand_off(
+        &self,
+        now: Instant,
+        pending: &[u8],
+        deadline: Option<Instant>,
+    ) -> Option<crate::handoff::Handoff> {
+        if self.phase != Phase::Open || self.tls.is_some() {
+            return None;
+        }
+        let session = self.session.hand_off()?;
+        let age = self.ms_since_accept(now, false);
+        Some(crate::handoff::Handoff {
+            peer: self.peer_addr(),
+            age_ms: now.saturating_duration_since(self.accepted_at).as_millis() as u64,
+            awaiting_proxy: self.awaiting_proxy,
+            admitted: self.admitted,
+            registered_after_ms: self.registered_after_ms,
+            // Signed, as in `keep_alive_left`: -1 within the same millisecond is no silence.
+            quiet_ms: (age.wrapping_sub(self.alive_ms) as i32).max(0) as u64,
+            deadline: self.armed.zip(deadline).map(|(t, at)| {
+                (
+                    t.name().to_string(),
+                    at.saturating_duration_since(now).as_millis() as u64,
+                )
+            }),
+            session,
+            pending: pending.to_vec(),
+        })
+    }
+
+    /// A connection handed over by a live upgrade, and its deadline to arm: accepted
+    /// `age_ms` ago, its ProxyClientIds live in `ids` and its names in `names`.
+    pub fn adopt(
+        h: &crate::handoff::Handoff,
+        now: Instant,
+        registry: &Registry,
+        ids: &mut IdAllocator,
+        names: Claims<'_>,
+    ) -> Result<(Self, TimerChange), crate::handoff::AdoptError> {
+        use crate::handoff::AdoptError;
+        let timer = match &h.deadline {
+            None => None,
+            Some((name, left)) => {
+                let t = Timer::ALL
+                    .into_iter()
+                    .find(|t| t.name() == name)
+                    .ok_or_else(|| AdoptError::Unknown(format!("timer {name:?}")))?;
+                Some((t, now + Duration::from_millis(*left)))
+            }
+        };
+        let session = Session::adopt(&h.session, registry, ids, names)?;
+        let accepted_at = now
+            .checked_sub(Duration::from_millis(h.age_ms))
+            .unwrap_or(now);
+        let mut c = Self {
+            session,
+            peer: h.peer.ip(),
+            peer_port: h.peer.port(),
+            accepted_at,
+            awaiting_proxy: h.awaiting_proxy,
+            phase: Phase::Open,
+            armed: None,
+            tls: None,
+            admitted: h.admitted,
+            registered_after_ms: h.registered_after_ms,
+            alive_ms: 0,
+        };
+        let age = c.ms_since_accept(now, false);
+        c.alive_ms = age.wrapping_sub(h.quiet_ms.min(u64::from(u32::MAX)) as u32);
+        let change = match timer {
+            Some((t, at)) => {
+                c.armed = Some(t);
+                TimerChange::Arm(t, at)
+            }
+            None => TimerChange::Keep,
+        };
+        Ok((c, change))
+    }
+
     /// Milliseconds from accept to `now`, wrapping (see `alive_ms`): rounded up for a
     /// frame's moment, down for the present, so a silence is never overestimated.
     fn ms_since_accept(&self, now: Instant, round_up: bool) -> u32 {

@@ -48,6 +48,7 @@ macro_rules! label_enum {
 
 pub mod connection;
 pub mod defaults;
+pub mod handoff;
 pub mod names;
 pub mod protocol;
 pub mod proxy;

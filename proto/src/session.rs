@@ -353,6 +353,12 @@ impl IdAllocator {
         self.live.remove(&id);
     }
 
+    /// Marks `id` live (a connection adopted in a live upgrade keeps its ids); `false` if
+    /// it is live already.
+    pub fn take(&mut self, id: i32) -> bool {
+        self.live.insert(id)
+    }
+
     /// Ids currently live.
     pub fn live(&self) -> usize {
         self.live.len()
@@ -440,6 +446,112 @@ impl Session {
         };
         let at = deadline(now, config.registration_timeout);
         (s, TimerAction::Arm(TimerKind::Registration, at))
+    }
+
+    /// The session's state for a live upgrade ([`crate::handoff`]); `None` unless it is
+    /// at rest (no verdict awaited, not closing).
+    pub fn hand_off(&self) -> Option<crate::handoff::SessionState> {
+        let state = match self.state {
+            State::Unregistered => "unregistered",
+            State::Registered => "registered",
+            State::Rejected => "rejected",
+            State::Closing => return None,
+        };
+        if self.awaiting {
+            return None;
+        }
+        Some(crate::handoff::SessionState {
+            state: state.into(),
+            errors_sent: self.errors_sent,
+            own_id: self.own_id,
+            max_logical: self.max_logical,
+            name: self.name.as_ref().map(|n| n.to_string()),
+            client_type: self.client_type,
+            claimed: self.claimed,
+            keep_alive: self.keep_alive,
+            logical: self
+                .logical
+                .iter()
+                .flat_map(|l| l.iter())
+                .map(|l| (l.id, l.claimed.as_ref().map(|n| n.to_string())))
+                .collect(),
+        })
+    }
+
+    /// A session handed over by a live upgrade: its ProxyClientIds marked live in `ids`
+    /// and its names entered in `names` (under `reject`: none can be held here, since the
+    /// new process takes no connection until the handover is done). Names the registry
+    /// still has share its entry's; others are kept as they came.
+    pub fn adopt(
+        h: &crate::handoff::SessionState,
+        registry: &Registry,
+        ids: &mut IdAllocator,
+        names: Claims<'_>,
+    ) -> Result<Self, crate::handoff::AdoptError> {
+        use crate::handoff::AdoptError;
+        let state = match h.state.as_str() {
+            "unregistered" => State::Unregistered,
+            "registered" => State::Registered,
+            "rejected" => State::Rejected,
+            other => return Err(AdoptError::Unknown(format!("session state {other:?}"))),
+        };
+        let shared = |n: &str| -> SharedName {
+            registry
+                .get(n)
+                .map(|e| e.name().clone())
+                .unwrap_or_else(|| std::sync::Arc::new(n.into()))
+        };
+        let all_ids = std::iter::once(h.own_id)
+            .filter(|id| *id != 0)
+            .chain(h.logical.iter().map(|(id, _)| *id));
+        let mut taken = Vec::new();
+        for id in all_ids {
+            if !ids.take(id) {
+                for t in taken {
+                    ids.release(t);
+                }
+                return Err(AdoptError::IdTaken(id));
+            }
+            taken.push(id);
+        }
+        let ticket = |id: i32| crate::names::Ticket {
+            reference_id: id,
+            client_type: h.client_type,
+            logical: false,
+            keep_alive: h.keep_alive,
+        };
+        let name = h.name.as_deref().map(shared);
+        let claimed = h.claimed
+            && name.as_ref().is_some_and(|n| {
+                names
+                    .claim(n, OnDuplicate::Reject, h.own_id, ticket(h.own_id))
+                    .is_ok()
+            });
+        let logical: Vec<Logical> = h
+            .logical
+            .iter()
+            .map(|(id, claimed)| Logical {
+                id: *id,
+                claimed: claimed.as_deref().map(shared).filter(|n| {
+                    names
+                        .claim(n, OnDuplicate::Reject, *id, ticket(*id))
+                        .is_ok()
+                }),
+            })
+            .collect();
+        Ok(Self {
+            state,
+            errors_sent: h.errors_sent,
+            own_id: h.own_id,
+            max_logical: h.max_logical,
+            name,
+            client_type: h.client_type,
+            claimed,
+            keep_alive: h.keep_alive,
+            awaiting: false,
+            logical: (!logical.is_empty()).then(|| Box::new(logical)),
+            closed_by: None,
+        })
     }
 
     /// Current state.

@@ -90,6 +90,21 @@ impl<V: Copy> SlotWheel<V> {
         self.nodes.get(index).and_then(|n| n.value)
     }
 
+    /// When `index`'s timer fires, if armed: its deadline rounded up to the tick boundary
+    /// it was filed under (what a live upgrade hands over, docs/OPERATIONS.md 7e).
+    pub fn deadline(&self, index: usize) -> Option<Instant> {
+        let n = self.nodes.get(index)?;
+        n.value?;
+        // The low 32 bits of the tick, within 2^31 ticks of the next one processed.
+        let ahead = n.tick.wrapping_sub(self.next_tick as u32) as i32;
+        let tick = if ahead >= 0 {
+            self.next_tick + ahead as u64
+        } else {
+            self.next_tick
+        };
+        Some(self.ticks.instant(tick))
+    }
+
     /// Arms `index`'s timer for `deadline` with `value`, replacing the one it had; a
     /// deadline already passed fires at the next `advance`. `index` must be below
     /// `u32::MAX`.
@@ -172,6 +187,21 @@ impl<V: Copy> SlotWheel<V> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_deadline_reads_back_rounded_up_to_its_tick() {
+        let t0 = Instant::now();
+        let mut w: SlotWheel<u8> = SlotWheel::new(t0, Duration::from_millis(100), 64);
+        assert_eq!(w.deadline(3), None);
+        w.arm(3, t0 + Duration::from_millis(250), 1);
+        assert_eq!(w.deadline(3), Some(t0 + Duration::from_millis(300)));
+        // Far beyond one turn of the wheel.
+        w.arm(5, t0 + Duration::from_secs(3600), 2);
+        assert_eq!(w.deadline(5), Some(t0 + Duration::from_secs(3600)));
+        w.advance(t0 + Duration::from_millis(300), |_, _| {});
+        assert_eq!(w.deadline(3), None, "fired");
+        assert_eq!(w.deadline(5), Some(t0 + Duration::from_secs(3600)));
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;

@@ -196,6 +196,11 @@ impl Ticks {
         }
     }
 
+    /// The instant of tick boundary `tick`.
+    pub(crate) fn instant(&self, tick: u64) -> Instant {
+        self.origin + Duration::from_nanos(tick.saturating_mul(self.tick_nanos))
+    }
+
     /// The last tick boundary at or before `t`.
     #[inline]
     pub(crate) fn floor(&self, t: Instant) -> u64 {

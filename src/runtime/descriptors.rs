@@ -6,11 +6,13 @@ use std::sync::atomic::Ordering;
 use super::{lifecycle, Shared};
 
 /// Shares the descriptor limit out: the server's own, the metrics and admin listeners'
-/// bounds, then clients; and says so when it is too low for every client.
-pub(super) fn share_descriptors(shared: &Shared, limit: usize) {
+/// bounds, then clients; and says so when it is too low for every client. `clients_open`:
+/// client connections open already (a live upgrade's), not counted as the server's own.
+pub(super) fn share_descriptors(shared: &Shared, limit: usize, clients_open: usize) {
     let config = &shared.config;
-    let reserve =
-        open_descriptors() + FD_HEADROOM + lifecycle::REFUSALS_LINGERING_MAX * config.workers;
+    let reserve = open_descriptors().saturating_sub(clients_open)
+        + FD_HEADROOM
+        + lifecycle::REFUSALS_LINGERING_MAX * config.workers;
     let admin = if config.admin_listen.is_some() {
         crate::admin::MAX_CONNECTIONS
     } else {

@@ -164,13 +164,32 @@ impl Backend for Epoll {
         }
     }
 
-    fn stop_accepting(&mut self) {
+    fn stop_accepting(&mut self, refuse_backlog: bool) {
         self.accepting = false;
         self.accept_again.clear();
         self.accept_paused.clear();
         for (l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
-            lifecycle::refuse_new_connections(l);
+            if refuse_backlog {
+                lifecycle::refuse_new_connections(l);
+            }
+        }
+    }
+
+    fn detachable(&self, _io: &Io) -> bool {
+        // Nothing is ever in flight on an epoll socket.
+        true
+    }
+
+    fn detach(&mut self, mut io: Io) -> std::os::fd::OwnedFd {
+        let _ = self.poll.registry().deregister(&mut io.stream);
+        io.stream.into()
+    }
+
+    fn adopt(&mut self, fd: std::os::fd::OwnedFd) -> Io {
+        Io {
+            stream: TcpStream::from(fd),
+            writable: false,
         }
     }
 
@@ -245,6 +264,7 @@ pub(super) fn thread_main(
         },
         core: Core::new(index, shared),
     };
+    w.core.adopt_queued(&mut w.b);
     let registry = w.b.poll.registry();
     w.core
         .ready(|| Ok(crate::fleet::Wake::Mio(mio::Waker::new(registry, WAKE)?)));

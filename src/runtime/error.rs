@@ -25,6 +25,9 @@ pub enum StartError {
     /// A setting read at start (the admin token file).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A live upgrade's takeover from the running server (`--upgrade-from`).
+    #[error("upgrade: {0}")]
+    Upgrade(String),
     /// Thread creation or signal set-up.
     #[error("{0}")]
     Io(#[from] std::io::Error),

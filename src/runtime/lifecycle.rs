@@ -35,6 +35,9 @@ use ixn_proto::names::ConnKey;
 use ixn_proto::tls::ListenerKind;
 use slab::Slab;
 
+#[path = "handover.rs"]
+mod handover;
+
 use super::drain::Drain;
 use super::shared::{Admission, Shared};
 use crate::control::Command;
@@ -98,8 +101,10 @@ pub(super) trait Backend {
     fn close(&mut self, key: SlotKey, io: &mut Self::Io) -> bool;
     /// A refusal over the lingering cap: `answer` sent as far as it goes, FIN, closed.
     fn refuse_now(&mut self, io: Self::Io, answer: &[u8]);
-    /// The drain: stop accepting for good.
-    fn stop_accepting(&mut self);
+    /// The drain: stop accepting for good; with `refuse_backlog`, the connections waiting
+    /// in the listeners' backlog are refused too (not after a live upgrade, whose new
+    /// process now accepts from the same listeners).
+    fn stop_accepting(&mut self, refuse_backlog: bool);
     /// A tick outside the drain: accept again where descriptors ran out.
     fn accept_again(&mut self);
     /// Over the connection rate in `pace` mode: take nothing more off the listeners
@@ -111,6 +116,13 @@ pub(super) trait Backend {
     fn wake_in(&mut self, after: std::time::Duration);
     /// This worker's listeners, for their ban filters.
     fn listeners(&self) -> Vec<(std::os::fd::BorrowedFd<'_>, ListenerKind)>;
+    /// A live upgrade: nothing is in flight on the socket of a connection not read any
+    /// more (its receive's cancellation has completed).
+    fn detachable(&self, io: &Self::Io) -> bool;
+    /// Gives up a detachable connection's socket without closing it.
+    fn detach(&mut self, io: Self::Io) -> std::os::fd::OwnedFd;
+    /// Takes a socket handed over by a live upgrade (watched once [`Backend::open`]).
+    fn adopt(&mut self, fd: std::os::fd::OwnedFd) -> Self::Io;
 }
 
 /// One connection: the protocol core and the lifecycle's state around the backend's socket.
@@ -192,6 +204,10 @@ pub(super) struct Core<B: Backend> {
     pacing: Option<Instant>,
     /// The ban filters on this worker's listeners.
     ban_filters: super::bans::BanFilters,
+    /// A live upgrade's handover in progress.
+    handover: Option<handover::HandOver>,
+    /// In a live upgrade: the listeners are not read again (until it fails).
+    upgrading: bool,
 }
 
 impl<B: Backend> Core<B> {
@@ -222,6 +238,8 @@ impl<B: Backend> Core<B> {
             held: std::collections::VecDeque::new(),
             pacing: None,
             ban_filters: Default::default(),
+            handover: None,
+            upgrading: false,
             shared,
         }
     }
@@ -332,11 +350,27 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    fn insert(&mut self, b: &mut B, conn: Connection, io: B::Io, counted: bool) -> Option<usize> {
+    fn next_generation(&mut self) -> u32 {
         // Below 2^30: the backends keep the top bits of their event keys for themselves.
         self.generation = self.generation.wrapping_add(1) & 0x3fff_ffff;
+        self.generation
+    }
+
+    fn insert(&mut self, b: &mut B, conn: Connection, io: B::Io, counted: bool) -> Option<usize> {
+        let generation = self.next_generation();
+        self.insert_as(b, conn, io, counted, generation)
+    }
+
+    fn insert_as(
+        &mut self,
+        b: &mut B,
+        conn: Connection,
+        io: B::Io,
+        counted: bool,
+        generation: u32,
+    ) -> Option<usize> {
         let i = self.slots.insert(Slot {
-            generation: self.generation,
+            generation,
             conn,
             io,
             write_timer: None,
@@ -353,7 +387,7 @@ impl<B: Backend> Core<B> {
         });
         let key = SlotKey {
             slot: i,
-            generation: self.generation,
+            generation,
         };
         if let Err(e) = b.open(key, &mut self.slots[i].io) {
             tracing::warn!("cannot watch a connection: {e}");
@@ -683,11 +717,11 @@ impl<B: Backend> Core<B> {
         self.expire(b, now);
         self.unpace(b);
         let draining = self.shared.health.draining.load(Ordering::Acquire);
-        if !draining {
+        if !draining && !self.upgrading {
             b.accept_again();
         }
         if self.drain.is_none() && draining {
-            b.stop_accepting();
+            b.stop_accepting(!self.upgrading);
             // Held connections go the way of the backlog: closed.
             for (io, _, _) in std::mem::take(&mut self.held) {
                 b.refuse_now(io, &[]);
@@ -703,6 +737,7 @@ impl<B: Backend> Core<B> {
         }
         self.verdicts(b, now);
         self.commands(b, now);
+        self.hand_over_step(b, now);
         self.metrics
             .bans_active(self.shared.admission.bans_active(now));
         self.ban_filters
@@ -857,6 +892,14 @@ impl<B: Backend> Core<B> {
                         kicks.push((slot, kick));
                     }
                 }
+                Command::HandOver { parts, until } => {
+                    self.hand_over(b, handover::HandOver::new(parts, until));
+                }
+                Command::TakeBack { conns } => self.take_back(b, conns),
+                Command::Upgraded => {
+                    // The rest drain as a lame duck; the listeners are the new process's.
+                    self.shared.health.draining.store(true, Ordering::Release);
+                }
             }
         }
         for (slot, kick) in kicks {
@@ -881,7 +924,7 @@ impl<B: Backend> Core<B> {
                 self.admit(b, io, peer, kind, true);
             }
         }
-        if self.pacing.is_none() {
+        if self.pacing.is_none() && !self.upgrading {
             b.resume_accepting();
         }
     }

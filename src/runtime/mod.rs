@@ -18,6 +18,7 @@ mod listeners;
 mod probe;
 mod reload;
 mod shared;
+mod upgrade;
 mod uring;
 
 pub use descriptors::FdBudget;
@@ -76,30 +77,87 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     };
     let tls = config.tls.load()?;
     let handle = install_metrics(&config, &registry)?;
-    let nofile = raise_nofile_limit();
-    let (listeners, bound) = bind_all(&config)?;
-    let admin_token = config.admin_token()?;
-    let shared = Arc::new(Shared::new(config, registry, tls));
-    let admin_addr = match shared.config.admin_listen {
-        Some(addr) => Some(
-            crate::admin::spawn(addr, admin_token, shared.admin_context())
-                .map_err(|source| StartError::Bind { addr, source })?,
+    upgrade::remember_executable();
+    // A live upgrade's new process: everything comes from the running server.
+    let mut inherited = match &config.upgrade_from {
+        Some(path) => Some(
+            upgrade::take_over(path, config.workers)
+                .map_err(|e| StartError::Upgrade(e.to_string()))?,
         ),
         None => None,
     };
-    let metrics_addr =
-        crate::http::spawn(shared.config.metrics_listen, handle, shared.health.clone()).map_err(
-            |source| StartError::Bind {
-                addr: shared.config.metrics_listen,
-                source,
-            },
-        )?;
+    let nofile = raise_nofile_limit();
+    let (listeners, bound) = match inherited.as_mut() {
+        Some(i) => {
+            let listeners = std::mem::take(&mut i.listeners);
+            let bound = listeners
+                .first()
+                .into_iter()
+                .flatten()
+                .filter_map(|(l, k)| l.local_addr().ok().map(|a| (a, *k)))
+                .collect();
+            (listeners, bound)
+        }
+        None => bind_all(&config)?,
+    };
+    let admin_token = config.admin_token()?;
+    let shared = Arc::new(Shared::new(config, registry, tls));
+    let bind = |inherited: Option<std::net::TcpListener>, addr: SocketAddr| match inherited {
+        Some(l) => Ok(l),
+        None => {
+            std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+        }
+    };
+    let keep = |l: &std::net::TcpListener| l.try_clone().ok().map(std::os::fd::OwnedFd::from);
+    let admin_addr = match shared.config.admin_listen {
+        Some(addr) => {
+            let l = bind(inherited.as_mut().and_then(|i| i.admin.take()), addr)?;
+            shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[1] = keep(&l);
+            Some(
+                crate::admin::spawn(l, admin_token, shared.admin_context())
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
+    let metrics_listener = bind(
+        inherited.as_mut().and_then(|i| i.metrics.take()),
+        shared.config.metrics_listen,
+    )?;
+    shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[0] = keep(&metrics_listener);
+    let metrics_addr = crate::http::spawn(metrics_listener, handle, shared.health.clone())
+        .map_err(|source| StartError::Bind {
+            addr: shared.config.metrics_listen,
+            source,
+        })?;
+    // A live upgrade's connections are clients', not the server's own descriptors.
+    let mut handed_over = 0;
+    if let Some(i) = inherited.as_mut() {
+        handed_over = i.conns.iter().map(Vec::len).sum();
+        let now = std::time::Instant::now();
+        for (ip, left, failures) in std::mem::take(&mut i.bans) {
+            shared
+                .admission
+                .ban(ip, now + Duration::from_millis(left), failures);
+        }
+        *shared.adopt_queue.lock().unwrap_or_else(|e| e.into_inner()) =
+            std::mem::take(&mut i.conns);
+    }
     // Signals are blocked from here on and read by this thread only.
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR2,
     ])?;
+    if let Some(i) = inherited {
+        // The commit: once the running server has let go, these connections are this
+        // process's alone (nothing here has read them yet; the workers adopt them as they
+        // start). Until then it may take them back, and this process must not serve them.
+        i.commit(handed_over)
+            .map_err(|e| StartError::Upgrade(e.to_string()))?;
+        tracing::info!(handed_over, "upgrade: took over from the running server");
+    }
     let threads = start_workers(&shared, listeners)?;
     if let Some(fleet) = &shared.fleet {
         let counted = shared.clone();
@@ -126,7 +184,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     }
     // Every descriptor the server needs for itself is open now: the limit is shared out.
     if let Some(limit) = nofile {
-        share_descriptors(&shared, limit);
+        share_descriptors(&shared, limit, handed_over);
     }
     log_started(&shared, &features, &bound, metrics_addr, admin_addr);
     // systemd Type=notify: ready once every worker listens (a no-op outside systemd).

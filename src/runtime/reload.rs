@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use super::Shared;
 
 /// Handles each signal as it arrives (blocking; the process exits around this thread).
-pub(super) fn on_signals(shared: &Shared, mut signals: signal_hook::iterator::Signals) {
+pub(super) fn on_signals(shared: &Arc<Shared>, mut signals: signal_hook::iterator::Signals) {
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             reload(shared);
+        } else if sig == signal_hook::consts::SIGUSR2 {
+            super::upgrade::start(shared.clone());
         } else if !shared.health.draining.swap(true, Ordering::AcqRel) {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             tracing::info!(

@@ -46,6 +46,14 @@ pub struct Shared {
     pub origin: (Instant, std::time::SystemTime),
     /// The fleet (docs/PROTOCOL.md §13), with `--fleet-redis`.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// A live upgrade is under way (one at a time).
+    pub upgrading: std::sync::atomic::AtomicBool,
+    /// Duplicates of the metrics and admin listeners, handed to a live upgrade's new
+    /// process.
+    pub http_fds: std::sync::Mutex<[Option<std::os::fd::OwnedFd>; 2]>,
+    /// Connections a live upgrade handed to this (new) process, per worker: each worker
+    /// adopts its own before it accepts.
+    pub adopt_queue: std::sync::Mutex<Vec<Vec<crate::control::Handed>>>,
 }
 
 /// Shards of the name table: enough that two workers registering at once rarely meet.
@@ -77,6 +85,9 @@ impl Shared {
             inboxes,
             origin: (now, std::time::SystemTime::now()),
             fleet,
+            upgrading: false.into(),
+            http_fds: Default::default(),
+            adopt_queue: Default::default(),
         }
     }
 

@@ -47,7 +47,7 @@
 //! another thread, by descriptor number (see `shutdown`).
 
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -386,12 +386,35 @@ impl Backend for Uring {
         self.close_fd(io.fd);
     }
 
-    fn stop_accepting(&mut self) {
+    fn stop_accepting(&mut self, refuse_backlog: bool) {
         self.stopped = true;
         for i in 0..self.listeners.len() {
             let cancel = opcode::AsyncCancel::new(other(ACCEPT, i)).build();
             self.push(cancel.user_data(other(IGNORE, 0)));
-            lifecycle::refuse_new_connections(&self.listeners[i].0);
+            if refuse_backlog {
+                lifecycle::refuse_new_connections(&self.listeners[i].0);
+            }
+        }
+    }
+
+    fn detachable(&self, io: &Io) -> bool {
+        !io.receiving && !io.sending && !io.closing
+    }
+
+    fn detach(&mut self, io: Io) -> OwnedFd {
+        // SAFETY: `io.fd` is this connection's socket, owned by its `Io` alone and open
+        // (the backend closes it only through `close`, which a detached connection never
+        // reaches); nothing is in flight on it (`detachable`), so the ring holds no use
+        // of the number.
+        unsafe { OwnedFd::from_raw_fd(io.fd) }
+    }
+
+    fn adopt(&mut self, fd: OwnedFd) -> Io {
+        Io {
+            fd: fd.into_raw_fd(),
+            receiving: false,
+            sending: false,
+            closing: false,
         }
     }
 
@@ -502,6 +525,7 @@ pub(super) fn thread_main(
         },
         core: Core::new(index, shared),
     };
+    w.core.adopt_queued(&mut w.b);
     for i in 0..w.b.listeners.len() {
         w.b.arm_accept(i);
     }

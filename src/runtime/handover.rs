@@ -1,0 +1,218 @@
+//! A worker's part in a live upgrade (docs/OPERATIONS.md 7e), on the shared lifecycle and
+//! so on both backends.
+//!
+//! In the old process, on [`Command::HandOver`](crate::control::Command): the worker stops
+//! taking connections off its listeners (their backlog waits for the new process), stops
+//! reading every connection, and at each tick detaches those at rest: reading frames, no
+//! answer unsent or being sent, plain TCP, no verdict awaited, and nothing in flight on the
+//! socket (on io_uring the receive's cancellation must have completed). A detached
+//! connection leaves the slab without a close: its names, ids and admission count are
+//! given back here and taken again by the new process. Connections not at rest by the
+//! deadline, TLS ones and closing ones stay, are read again, and are drained as a lame
+//! duck once the new process has adopted the rest.
+//!
+//! In the new process, and in the old one when an upgrade fails, [`Core::adopt`] makes
+//! handed-over connections this worker's own.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use ixn_proto::connection::Connection;
+
+use super::{key, Backend, Core, SlotKey};
+use crate::control::{Handed, LastPart, Part};
+
+/// A worker's handover in progress.
+#[derive(Debug)]
+pub(super) struct HandOver {
+    parts: std::sync::mpsc::Sender<Part>,
+    until: Instant,
+}
+
+impl HandOver {
+    pub(super) fn new(parts: std::sync::mpsc::Sender<Part>, until: Instant) -> Self {
+        Self { parts, until }
+    }
+}
+
+impl<B: Backend> Core<B> {
+    /// Starts handing over: no more accepts, no more reads.
+    pub(super) fn hand_over(&mut self, b: &mut B, h: HandOver) {
+        b.pause_accepting();
+        self.upgrading = true;
+        self.handover = Some(h);
+        let keys: Vec<usize> = self.slots.iter().map(|(i, _)| i).collect();
+        for i in keys {
+            self.stop_reading(b, i);
+        }
+    }
+
+    fn stop_reading(&mut self, b: &mut B, i: usize) {
+        let s = &mut self.slots[i];
+        if s.hard.is_none() && !s.paused && !s.conn.is_tls() {
+            s.paused = true;
+            let key = SlotKey {
+                slot: i,
+                generation: s.generation,
+            };
+            b.pause(key, &mut s.io);
+        }
+    }
+
+    /// A tick of the handover: every connection at rest is detached and sent; once none
+    /// is left to wait for (or the deadline passed), the last batch goes with the
+    /// listeners.
+    pub(super) fn hand_over_step(&mut self, b: &mut B, now: Instant) {
+        let Some(h) = self.handover.take() else {
+            return;
+        };
+        let mut conns = Vec::new();
+        let mut waiting = 0;
+        let keys: Vec<usize> = self.slots.iter().map(|(i, _)| i).collect();
+        for i in keys {
+            match self.detach(b, i, now) {
+                Detach::Done(handed) => conns.push(*handed),
+                Detach::Wait => waiting += 1,
+                Detach::Keep => {}
+            }
+        }
+        let last = waiting == 0 || now >= h.until;
+        self.metrics.handed_over(conns.len());
+        let part = Part {
+            worker: self.index as usize,
+            conns,
+            last: last.then(|| LastPart {
+                listeners: b
+                    .listeners()
+                    .into_iter()
+                    .filter_map(|(fd, kind)| fd.try_clone_to_owned().ok().map(|fd| (fd, kind)))
+                    .collect(),
+                kept: self.slots.len(),
+            }),
+        };
+        if h.parts.send(part).is_err() || last {
+            // Done, or the upgrade gave up: the rest are read again, and the worker waits
+            // for the new process's word (`Upgraded`, or `TakeBack` and accepting again).
+            self.read_again(b);
+            return;
+        }
+        self.handover = Some(h);
+    }
+
+    /// Connections left (TLS, closing, not at rest in time) are read again.
+    fn read_again(&mut self, b: &mut B) {
+        let keys: Vec<usize> = self.slots.iter().map(|(i, _)| i).collect();
+        for i in keys {
+            let s = &mut self.slots[i];
+            if s.paused && s.hard.is_none() && !s.conn.session().awaiting() {
+                s.paused = false;
+                let key = SlotKey {
+                    slot: i,
+                    generation: s.generation,
+                };
+                b.resume(key, &mut s.io);
+            }
+        }
+    }
+
+    fn detach(&mut self, b: &mut B, i: usize, now: Instant) -> Detach {
+        let s = &self.slots[i];
+        if s.hard.is_some() || s.conn.is_tls() || s.close_after_write || s.half_closed {
+            return Detach::Keep;
+        }
+        if !s.paused {
+            // Accepted since the handover began (paced connections admitted meanwhile).
+            self.stop_reading(b, i);
+            return Detach::Wait;
+        }
+        if s.sending || !s.out.is_empty() || self.later.contains_key(&i) {
+            return Detach::Wait;
+        }
+        if !b.detachable(&s.io) {
+            return Detach::Wait;
+        }
+        let Some(h) = s.conn.hand_off(now, &s.pending, self.timers.deadline(i)) else {
+            return Detach::Wait;
+        };
+        self.timers.disarm(i);
+        let mut s = self.slots.remove(i);
+        if let Some(k) = s.write_timer.take() {
+            self.wheel.cancel(k);
+        }
+        // What this process counted goes; the new process counts it again.
+        self.shared.release(&s.conn);
+        let names = self.shared.claims(key(self.index, i, s.generation));
+        s.conn.release(&mut self.ids, Some(names));
+        if s.counted {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        }
+        Detach::Done(Box::new((h, b.detach(s.io))))
+    }
+
+    /// In a live upgrade's new process, before the worker accepts: adopts the connections
+    /// the old process's worker of the same number handed over.
+    pub(in crate::runtime) fn adopt_queued(&mut self, b: &mut B) {
+        let conns = self
+            .shared
+            .adopt_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(self.index as usize)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if !conns.is_empty() {
+            self.adopt(b, conns);
+        }
+    }
+
+    /// Makes handed-over connections this worker's: each keeps its state, deadline,
+    /// names and ids, and is read from now on. One that cannot be adopted is closed.
+    pub(super) fn adopt(&mut self, b: &mut B, conns: Vec<Handed>) {
+        let now = self.now;
+        let registry = self.shared.registry.load_full();
+        let mut adopted = 0;
+        for (h, fd) in conns {
+            let generation = self.next_generation();
+            let i = self.slots.vacant_key();
+            let claims = self.shared.claims(key(self.index, i, generation));
+            let (conn, change) = match Connection::adopt(&h, now, &registry, &mut self.ids, claims)
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(peer = %h.peer, "a handed-over connection is closed: {e}");
+                    drop(fd);
+                    continue;
+                }
+            };
+            if conn.admitted() {
+                self.shared.admission.adopted(conn.peer());
+            }
+            self.shared.active.fetch_add(1, Ordering::AcqRel);
+            let io = b.adopt(fd);
+            if let Some(i) = self.insert_as(b, conn, io, true, generation) {
+                self.slots[i].pending = h.pending;
+                self.apply_timer(i, change);
+                adopted += 1;
+            }
+        }
+        self.metrics.adopted(adopted);
+    }
+
+    /// The upgrade failed: the handed connections come back, and accepting resumes.
+    pub(super) fn take_back(&mut self, b: &mut B, conns: Vec<Handed>) {
+        self.handover = None;
+        self.upgrading = false;
+        self.adopt(b, conns);
+        self.read_again(b);
+        b.resume_accepting();
+    }
+}
+
+enum Detach {
+    /// Detached: its state and socket (boxed: the other answers are far more frequent).
+    Done(Box<Handed>),
+    /// Not at rest yet.
+    Wait,
+    /// Never handed over (TLS, closing): drained by this process.
+    Keep,
+}

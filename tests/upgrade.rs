@@ -1,0 +1,472 @@
+//! Live upgrades (docs/OPERATIONS.md 7e) over real sockets against the real binary, on both
+//! engines: SIGUSR2 starts the binary again, which takes over the listeners and every
+//! connection at rest. Ten thousand registered clients (plain, behind PROXY, Proxies with
+//! logical clients, a keepalive in force, mid-frame, pipelining, and some pinging right
+//! through the handover) are all answered afterwards, exactly once and in order, by the new
+//! process, with no disconnect; deadlines hold across it; names stay held. A new binary that
+//! exits at once, or is killed in the middle of the handover, loses no client.
+
+#[macro_use]
+mod common;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ixn::protocol::{KeepAlive, Message};
+
+/// The clients of the full test, unless `IXN_UPGRADE_CLIENTS` says otherwise.
+const CLIENTS: usize = 10_000;
+const TICK: Duration = Duration::from_millis(20);
+/// Scheduling slack on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(600);
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// A silent client's keepalive: it is dropped 1.5 × this after its registration.
+const KEEPALIVE_S: u16 = 4;
+
+/// Each test holds thousands of descriptors (in this process and in two servers): one at
+/// a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn clients() -> usize {
+    std::env::var("IXN_UPGRADE_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CLIENTS)
+}
+
+const REGISTRY: &str = "[[client]]\nname = \"Agent\"\ntypes = [\"AgentApplication\"]\n\
+    [[client]]\nname = \"Held\"\ntypes = [\"AgentApplication\"]\non_duplicate = \"reject\"\n\
+    [[client]]\nname = \"Gateway\"\ntypes = [\"Proxy\"]\nmax_logical_clients = 8\n\
+    [[client]]\nname = \"Logical\"\ntypes = [\"AgentApplication\"]\n";
+
+fn server(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let reg = dir.join("registry.toml");
+    std::fs::write(&reg, REGISTRY).unwrap();
+    let timeout = format!("{}ms", REGISTRATION_TIMEOUT.as_millis());
+    Server::start_with_env(
+        &[
+            "--workers",
+            "2",
+            "--timer-tick",
+            "20ms",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--registration-timeout",
+            &timeout,
+            "--keepalive-min",
+            "1s",
+            "--frame-timeout",
+            "120s",
+        ],
+        env,
+    )
+}
+
+fn keep_alive(rid: i32) -> Vec<u8> {
+    frame(Message::KeepAlive(KeepAlive { reference_id: rid }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// Behind a PROXY header.
+    Proxied,
+    /// A Proxy with three logical clients.
+    Gateway,
+    /// A keepalive of 60 s in force.
+    KeepAlive,
+    /// Half a frame sent before the upgrade, the rest after.
+    MidFrame,
+    /// Three frames in one write after the upgrade.
+    Pipelining,
+}
+
+impl Kind {
+    fn of(i: usize) -> Kind {
+        match i % 10 {
+            1 | 6 => Kind::Proxied,
+            2 if i % 100 == 2 => Kind::Gateway,
+            3 => Kind::KeepAlive,
+            4 => Kind::MidFrame,
+            5 => Kind::Pipelining,
+            _ => Kind::Plain,
+        }
+    }
+}
+
+struct Registered {
+    kind: Kind,
+    c: Client,
+    /// A Proxy's logical clients' ids.
+    logical: Vec<i32>,
+}
+
+/// The address the `i`th client's PROXY header gives.
+fn proxied_peer(i: usize) -> std::net::SocketAddr {
+    let ip = std::net::Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    (ip, 1024 + (i % 60000) as u16).into()
+}
+
+/// Every registered client's peer address, as the admin API lists them (page by page).
+fn listed_peers(s: &Server) -> std::collections::HashSet<String> {
+    let mut peers = std::collections::HashSet::new();
+    let mut after = String::new();
+    loop {
+        let (status, body) = s.admin("GET", &format!("/v1/clients?limit=1000{after}"), None);
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for c in page["clients"].as_array().unwrap() {
+            peers.insert(c["peer"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => return peers,
+        }
+    }
+}
+
+/// Connects and registers `n` clients of every kind, a few hundred at a time (sent all,
+/// then read all, so the backlog never overflows and the round trips overlap).
+fn register_all(s: &Server, n: usize) -> Vec<Registered> {
+    let proxy = s.proxy_addr.unwrap();
+    let mut all = Vec::with_capacity(n);
+    for start in (0..n).step_by(250) {
+        let mut batch = Vec::new();
+        for i in start..(start + 250).min(n) {
+            let kind = Kind::of(i);
+            let mut c = match kind {
+                Kind::Proxied => {
+                    let mut c = Client::connect(proxy);
+                    let peer = proxied_peer(i);
+                    let header =
+                        format!("PROXY TCP4 {} 10.0.0.1 {} 7400\r\n", peer.ip(), peer.port());
+                    c.send(header.as_bytes());
+                    c
+                }
+                _ => s.connect(),
+            };
+            match kind {
+                Kind::Gateway => {
+                    let mut bytes = rrc(1, "Gateway", 3, None);
+                    for rid in 2..5 {
+                        bytes.extend(rrc(rid, "Logical", 2, None));
+                    }
+                    c.send(&bytes);
+                }
+                Kind::KeepAlive => c.send(&rrc_keep_alive(1, "Agent", 2, None, Some(60))),
+                _ => c.send(&rrc(1, "Agent", 2, None)),
+            }
+            batch.push(Registered {
+                kind,
+                c,
+                logical: Vec::new(),
+            });
+        }
+        for r in &mut batch {
+            let Some(Ans::Ack {
+                rid: 1,
+                id: Some(_),
+            }) = r.c.answer()
+            else {
+                panic!("{:?} client not registered", r.kind);
+            };
+            if r.kind == Kind::Gateway {
+                for rid in 2..5 {
+                    match r.c.answer() {
+                        Some(Ans::Ack {
+                            rid: got,
+                            id: Some(id),
+                        }) if got == rid => r.logical.push(id),
+                        a => panic!("logical client {rid}: {a:?}"),
+                    }
+                }
+            }
+        }
+        all.extend(batch);
+    }
+    all
+}
+
+/// Clients that ping (RequestKeepAlive, one at a time) right through the handover: every
+/// answer must come, once, in order. Returns each answer's latency.
+fn pingers(
+    s: &Server,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Duration>>> {
+    (0..n)
+        .map(|_| {
+            let mut c = s.connect();
+            c.send(&rrc(1, "Agent", 2, None));
+            assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut rid = 100;
+                while !stop.load(Ordering::Acquire) {
+                    let t = Instant::now();
+                    c.send(&keep_alive(rid));
+                    assert_eq!(c.answer(), Some(ack(rid, None)), "ping {rid}");
+                    latencies.push(t.elapsed());
+                    rid += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                latencies
+            })
+        })
+        .collect()
+}
+
+/// The new process, killed when the test ends.
+struct NewProcess(u32);
+
+impl Drop for NewProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Waits (at most `within`) for a log line containing `needle`.
+fn wait_log(s: &Server, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let line = s
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+fn number_after(line: &str, prefix: &str) -> u32 {
+    let rest = line
+        .split(prefix)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{prefix:?} in {line}"));
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn wait_exit(s: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Nothing more has come, and the connection is open.
+fn assert_quiet(c: &mut Client) {
+    c.s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    match c.s.read(&mut b) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        r => panic!("expected nothing, got {r:?}"),
+    }
+    c.s.set_nonblocking(false).unwrap();
+}
+
+/// Half a RequestKeepAlive (ReferenceId 7) from every MidFrame client.
+fn begin_mid(all: &mut [Registered]) {
+    for r in all.iter_mut().filter(|r| r.kind == Kind::MidFrame) {
+        r.c.send(&keep_alive(7)[..9]);
+    }
+}
+
+/// The rest of every MidFrame client's frame.
+fn end_mid(all: &mut [Registered]) {
+    for r in all.iter_mut().filter(|r| r.kind == Kind::MidFrame) {
+        r.c.send(&keep_alive(7)[9..]);
+    }
+}
+
+/// Every client answers a ping (Pipelining ones three in one write, MidFrame ones the frame
+/// they began), in order, and nothing else has come.
+fn ping_all(all: &mut [Registered], rid: i32) {
+    for r in all.iter_mut() {
+        match r.kind {
+            Kind::Pipelining => {
+                let mut bytes = Vec::new();
+                for k in 0..3 {
+                    bytes.extend(keep_alive(rid + k));
+                }
+                r.c.send(&bytes);
+            }
+            Kind::MidFrame => {}
+            Kind::Gateway => {
+                let id = r.logical.pop().unwrap();
+                let mut bytes = unreg(rid, Some(id));
+                bytes.extend(keep_alive(rid + 1));
+                r.c.send(&bytes);
+            }
+            _ => r.c.send(&keep_alive(rid)),
+        }
+    }
+    for r in all.iter_mut() {
+        let want: Vec<Ans> = match r.kind {
+            Kind::Pipelining => (0..3).map(|k| ack(rid + k, None)).collect(),
+            Kind::Gateway => vec![ack(rid, None), ack(rid + 1, None)],
+            Kind::MidFrame => vec![ack(7, None)],
+            _ => vec![ack(rid, None)],
+        };
+        for w in want {
+            assert_eq!(r.c.answer(), Some(w), "{:?} client", r.kind);
+        }
+        assert_quiet(&mut r.c);
+    }
+}
+
+each_engine! {
+    fn ten_thousand_clients_survive_an_upgrade() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("upgrade");
+        let mut s = server(&dir, &[]);
+        let n = clients();
+        let mut all = register_all(&s, n);
+        // A name under `reject`, held across the upgrade.
+        let mut held = s.connect();
+        held.send(&rrc(1, "Held", 2, None));
+        assert!(matches!(held.answer(), Some(Ans::Ack { rid: 1, .. })));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pinging = pingers(&s, 16, stop.clone());
+        // Deadlines set by the old process, met by the new one.
+        let mut silent = s.connect();
+        let mut quiet = s.connect();
+        quiet.send(&rrc_keep_alive(1, "Agent", 2, None, Some(KEEPALIVE_S)));
+        assert!(matches!(quiet.answer(), Some(Ans::Ack { rid: 1, .. })));
+        let quiet_since = Instant::now();
+        begin_mid(&mut all);
+        std::thread::sleep(Duration::from_millis(100));
+
+        let t0 = Instant::now();
+        s.signal("USR2");
+        let new = NewProcess(number_after(
+            &wait_log(&s, "started the new binary", Duration::from_secs(10)),
+            "pid ",
+        ));
+        // A duplicate of the held name, while the handover runs, is refused.
+        let addr = s.addr;
+        let duplicate = std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            c.s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            c.send(&rrc(1, "Held", 2, None));
+            c.answer()
+        });
+        let done = wait_log(&s, "connections handed to pid", Duration::from_secs(60));
+        let handed = number_after(&done, "handed=");
+        let took = t0.elapsed();
+        assert!(handed as usize >= n + 16 + 3, "{done}");
+        assert_eq!(wait_exit(&mut s, Duration::from_secs(10)).code(), Some(0));
+        stop.store(true, Ordering::Release);
+        let mut latencies: Vec<Duration> =
+            pinging.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert_eq!(duplicate.join().unwrap(), Some(err(1, 14)));
+
+        end_mid(&mut all);
+        ping_all(&mut all, 1000);
+        // Still held by the client that registered it before the upgrade.
+        let mut again = Client::connect(s.addr);
+        again.send(&rrc(1, "Held", 2, None));
+        assert_eq!(again.answer(), Some(err(1, 14)));
+        held.send(&keep_alive(2));
+        assert_eq!(held.answer(), Some(ack(2, None)));
+
+        // The silent unregistered client goes at its original deadline, within a tick.
+        let gone = silent.expect_close();
+        assert!(gone >= REGISTRATION_TIMEOUT - TICK && gone <= REGISTRATION_TIMEOUT + TICK + SLACK, "{gone:?}");
+        // The keepalive in force moved with its client: EventError 19 at 1.5 × k.
+        let k = Duration::from_secs(u64::from(KEEPALIVE_S)) * 3 / 2;
+        assert_eq!(quiet.answer(), Some(err(0, 19)));
+        let at = quiet_since.elapsed();
+        assert!(at >= k - TICK && at <= k + TICK + SLACK, "{at:?}");
+
+        // The new process counted what it adopted; the clients listed keep their addresses.
+        assert_eq!(
+            s.wait_metric("ixn_upgrade_connections_total{result=\"adopted\"}", f64::from(handed)),
+            f64::from(handed)
+        );
+        let peers = listed_peers(&s);
+        for i in (0..n).filter(|&i| Kind::of(i) == Kind::Proxied) {
+            assert!(peers.contains(&proxied_peer(i).to_string()), "client {i}'s address");
+        }
+        latencies.sort();
+        let p99 = latencies[latencies.len() * 99 / 100];
+        eprintln!(
+            "upgrade of {handed} connections: {} ms; {} pings during it, p99 {} µs, max {} µs",
+            took.as_millis(),
+            latencies.len(),
+            p99.as_micros(),
+            latencies.last().unwrap().as_micros()
+        );
+        drop(new);
+    }
+
+    fn a_new_binary_that_exits_at_once_loses_no_client() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("upgrade-false");
+        let s = server(&dir, &[("IXN_UPGRADE_BINARY", "/bin/false")]);
+        let mut all = register_all(&s, 300);
+        begin_mid(&mut all);
+        s.signal("USR2");
+        wait_log(&s, "upgrade failed", Duration::from_secs(20));
+        end_mid(&mut all);
+        ping_all(&mut all, 1000);
+        // Still accepting.
+        let mut c = s.connect();
+        c.send(&rrc(1, "Agent", 2, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+        assert_eq!(s.wait_metric("ixn_connections_active", 301.0), 301.0);
+    }
+
+    fn a_new_binary_killed_mid_handover_loses_no_client() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("upgrade-killed");
+        // The real binary, killed once it holds some of the handed connections.
+        let wrapper = dir.join("killed.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n\"{}\" \"$@\" &\npid=$!\n\
+                 while [ -d /proc/$pid ]; do\n\
+                   if [ \"$(ls /proc/$pid/fd | wc -l)\" -gt 400 ]; then kill -9 $pid; fi\n\
+                 done\nwait $pid\n",
+                env!("CARGO_BIN_EXE_ixn-server")
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+        let s = server(&dir, &[("IXN_UPGRADE_BINARY", wrapper.to_str().unwrap())]);
+        let mut all = register_all(&s, 2000);
+        begin_mid(&mut all);
+        s.signal("USR2");
+        let failed = wait_log(&s, "upgrade failed", Duration::from_secs(60));
+        // Killed with connections handed and not yet adopted: all taken back.
+        let back = failed.split(" connections taken back").next().unwrap();
+        let back: usize = back.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(back > 0, "{failed}");
+        eprintln!("{failed}");
+        end_mid(&mut all);
+        ping_all(&mut all, 1000);
+        let mut c = s.connect();
+        c.send(&rrc(1, "Agent", 2, None));
+        assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
+        assert_eq!(s.wait_metric("ixn_connections_active", 2001.0), 2001.0);
+    }
+}
