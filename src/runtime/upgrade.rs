@@ -276,16 +276,7 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<()> {
             workers: w,
             pid,
         } => {
-            let why = if wire != WIRE || h != handoff::VERSION {
-                Some(format!("the new binary speaks upgrade wire {wire} and handoff {h}, this one {WIRE} and {}", handoff::VERSION))
-            } else if w != workers {
-                Some(format!(
-                    "the new binary runs {w} workers, this one {workers}"
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
+            if let Some(why) = refusal((wire, h, w), workers) {
                 let _ = send(&stream, &Msg::Refuse { why: why.clone() }, &[]);
                 let _ = child.wait();
                 return Err(other(why));
@@ -431,6 +422,24 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<()> {
     }
 }
 
+/// Why a new binary that says `hello` (its wire and handoff versions, its workers) cannot
+/// take over from this one; `None` if it can.
+fn refusal((wire, h, workers): (u32, u32, usize), ours: usize) -> Option<String> {
+    if wire != WIRE || h != handoff::VERSION {
+        Some(format!(
+            "the new binary speaks upgrade wire {wire} and handoff {h}, this one {WIRE} and {}",
+            handoff::VERSION
+        ))
+    } else if workers != ours {
+        // Each worker's connections go to the worker of the same number.
+        Some(format!(
+            "the new binary runs {workers} workers, this one {ours}"
+        ))
+    } else {
+        None
+    }
+}
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -529,5 +538,46 @@ pub(super) fn take_over(path: &Path, workers: usize) -> std::io::Result<Inherite
             Msg::Done => return Ok(inherited),
             m => return Err(other(format!("unexpected {m:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_version_or_worker_count_is_refused() {
+        assert_eq!(refusal((WIRE, handoff::VERSION, 2), 2), None);
+        let why = refusal((WIRE + 1, handoff::VERSION, 2), 2).unwrap();
+        assert!(why.contains(&format!("wire {}", WIRE + 1)), "{why}");
+        assert!(refusal((WIRE, handoff::VERSION + 1, 2), 2).is_some());
+        assert!(refusal((WIRE, handoff::VERSION, 3), 2)
+            .unwrap()
+            .contains("3 workers"));
+    }
+
+    #[test]
+    fn messages_and_their_descriptors_arrive_together() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (l1, l2) = (
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let fds = [l1.as_raw_fd(), l2.as_raw_fd()];
+        let kinds = vec!["plain".into(), "proxy".into()];
+        send(&a, &Msg::Listeners { worker: 1, kinds }, &fds).unwrap();
+        send(&a, &Msg::Done, &[]).unwrap();
+        let mut r = Reader::new(b);
+        let (msg, got) = r.recv().unwrap();
+        assert!(matches!(msg, Msg::Listeners { worker: 1, ref kinds } if kinds.len() == 2));
+        let got: Vec<std::net::TcpListener> = got.into_iter().map(Into::into).collect();
+        assert_eq!(got[0].local_addr().unwrap(), l1.local_addr().unwrap());
+        assert_eq!(got[1].local_addr().unwrap(), l2.local_addr().unwrap());
+        assert!(matches!(r.recv().unwrap(), (Msg::Done, ref f) if f.is_empty()));
+        drop(a);
+        assert_eq!(
+            r.recv().unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
     }
 }
