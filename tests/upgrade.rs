@@ -43,30 +43,42 @@ const REGISTRY: &str = "[[client]]\nname = \"Agent\"\ntypes = [\"AgentApplicatio
     [[client]]\nname = \"Logical\"\ntypes = [\"AgentApplication\"]\n";
 
 fn server(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    server_with(dir, env, &[])
+}
+
+fn server_with(dir: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> Server {
     let reg = dir.join("registry.toml");
     std::fs::write(&reg, REGISTRY).unwrap();
     let timeout = format!("{}ms", REGISTRATION_TIMEOUT.as_millis());
-    Server::start_with_env(
-        &[
-            "--workers",
-            "2",
-            "--timer-tick",
-            "20ms",
-            "--registry",
-            reg.to_str().unwrap(),
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--registration-timeout",
-            &timeout,
-            "--keepalive-min",
-            "1s",
-            "--frame-timeout",
-            "120s",
-        ],
-        env,
-    )
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--timer-tick",
+        "20ms",
+        "--registry",
+        reg.to_str().unwrap(),
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--registration-timeout",
+        &timeout,
+        "--keepalive-min",
+        "1s",
+        "--frame-timeout",
+        "120s",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_env(&args, env)
+}
+
+/// One answer from any stream (a TLS one).
+fn read_answer(s: &mut impl Read) -> Option<Ans> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(decode_answer(&[&head[..], &body].concat()))
 }
 
 fn keep_alive(rid: i32) -> Vec<u8> {
@@ -468,5 +480,68 @@ each_engine! {
         c.send(&rrc(1, "Agent", 2, None));
         assert!(matches!(c.answer(), Some(Ans::Ack { rid: 1, .. })));
         assert_eq!(s.wait_metric("ixn_connections_active", 2001.0), 2001.0);
+    }
+
+    fn tls_clients_drain_as_a_lame_duck_and_come_back() {
+        use std::io::Write;
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("upgrade-tls");
+        let (cert, key) = self_signed();
+        std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+        std::fs::write(dir.join("key.pem"), &key).unwrap();
+        let cert_file = dir.join("cert.pem");
+        let key_file = dir.join("key.pem");
+        let mut s = server_with(
+            &dir,
+            &[],
+            &[
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert_file.to_str().unwrap(),
+                "--tls-key",
+                key_file.to_str().unwrap(),
+            ],
+        );
+        let tls = s.tls_addr.unwrap();
+        let config = tls_client(&cert);
+        let mut all = register_all(&s, 500);
+        let mut secure: Vec<TlsStream> = (0..20)
+            .map(|_| {
+                let mut t = tls_open(tls, &config);
+                t.write_all(&rrc(1, "Agent", 2, None)).unwrap();
+                assert!(matches!(read_answer(&mut t), Some(Ans::Ack { rid: 1, .. })));
+                t
+            })
+            .collect();
+        begin_mid(&mut all);
+        let t0 = Instant::now();
+        s.signal("USR2");
+        let _new = NewProcess(number_after(
+            &wait_log(&s, "started the new binary", Duration::from_secs(10)),
+            "pid ",
+        ));
+        let done = wait_log(&s, "connections handed to pid", Duration::from_secs(60));
+        assert_eq!(number_after(&done, "kept="), 20, "{done}");
+        // Kernel TLS is not used (docs/OPERATIONS.md 7e): each TLS client is told the server
+        // is going (EventError 11, as a drain does), then closed, and registers again with
+        // the new process.
+        let mut back = Vec::new();
+        for t in &mut secure {
+            assert_eq!(read_answer(t), Some(err(0, 11)));
+            assert_eq!(read_answer(t), None);
+            let mut again = tls_open(tls, &config);
+            again.write_all(&rrc(1, "Agent", 2, None)).unwrap();
+            assert!(matches!(read_answer(&mut again), Some(Ans::Ack { rid: 1, .. })));
+            back.push(t0.elapsed());
+        }
+        assert_eq!(wait_exit(&mut s, Duration::from_secs(10)).code(), Some(0));
+        end_mid(&mut all);
+        ping_all(&mut all, 1000);
+        eprintln!(
+            "TLS over an upgrade: {} clients drained and registered again with the new process within {} ms of SIGUSR2",
+            back.len(),
+            back.iter().max().unwrap().as_millis()
+        );
     }
 }
