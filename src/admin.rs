@@ -46,6 +46,8 @@ pub struct Context {
     pub origin: (Instant, SystemTime),
     /// The fleet, with `--fleet-redis`.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Starts a live upgrade (`POST /v1/upgrade`); `None` where none can run.
+    pub upgrade: Option<crate::control::Upgrader>,
 }
 
 /// `limit` when a listing gives none.
@@ -192,6 +194,7 @@ impl Api {
             (&Method::DELETE, ["v1", "bans", address]) => (Action::LiftBan, self.lift(address)),
             (&Method::GET, ["v1", "names", name]) => (Action::Names, self.holder(name).await),
             (&Method::GET, ["v1", "instances"]) => (Action::Instances, self.instances().await),
+            (&Method::POST, ["v1", "upgrade"]) => (Action::Upgrade, self.upgrade().await),
             (
                 _,
                 ["v1", "clients"]
@@ -199,12 +202,36 @@ impl Api {
                 | ["v1", "bans"]
                 | ["v1", "bans", _]
                 | ["v1", "names", _]
-                | ["v1", "instances"],
+                | ["v1", "instances"]
+                | ["v1", "upgrade"],
             ) => (
                 Action::Other,
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             ),
             _ => (Action::Other, error(StatusCode::NOT_FOUND, "not found")),
+        }
+    }
+
+    /// A live upgrade, answered once it is over: 200 with its figures, 409 if it cannot
+    /// start now, 500 if it failed (this process kept every connection).
+    async fn upgrade(&self) -> Response<Full<Bytes>> {
+        use crate::control::UpgradeRefused;
+        let Some(upgrade) = &self.server.upgrade else {
+            return error(StatusCode::CONFLICT, "live upgrades are not available here");
+        };
+        let (done, ended) = tokio::sync::oneshot::channel();
+        (upgrade.0)(done);
+        match ended.await {
+            Ok(Ok(report)) => json(StatusCode::OK, &report),
+            Ok(Err(UpgradeRefused::Now(why))) => error(StatusCode::CONFLICT, &why),
+            Ok(Err(UpgradeRefused::Failed(why))) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the upgrade failed, this process keeps serving: {why}"),
+            ),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the upgrade did not say how it ended",
+            ),
         }
     }
 

@@ -100,3 +100,16 @@ pub struct ApiError {
     /// What went wrong.
     pub error: String,
 }
+
+/// `POST /v1/upgrade`: a live upgrade done (docs/OPERATIONS.md 7e).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrade {
+    /// From the start to the new process's commit, in milliseconds.
+    pub duration_ms: u64,
+    /// Connections handed to the new process.
+    pub handed: usize,
+    /// Connections kept (TLS, closing), drained here as a lame duck.
+    pub kept: usize,
+    /// The new process.
+    pub pid: u32,
+}

@@ -31,6 +31,8 @@ ixn_proto::label_enum! {
         Names => "names",
         /// `GET /v1/instances` (a fleet's live servers).
         Instances => "instances",
+        /// `POST /v1/upgrade` (a live upgrade, docs/OPERATIONS.md 7e).
+        Upgrade => "upgrade",
         /// Refused for a missing or wrong token (401).
         Unauthorized => "unauthorized",
         /// Anything else (404, 405, 400).
@@ -151,6 +153,31 @@ pub enum Command {
     /// The new process has adopted everything handed: drain what is left as a lame duck,
     /// leaving the listeners (now the new process's) open.
     Upgraded,
+}
+
+/// Starts a live upgrade (as SIGUSR2 does) for the admin API's `POST /v1/upgrade`, and
+/// says how it ended: the handover's figures, or why there was none (refused at once, or
+/// failed with every connection kept).
+#[derive(Clone)]
+pub struct Upgrader(pub std::sync::Arc<dyn Fn(UpgradeDone) + Send + Sync>);
+
+/// Where an upgrade's end is told.
+pub type UpgradeDone =
+    tokio::sync::oneshot::Sender<Result<crate::admin_api::Upgrade, UpgradeRefused>>;
+
+/// Why a live upgrade did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeRefused {
+    /// It cannot start now (one under way, draining, a fleet).
+    Now(String),
+    /// It started and failed; this process kept every connection.
+    Failed(String),
+}
+
+impl std::fmt::Debug for Upgrader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upgrader")
+    }
 }
 
 /// A connection handed over: its state and its socket.

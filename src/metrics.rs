@@ -81,7 +81,8 @@ pub const REGISTRY_LOADED: &str = "ixn_registry_loaded_timestamp_seconds";
 /// process to drain (TLS, not at rest in time), `taken_back` after a failed upgrade.
 pub const UPGRADE_CONNECTIONS: &str = "ixn_upgrade_connections_total";
 /// `ixn_upgrade_duration_seconds`: the last live upgrade's handover, from the signal to the
-/// new process's adoption of every connection handed.
+/// commit (the old process lets go); reported by both processes, so the new one, which
+/// stays, has it.
 pub const UPGRADE_DURATION: &str = "ixn_upgrade_duration_seconds";
 /// `ixn_workers`: the server's worker threads.
 pub const WORKERS: &str = "ixn_workers";
@@ -189,7 +190,7 @@ pub fn describe() {
     describe_gauge!(
         UPGRADE_DURATION,
         Unit::Seconds,
-        "The last live upgrade's handover, from the signal to the new process's adoption."
+        "The last live upgrade's handover, from the signal to the commit (the old process lets go)."
     );
     describe_counter!(REGISTRY_RELOADS, "Registry reloads on SIGHUP, by result.");
     describe_counter!(

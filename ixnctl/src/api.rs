@@ -87,8 +87,22 @@ impl Admin {
     /// `method path`: the answer, or a failure that says what to do. 401 and 403 are
     /// failures; other statuses are the caller's to judge.
     pub fn call(&self, method: &str, path: &str) -> Result<Answer, Failure> {
+        self.call_within(method, path, None)
+    }
+
+    /// Like [`Admin::call`], waiting up to `timeout` for the answer (a live upgrade is
+    /// answered once it is over).
+    pub fn call_within(
+        &self,
+        method: &str,
+        path: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, Failure> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.request(method, &url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some((token, _)) = &self.token {
             req = req.set("Authorization", &format!("Bearer {token}"));
         }

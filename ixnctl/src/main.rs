@@ -95,6 +95,10 @@ enum Command {
     },
     /// Health in one screen: exit 0 when live and ready, 1 when not ready, 3 when down.
     Status,
+    /// A live upgrade (as SIGUSR2): the binary at the server's path takes over every
+    /// connection; answered once it is over. Exit 1 if it could not run or failed (the
+    /// server then keeps serving every connection).
+    Upgrade,
     /// Checks a configuration file as `ixn-server --check-config` does.
     CheckConfig {
         /// The TOML file.
@@ -172,6 +176,30 @@ fn delete(cli: &Cli, path: &str, done: &str) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// How long `upgrade` waits for the server's answer: its handover's own bounds, and more.
+const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn upgrade(cli: &Cli) -> Result<u8, Failure> {
+    let a = admin(cli)?.call_within("POST", "/v1/upgrade", Some(UPGRADE_TIMEOUT))?;
+    if a.status != 200 {
+        return Err(refused(a.status, &a.body));
+    }
+    let report: types::Upgrade = serde_json::from_str(&a.body).map_err(|e| {
+        Failure::new(
+            exit::REFUSED,
+            format!("the server's answer to the upgrade is not what this ixnctl reads: {e}"),
+        )
+    })?;
+    match cli.output {
+        Output::Json => print_json(&report),
+        Output::Table => println!(
+            "upgraded: {} connections handed to pid {} in {} ms; {} drain from the old process as a lame duck",
+            report.handed, report.pid, report.duration_ms, report.kept
+        ),
+    }
+    Ok(0)
+}
+
 fn run(cli: Cli) -> Result<u8, Failure> {
     let width = view::terminal_width();
     match &cli.command {
@@ -235,6 +263,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Upgrade => upgrade(&cli),
         Command::Kick { id } => delete(
             &cli,
             &format!("/v1/clients/{}", encode(id)),

@@ -161,13 +161,15 @@ impl<B: Backend> Core<B> {
             .map(std::mem::take)
             .unwrap_or_default();
         if !conns.is_empty() {
-            self.adopt(b, conns);
+            let adopted = self.adopt(b, conns);
+            self.metrics.adopted(adopted);
         }
     }
 
     /// Makes handed-over connections this worker's: each keeps its state, deadline,
-    /// names and ids, and is read from now on. One that cannot be adopted is closed.
-    pub(super) fn adopt(&mut self, b: &mut B, conns: Vec<Handed>) {
+    /// names and ids, and is read from now on. One that cannot be adopted is closed. The
+    /// number adopted.
+    pub(super) fn adopt(&mut self, b: &mut B, conns: Vec<Handed>) -> usize {
         let now = self.now;
         let registry = self.shared.registry.load_full();
         let mut adopted = 0;
@@ -195,13 +197,14 @@ impl<B: Backend> Core<B> {
                 adopted += 1;
             }
         }
-        self.metrics.adopted(adopted);
+        adopted
     }
 
     /// The upgrade failed: the handed connections come back, and accepting resumes.
     pub(super) fn take_back(&mut self, b: &mut B, conns: Vec<Handed>) {
         self.handover = None;
         self.upgrading = false;
+        // Counted as `taken_back` by the upgrade's thread.
         self.adopt(b, conns);
         self.read_again(b);
         b.resume_accepting();

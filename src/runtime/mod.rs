@@ -102,34 +102,14 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     };
     let admin_token = config.admin_token()?;
     let shared = Arc::new(Shared::new(config, registry, tls));
-    let bind = |inherited: Option<std::net::TcpListener>, addr: SocketAddr| match inherited {
-        Some(l) => Ok(l),
-        None => {
-            std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
-        }
-    };
-    let keep = |l: &std::net::TcpListener| l.try_clone().ok().map(std::os::fd::OwnedFd::from);
-    let admin_addr = match shared.config.admin_listen {
-        Some(addr) => {
-            let l = bind(inherited.as_mut().and_then(|i| i.admin.take()), addr)?;
-            shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[1] = keep(&l);
-            Some(
-                crate::admin::spawn(l, admin_token, shared.admin_context())
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            )
-        }
-        None => None,
-    };
-    let metrics_listener = bind(
-        inherited.as_mut().and_then(|i| i.metrics.take()),
-        shared.config.metrics_listen,
-    )?;
-    shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[0] = keep(&metrics_listener);
-    let metrics_addr = crate::http::spawn(metrics_listener, handle, shared.health.clone())
-        .map_err(|source| StartError::Bind {
-            addr: shared.config.metrics_listen,
-            source,
-        })?;
+    // A live upgrade's new process serves HTTP only once its workers listen: until then
+    // the old process answers on the same listeners, and `/ready` stays 200.
+    let mut http = None;
+    let mut http_later = None;
+    match inherited.as_mut() {
+        None => http = Some(serve_http(&shared, handle, admin_token, None, None)?),
+        Some(i) => http_later = Some((handle, admin_token, i.admin.take(), i.metrics.take())),
+    }
     // A live upgrade's connections are clients', not the server's own descriptors.
     let mut handed_over = 0;
     if let Some(i) = inherited.as_mut() {
@@ -159,6 +139,13 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         tracing::info!(handed_over, "upgrade: took over from the running server");
     }
     let threads = start_workers(&shared, listeners)?;
+    let (admin_addr, metrics_addr) = match (http, http_later) {
+        (Some(addrs), _) => addrs,
+        (None, Some((handle, token, admin, metrics))) => {
+            serve_http(&shared, handle, token, admin, metrics)?
+        }
+        (None, None) => unreachable!("HTTP is served now or after the workers start"),
+    };
     if let Some(fleet) = &shared.fleet {
         let counted = shared.clone();
         // With pinned workers the fleet thread shares the last worker's core: the server's
@@ -192,6 +179,52 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
         tracing::debug!("sd_notify READY: {e}");
     }
     supervise(&shared, signals, threads)
+}
+
+/// Serves the admin API (with `--admin-listen`) and the metrics on their listeners: bound
+/// here, or `admin` and `metrics` as a live upgrade handed them over. Their addresses.
+fn serve_http(
+    shared: &Arc<Shared>,
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    admin_token: Option<String>,
+    admin: Option<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
+) -> Result<(Option<SocketAddr>, SocketAddr), StartError> {
+    let bind = |inherited: Option<std::net::TcpListener>, addr: SocketAddr| match inherited {
+        Some(l) => Ok(l),
+        None => {
+            std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+        }
+    };
+    // Kept for a later live upgrade.
+    let keep = |l: &std::net::TcpListener| l.try_clone().ok().map(std::os::fd::OwnedFd::from);
+    let admin_addr = match shared.config.admin_listen {
+        Some(addr) => {
+            let l = bind(admin, addr)?;
+            shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[1] = keep(&l);
+            Some(
+                crate::admin::spawn(l, admin_token, admin_context(shared))
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
+    let addr = shared.config.metrics_listen;
+    let l = bind(metrics, addr)?;
+    shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[0] = keep(&l);
+    let metrics_addr = crate::http::spawn(l, handle, shared.health.clone())
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((admin_addr, metrics_addr))
+}
+
+/// What the admin API needs, with live upgrades started as SIGUSR2 starts them.
+fn admin_context(shared: &Arc<Shared>) -> crate::admin::Context {
+    let mut context = shared.admin_context();
+    let upgrading = shared.clone();
+    context.upgrade = Some(crate::control::Upgrader(Arc::new(move |done| {
+        upgrade::start(upgrading.clone(), Some(done))
+    })));
+    context
 }
 
 /// Installs the Prometheus recorder (unless `--metrics false`) and returns its handle.

@@ -13,7 +13,7 @@ pub(super) fn on_signals(shared: &Arc<Shared>, mut signals: signal_hook::iterato
         if sig == signal_hook::consts::SIGHUP {
             reload(shared);
         } else if sig == signal_hook::consts::SIGUSR2 {
-            super::upgrade::start(shared.clone());
+            super::upgrade::start(shared.clone(), None);
         } else if !shared.health.draining.swap(true, Ordering::AcqRel) {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             tracing::info!(

@@ -99,6 +99,7 @@ impl Shared {
             admission: self.admission.clone(),
             origin: self.origin,
             fleet: self.fleet.clone(),
+            upgrade: None,
         }
     }
 

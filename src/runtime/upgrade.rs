@@ -42,7 +42,8 @@ use sendfd::{RecvWithFd, SendWithFd};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
-use crate::control::{Command, Handed};
+use crate::admin_api::Upgrade;
+use crate::control::{Command, Handed, UpgradeDone, UpgradeRefused};
 
 /// The wire's version.
 const WIRE: u32 = 1;
@@ -87,7 +88,12 @@ enum Msg {
     Adopted {
         conns: usize,
     },
-    Released,
+    /// The commit, with what the new process reports of the handover: its duration so
+    /// far and the connections the old process kept (its own metrics end with it).
+    Released {
+        duration_ms: u64,
+        kept: usize,
+    },
 }
 
 fn send(s: &UnixStream, msg: &Msg, fds: &[RawFd]) -> std::io::Result<()> {
@@ -137,7 +143,16 @@ impl Reader {
                     self.bytes[6],
                     self.bytes[7],
                 ]) as usize;
-                if self.bytes.len() >= 8 + len && self.fds.len() >= nfds {
+                if self.bytes.len() >= 8 + len {
+                    // The descriptors come with the header's first byte: with the whole
+                    // message here, missing ones were dropped by the kernel (this
+                    // process's descriptor limit).
+                    if self.fds.len() < nfds {
+                        return Err(other(format!(
+                            "{} of {nfds} descriptors were lost in passing (the descriptor limit is too low)",
+                            nfds - self.fds.len()
+                        )));
+                    }
                     let msg = serde_json::from_slice(&self.bytes[8..8 + len])?;
                     self.bytes.drain(..8 + len);
                     return Ok((msg, self.fds.drain(..nfds).collect()));
@@ -187,36 +202,42 @@ pub(super) fn remember_executable() {
     let _ = executable();
 }
 
-/// SIGUSR2: starts a live upgrade on a thread of its own, unless one runs.
-pub(super) fn start(shared: Arc<Shared>) {
-    if shared.fleet.is_some() {
-        tracing::warn!("SIGUSR2: live upgrades are not supported with --fleet-redis; drain and restart instead");
-        return;
-    }
-    if shared.health.draining.load(Ordering::Acquire) {
-        tracing::warn!("SIGUSR2: draining; no upgrade");
-        return;
-    }
-    if shared.upgrading.swap(true, Ordering::AcqRel) {
-        tracing::warn!("SIGUSR2: an upgrade is under way already");
+/// SIGUSR2 (`done`: `None`) or `POST /v1/upgrade`: starts a live upgrade on a thread of its
+/// own, unless one cannot run now; `done` is told how it ended.
+pub(super) fn start(shared: Arc<Shared>, done: Option<UpgradeDone>) {
+    let why = if shared.fleet.is_some() {
+        Some("live upgrades are not supported with --fleet-redis (the fleet knows names by instance); drain and restart instead")
+    } else if shared.health.draining.load(Ordering::Acquire) {
+        Some("draining; no upgrade")
+    } else if shared.upgrading.swap(true, Ordering::AcqRel) {
+        Some("an upgrade is under way already")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        tracing::warn!("upgrade: {why}");
+        if let Some(done) = done {
+            let _ = done.send(Err(UpgradeRefused::Now(why.to_string())));
+        }
         return;
     }
     let _ = std::thread::Builder::new()
         .name("ixn-upgrade".into())
         .spawn(move || {
             let t0 = Instant::now();
-            match hand_over(&shared, t0) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!("upgrade failed, this process keeps serving: {e}");
-                    shared.upgrading.store(false, Ordering::Release);
-                }
+            let ended = hand_over(&shared, t0).map_err(|e| {
+                tracing::error!("upgrade failed, this process keeps serving: {e}");
+                shared.upgrading.store(false, Ordering::Release);
+                UpgradeRefused::Failed(e.to_string())
+            });
+            if let Some(done) = done {
+                let _ = done.send(ended);
             }
         });
 }
 
 /// The old process's side.
-fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<()> {
+fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
     let path = std::env::temp_dir().join(format!("ixn-upgrade-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
@@ -389,7 +410,11 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<()> {
         Ok(adopted) => {
             // The commit: the new process serves them from its word on.
             drop(handed);
-            if let Err(e) = send(&stream, &Msg::Released, &[]) {
+            let released = Msg::Released {
+                duration_ms: t0.elapsed().as_millis() as u64,
+                kept,
+            };
+            if let Err(e) = send(&stream, &released, &[]) {
                 tracing::warn!("upgrade: the new binary did not hear that it may serve: {e}");
             }
             shared.health.handed_over.store(true, Ordering::Release);
@@ -408,7 +433,12 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<()> {
             for w in 0..workers {
                 shared.inboxes.post(w, Command::Upgraded);
             }
-            Ok(())
+            Ok(Upgrade {
+                duration_ms: t0.elapsed().as_millis() as u64,
+                handed: total,
+                kept,
+                pid: child.id(),
+            })
         }
         Err(e) => {
             let _ = child.kill();
@@ -466,7 +496,12 @@ impl Inherited {
     pub(super) fn commit(mut self, conns: usize) -> std::io::Result<()> {
         send(&self.reader.s, &Msg::Adopted { conns }, &[])?;
         match self.reader.recv() {
-            Ok((Msg::Released, _)) => Ok(()),
+            Ok((Msg::Released { duration_ms, kept }, _)) => {
+                // The old process's figures end with it: this process reports them.
+                crate::metrics::upgrade_connections("kept", kept);
+                metrics::gauge!(crate::metrics::UPGRADE_DURATION).set(duration_ms as f64 / 1000.0);
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 tracing::warn!("upgrade: the old process is gone; its connections are this one's");
                 Ok(())
