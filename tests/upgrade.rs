@@ -207,12 +207,12 @@ fn register_all(s: &Server, n: usize) -> Vec<Registered> {
 }
 
 /// Clients that ping (RequestKeepAlive, one at a time) right through the handover: every
-/// answer must come, once, in order. Returns each answer's latency.
+/// answer must come, once, in order. Returns when each ping was sent, and its latency.
 fn pingers(
     s: &Server,
     n: usize,
     stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<Duration>>> {
+) -> Vec<std::thread::JoinHandle<Vec<(Instant, Duration)>>> {
     (0..n)
         .map(|_| {
             let mut c = s.connect();
@@ -226,7 +226,7 @@ fn pingers(
                     let t = Instant::now();
                     c.send(&keep_alive(rid));
                     assert_eq!(c.answer(), Some(ack(rid, None)), "ping {rid}");
-                    latencies.push(t.elapsed());
+                    latencies.push((t, t.elapsed()));
                     rid += 1;
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -404,7 +404,7 @@ each_engine! {
         ready_stop.store(true, Ordering::Release);
         let ready = ready.join().unwrap();
         assert!(ready.len() > 10 && ready.iter().all(|&s| s == 200), "/ready: {ready:?}");
-        let mut latencies: Vec<Duration> =
+        let pings: Vec<(Instant, Duration)> =
             pinging.into_iter().flat_map(|t| t.join().unwrap()).collect();
         assert_eq!(duplicate.join().unwrap(), Some(err(1, 14)));
 
@@ -436,14 +436,21 @@ each_engine! {
         for i in (0..n).filter(|&i| Kind::of(i) == Kind::Proxied) {
             assert!(peers.contains(&proxied_peer(i).to_string()), "client {i}'s address");
         }
-        latencies.sort();
-        let p99 = latencies[latencies.len() * 99 / 100];
+        // Latency of the pings sent before the signal, and of those sent between it and
+        // the commit's log line.
+        let quantiles = |mut l: Vec<Duration>| {
+            l.sort();
+            let q = |p: usize| l.get((l.len() * p / 100).min(l.len().saturating_sub(1))).map_or(0, Duration::as_micros);
+            format!("{} pings, p50 {} µs, p99 {} µs, max {} µs", l.len(), q(50), q(99), q(100))
+        };
+        let before = pings.iter().filter(|(at, _)| *at < t0).map(|p| p.1).collect();
+        let during = pings.iter().filter(|(at, _)| *at >= t0 && *at < t0 + took).map(|p| p.1).collect();
         eprintln!(
-            "upgrade of {handed} connections: {} ms; {} pings during it, p99 {} µs, max {} µs",
+            "upgrade of {handed} connections: {} ms (the old process's own figure: {} ms); before it: {}; during it: {}",
             took.as_millis(),
-            latencies.len(),
-            p99.as_micros(),
-            latencies.last().unwrap().as_micros()
+            number_after(&done, " in "),
+            quantiles(before),
+            quantiles(during)
         );
         drop(new);
     }
