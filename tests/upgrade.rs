@@ -571,7 +571,13 @@ each_engine! {
     fn ixnctl_upgrade_twice_then_a_failed_one() {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = test_dir("upgrade-ixnctl");
-        let mut s = server(&dir, &[]);
+        let mut s = server_with(&dir, &[], &["--ban-failures", "2", "--ban-filter", "false"]);
+        // A ban made before the upgrades holds after them.
+        for _ in 0..2 {
+            let mut c = connect_from("127.0.0.77", s.addr);
+            c.send(&rrc(1, "nobody", 2, None));
+            assert_eq!(c.answer(), Some(err(1, 2)));
+        }
         let ctl = |s: &Server, args: &[&str]| {
             std::process::Command::new(workspace_bin("ixnctl", "ixnctl"))
                 .env("IXN_ADMIN_URL", format!("http://{}", s.admin.unwrap()))
@@ -606,6 +612,10 @@ each_engine! {
             end_mid(&mut all);
             ping_all(&mut all, 1000 + 10 * round);
         }
+        let o = ctl(&s, &["--output", "json", "bans"]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("127.0.0.77"), "the ban moved");
+        let mut banned = connect_from("127.0.0.77", s.addr);
+        assert_eq!(banned.answer(), Some(err(0, 16)));
         let _ = s.child.wait();
         drop(news);
 
