@@ -195,6 +195,17 @@ pub enum WhenFull {
     Evict,
 }
 
+/// Set once a live upgrade has committed: the new process serves these listeners now.
+static STOP_ACCEPTING: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
+/// A live upgrade committed (docs/OPERATIONS.md 7e): every listener [`serve`] runs stops
+/// taking connections (the new process takes them from the same socket) and finishes the
+/// requests it has, so that none is cut off when this process exits.
+pub fn stop_accepting() {
+    STOP_ACCEPTING.send_replace(true);
+}
+
 /// Binds `addr` now and serves `handler` on a thread of its own (`ixn-{what}`), with the
 /// bounds of [`spawn`]: at most `max_connections()` connections (what sets them is named
 /// in the warning when they are full), bounded request heads and connection lifetimes.
@@ -228,8 +239,13 @@ pub fn serve(
                 let untrusted = Arc::new(std::sync::Mutex::new(Untrusted::default()));
                 let mut accept_warn = RateLimitedWarn::default();
                 let mut full_warn = RateLimitedWarn::default();
+                let mut stop = STOP_ACCEPTING.subscribe();
                 loop {
-                    let (stream, peer) = match listener.accept().await {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = stop.wait_for(|stop| *stop) => break,
+                    };
+                    let (stream, peer) = match accepted {
                         Ok(s) => s,
                         Err(e) => {
                             accept_warn.warn(format_args!("{what} accept: {e}"));
@@ -276,6 +292,12 @@ pub fn serve(
                         }
                         untrusted.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
                     });
+                }
+                // Handed over: the listener goes, the requests in hand are finished.
+                drop(listener);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             });
         })?;

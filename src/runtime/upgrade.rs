@@ -41,7 +41,7 @@ use ixn_proto::tls::ListenerKind;
 use sendfd::{RecvWithFd, SendWithFd};
 use serde::{Deserialize, Serialize};
 
-use super::Shared;
+use super::shared::Shared;
 use crate::admin_api::Upgrade;
 use crate::control::{Command, Handed, UpgradeDone, UpgradeRefused};
 
@@ -418,6 +418,7 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
                 tracing::warn!("upgrade: the new binary did not hear that it may serve: {e}");
             }
             shared.health.handed_over.store(true, Ordering::Release);
+            crate::http::stop_accepting();
             crate::metrics::upgrade_connections("kept", kept);
             metrics::gauge!(crate::metrics::UPGRADE_DURATION).set(t0.elapsed().as_secs_f64());
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(child.id())]);
@@ -483,7 +484,7 @@ pub(super) struct Inherited {
     reader: Reader,
     pub bans: Vec<(IpAddr, u64, u32)>,
     pub conns: Vec<Vec<Handed>>,
-    pub listeners: Vec<Vec<super::Listener>>,
+    pub listeners: Vec<Vec<super::listeners::Listener>>,
     pub metrics: Option<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
 }
@@ -578,7 +579,10 @@ pub(super) fn take_over(path: &Path, workers: usize) -> std::io::Result<Inherite
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use crate::runtime::upgrade::{handoff, refusal, send, Msg, Reader, WIRE};
 
     #[test]
     fn another_version_or_worker_count_is_refused() {
