@@ -284,7 +284,12 @@ impl Server {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_log_within(needle, Duration::from_secs(10))
+    }
+
+    /// Waits at most `within` for a log line containing `needle`.
+    pub fn wait_log_within(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let line = self
                 .logs
@@ -647,6 +652,22 @@ impl Ca {
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+}
+
+/// A self-signed certificate for `ixn.test` written to `dir`: its PEM, and the flags of a
+/// TLS listener on an ephemeral port serving it.
+pub fn tls_listener(dir: &std::path::Path) -> (String, Vec<String>) {
+    let (cert, key) = self_signed();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let args = ["--tls-listen", "127.0.0.1:0", "--tls-cert"]
+        .into_iter()
+        .map(String::from)
+        .chain([cert_file.display().to_string(), "--tls-key".into()])
+        .chain([key_file.display().to_string()])
+        .collect();
+    (cert, args)
 }
 
 /// A self-signed certificate for `ixn.test`: (certificate PEM, key PEM).
