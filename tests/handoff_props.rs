@@ -292,3 +292,143 @@ proptest! {
         }
     }
 }
+
+/// Any handoff, well-formed or not (another version's, a corrupted one): adoption answers
+/// `Ok` or `Err`, never panics; an adopted connection takes any input; its release gives
+/// back every id and name it took.
+fn any_handoff() -> impl Strategy<Value = Handoff> {
+    let session = (
+        prop_oneof![
+            Just("unregistered".to_string()),
+            Just("registered".to_string()),
+            Just("rejected".to_string()),
+            "[a-z]{0,12}",
+        ],
+        any::<u8>(),
+        any::<i32>(),
+        any::<u32>(),
+        prop::option::of(prop_oneof![
+            Just("Held".to_string()),
+            Just("Agent".to_string()),
+            ".{0,8}"
+        ]),
+        any::<u8>(),
+        any::<bool>(),
+        any::<u16>(),
+        prop::collection::vec(
+            (
+                any::<i32>(),
+                prop::option::of(prop_oneof![Just("Held".to_string()), ".{0,4}"]),
+            ),
+            0..4,
+        ),
+    )
+        .prop_map(
+            |(
+                state,
+                errors_sent,
+                own_id,
+                max_logical,
+                name,
+                client_type,
+                claimed,
+                keep_alive,
+                logical,
+            )| {
+                ixn_proto::handoff::SessionState {
+                    state,
+                    errors_sent,
+                    own_id,
+                    max_logical,
+                    name,
+                    client_type,
+                    claimed,
+                    keep_alive,
+                    logical,
+                }
+            },
+        );
+    let deadline = prop::option::of((
+        prop_oneof![
+            Just("registration".to_string()),
+            Just("error_disconnect".to_string()),
+            Just("keepalive".to_string()),
+            Just("frame".to_string()),
+            "[a-z_]{0,16}",
+        ],
+        prop_oneof![0u64..10_000, any::<u64>()],
+    ));
+    (
+        any::<bool>(),
+        prop_oneof![0u64..100_000, any::<u64>()],
+        any::<bool>(),
+        any::<bool>(),
+        any::<u32>(),
+        prop_oneof![0u64..100_000, any::<u64>()],
+        deadline,
+        session,
+        prop::collection::vec(any::<u8>(), 0..40),
+    )
+        .prop_map(
+            |(
+                v6,
+                age_ms,
+                awaiting_proxy,
+                admitted,
+                registered_after_ms,
+                quiet_ms,
+                deadline,
+                session,
+                pending,
+            )| {
+                let peer = if v6 { "[::1]:4000" } else { "10.1.2.3:4000" };
+                Handoff {
+                    peer: peer.parse().unwrap(),
+                    age_ms,
+                    awaiting_proxy,
+                    admitted,
+                    registered_after_ms,
+                    quiet_ms,
+                    deadline,
+                    session,
+                    pending,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn any_handoff_is_adopted_or_refused_never_a_panic(
+        h in any_handoff(),
+        later in prop::collection::vec(event(), 0..8),
+    ) {
+        let registry = Registry::parse(REGISTRY, "registry.toml").unwrap();
+        let config = ConnConfig::default();
+        let mut w = World::new();
+        let now = Instant::now();
+        let Ok((c, change)) = Connection::adopt(&h, now, &registry, &mut w.ids, Claims { table: &w.names, conn: KEY }) else {
+            // Refused: nothing taken.
+            prop_assert_eq!(w.ids.live(), 0);
+            prop_assert_eq!(w.names.len(), 0);
+            return Ok(());
+        };
+        let deadline = match change {
+            TimerChange::Arm(_, at) => Some(at),
+            _ => None,
+        };
+        let mut d = Driven { c, pending: h.pending.clone(), deadline, closed: false };
+        let mut t = now;
+        for (i, ev) in later.iter().enumerate() {
+            if let Event::Later(ms) = ev {
+                t += Duration::from_millis(u64::from(*ms));
+            }
+            let _ = d.step(ev, i as i32, t, &mut w, &config, &registry);
+        }
+        d.c.release(&mut w.ids, Some(Claims { table: &w.names, conn: KEY }));
+        prop_assert_eq!(w.ids.live(), 0, "ids given back");
+        prop_assert_eq!(w.names.len(), 0, "names given back");
+    }
+}

@@ -610,6 +610,10 @@ impl Connection {
                     .into_iter()
                     .find(|t| t.name() == name)
                     .ok_or_else(|| AdoptError::Unknown(format!("timer {name:?}")))?;
+                // No setting reaches beyond 7 days (docs/PROTOCOL.md §8).
+                if *left > 7 * 24 * 3600 * 1000 {
+                    return Err(AdoptError::Unknown(format!("{name} deadline {left} ms away")));
+                }
                 Some((t, now + Duration::from_millis(*left)))
             }
         };

@@ -495,6 +495,22 @@ impl Session {
             "rejected" => State::Rejected,
             other => return Err(AdoptError::Unknown(format!("session state {other:?}"))),
         };
+        // What no session of this version can be: refused, not half adopted.
+        let registered = state == State::Registered;
+        let consistent = if registered {
+            h.own_id > 0 && h.name.is_some() && h.logical.iter().all(|(id, _)| *id > 0)
+        } else {
+            h.own_id == 0 && h.name.is_none() && !h.claimed && h.logical.is_empty()
+        };
+        if !consistent {
+            return Err(AdoptError::Unknown(format!(
+                "session: {} with id {}, name {:?}, {} logical clients",
+                h.state,
+                h.own_id,
+                h.name,
+                h.logical.len()
+            )));
+        }
         let shared = |n: &str| -> SharedName {
             registry
                 .get(n)
