@@ -628,4 +628,31 @@ each_engine! {
         assert!(failed.contains("6000 connections taken back"), "{failed}");
         still_serving(&s, &mut all);
     }
+
+    fn a_changed_listener_needs_a_restart_and_keeps_every_client() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("upgrade-listeners");
+        let reg = dir.join("registry.toml");
+        std::fs::write(&reg, REGISTRY).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, "proxy_listen = [\"127.0.0.1:0\"]\n").unwrap();
+        let s = Server::start(&[
+            "--workers",
+            "2",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let mut all = register_all(&s, 200);
+        // The new binary reads a configuration without the PROXY listener.
+        std::fs::write(&config, "max_frame_len = 8192\n").unwrap();
+        begin_mid(&mut all);
+        s.signal("USR2");
+        let why = s.wait_log_within("changing listeners needs a restart", Duration::from_secs(20));
+        assert!(why.contains("no longer asks for"), "{why}");
+        let failed = s.wait_log_within("upgrade failed", Duration::from_secs(20));
+        assert!(failed.contains("taken back"), "{failed}");
+        still_serving(&s, &mut all);
+    }
 }

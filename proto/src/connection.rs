@@ -612,7 +612,9 @@ impl Connection {
                     .ok_or_else(|| AdoptError::Unknown(format!("timer {name:?}")))?;
                 // No setting reaches beyond 7 days (docs/PROTOCOL.md §8).
                 if *left > 7 * 24 * 3600 * 1000 {
-                    return Err(AdoptError::Unknown(format!("{name} deadline {left} ms away")));
+                    return Err(AdoptError::Unknown(format!(
+                        "{name} deadline {left} ms away"
+                    )));
                 }
                 Some((t, now + Duration::from_millis(*left)))
             }

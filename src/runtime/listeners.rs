@@ -96,16 +96,7 @@ pub(super) fn await_free_port(addr: SocketAddr) {
 pub(super) fn bind_all(config: &Config) -> Result<Bound, StartError> {
     let mut per_worker: Vec<Vec<Listener>> = (0..config.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    let kinds = [
-        (&config.listen, ListenerKind::Plain),
-        (&config.proxy_listen, ListenerKind::Proxy),
-        (&config.tls_listen, ListenerKind::Tls),
-        (&config.proxy_tls_listen, ListenerKind::ProxyTls),
-    ];
-    let all = kinds
-        .into_iter()
-        .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, kind)));
-    for (addr, proxy) in all {
+    for (addr, proxy) in configured(config) {
         await_free_port(addr);
         let first = listener(addr, config).map_err(|source| StartError::Bind { addr, source })?;
         let actual = first.local_addr()?;
@@ -120,6 +111,56 @@ pub(super) fn bind_all(config: &Config) -> Result<Bound, StartError> {
         bound.push((actual, proxy));
     }
     Ok((per_worker, bound))
+}
+
+/// The client listeners `config` asks for, in the order [`bind_all`] binds them.
+fn configured(config: &Config) -> Vec<(std::net::SocketAddr, ListenerKind)> {
+    [
+        (&config.listen, ListenerKind::Plain),
+        (&config.proxy_listen, ListenerKind::Proxy),
+        (&config.tls_listen, ListenerKind::Tls),
+        (&config.proxy_tls_listen, ListenerKind::ProxyTls),
+    ]
+    .into_iter()
+    .flat_map(|(addrs, kind)| addrs.iter().map(move |a| (*a, kind)))
+    .collect()
+}
+
+/// Whether a listener bound at `actual` serves `wanted` (port 0: whichever it got).
+pub(super) fn serves(wanted: std::net::SocketAddr, actual: std::net::SocketAddr) -> bool {
+    wanted.ip() == actual.ip() && (wanted.port() == 0 || wanted.port() == actual.port())
+}
+
+/// A live upgrade: the listeners handed over (one worker's) must be the ones `config`
+/// asks for, kinds and addresses; a change of listeners needs a restart, not an upgrade.
+pub(super) fn check_inherited(config: &Config, inherited: &[Listener]) -> Result<(), String> {
+    let mut got: Vec<(std::net::SocketAddr, ListenerKind)> = inherited
+        .iter()
+        .filter_map(|(l, k)| l.local_addr().ok().map(|a| (a, *k)))
+        .collect();
+    let wanted = configured(config);
+    for (addr, kind) in &wanted {
+        match got.iter().position(|(a, k)| k == kind && serves(*addr, *a)) {
+            Some(i) => {
+                got.swap_remove(i);
+            }
+            None => {
+                return Err(format!(
+                    "the configuration asks for a {} listener on {addr}, which the running server does not have; \
+                     changing listeners needs a restart",
+                    kind.name()
+                ))
+            }
+        }
+    }
+    match got.first() {
+        None => Ok(()),
+        Some((a, k)) => Err(format!(
+            "the running server has a {} listener on {a} that the configuration no longer asks for; \
+             changing listeners needs a restart",
+            k.name()
+        )),
+    }
 }
 
 /// Puts `filter` on a listener (atomically replacing the one before), or takes it off.

@@ -90,6 +90,8 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let (listeners, bound) = match inherited.as_mut() {
         Some(i) => {
             let listeners = std::mem::take(&mut i.listeners);
+            listeners::check_inherited(&config, listeners.first().map_or(&[], Vec::as_slice))
+                .map_err(StartError::Upgrade)?;
             let bound = listeners
                 .first()
                 .into_iter()
@@ -107,8 +109,16 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let mut http = None;
     let mut http_later = None;
     match inherited.as_mut() {
-        None => http = Some(serve_http(&shared, handle, admin_token, None, None)?),
-        Some(i) => http_later = Some((handle, admin_token, i.admin.take(), i.metrics.take())),
+        None => {
+            let l = http_listeners(&shared.config, None, None)?;
+            http = Some(serve_http(&shared, handle, admin_token, l)?);
+        }
+        // Bound (where the addresses changed) before the commit: a failure still leaves
+        // every connection with the running server.
+        Some(i) => {
+            let l = http_listeners(&shared.config, i.admin.take(), i.metrics.take())?;
+            http_later = Some((handle, admin_token, l));
+        }
     }
     // A live upgrade's connections are clients', not the server's own descriptors.
     let mut handed_over = 0;
@@ -141,9 +151,7 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     let threads = start_workers(&shared, listeners)?;
     let (admin_addr, metrics_addr) = match (http, http_later) {
         (Some(addrs), _) => addrs,
-        (None, Some((handle, token, admin, metrics))) => {
-            serve_http(&shared, handle, token, admin, metrics)?
-        }
+        (None, Some((handle, token, l))) => serve_http(&shared, handle, token, l)?,
         (None, None) => unreachable!("HTTP is served now or after the workers start"),
     };
     if let Some(fleet) = &shared.fleet {
@@ -181,38 +189,47 @@ pub fn run(mut config: Config, registry: Registry) -> Result<(), StartError> {
     supervise(&shared, signals, threads)
 }
 
-/// Serves the admin API (with `--admin-listen`) and the metrics on their listeners: bound
-/// here, or `admin` and `metrics` as a live upgrade handed them over. Their addresses.
+/// The admin API's (with `--admin-listen`) and the metrics' listeners: `admin` and
+/// `metrics` as a live upgrade handed them over where the configuration still names their
+/// addresses, else bound here.
+fn http_listeners(
+    config: &Config,
+    admin: Option<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
+) -> Result<(Option<std::net::TcpListener>, std::net::TcpListener), StartError> {
+    let bind = |inherited: Option<std::net::TcpListener>, addr: SocketAddr| match inherited {
+        Some(l) if l.local_addr().is_ok_and(|a| listeners::serves(addr, a)) => Ok(l),
+        _ => std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source }),
+    };
+    let admin = match config.admin_listen {
+        Some(addr) => Some(bind(admin, addr)?),
+        None => None,
+    };
+    Ok((admin, bind(metrics, config.metrics_listen)?))
+}
+
+/// Serves the admin API and the metrics on their listeners; their addresses.
 fn serve_http(
     shared: &Arc<Shared>,
     handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     admin_token: Option<String>,
-    admin: Option<std::net::TcpListener>,
-    metrics: Option<std::net::TcpListener>,
+    (admin, metrics): (Option<std::net::TcpListener>, std::net::TcpListener),
 ) -> Result<(Option<SocketAddr>, SocketAddr), StartError> {
-    let bind = |inherited: Option<std::net::TcpListener>, addr: SocketAddr| match inherited {
-        Some(l) => Ok(l),
-        None => {
-            std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
-        }
-    };
     // Kept for a later live upgrade.
     let keep = |l: &std::net::TcpListener| l.try_clone().ok().map(std::os::fd::OwnedFd::from);
-    let admin_addr = match shared.config.admin_listen {
-        Some(addr) => {
-            let l = bind(admin, addr)?;
+    let admin_addr = match (admin, shared.config.admin_listen) {
+        (Some(l), Some(addr)) => {
             shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[1] = keep(&l);
             Some(
                 crate::admin::spawn(l, admin_token, admin_context(shared))
                     .map_err(|source| StartError::Bind { addr, source })?,
             )
         }
-        None => None,
+        _ => None,
     };
     let addr = shared.config.metrics_listen;
-    let l = bind(metrics, addr)?;
-    shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[0] = keep(&l);
-    let metrics_addr = crate::http::spawn(l, handle, shared.health.clone())
+    shared.http_fds.lock().unwrap_or_else(|e| e.into_inner())[0] = keep(&metrics);
+    let metrics_addr = crate::http::spawn(metrics, handle, shared.health.clone())
         .map_err(|source| StartError::Bind { addr, source })?;
     Ok((admin_addr, metrics_addr))
 }

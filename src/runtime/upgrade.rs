@@ -442,12 +442,19 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
             })
         }
         Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            // Taken back at once: the new process serves nothing before `released`.
             crate::metrics::upgrade_connections("taken_back", total);
             for (w, conns) in handed.into_iter().enumerate() {
                 shared.inboxes.post(w, Command::TakeBack { conns });
             }
+            // A new process that gave up says why as it exits: a moment for that, then
+            // it goes.
+            let grace = Instant::now() + Duration::from_secs(2);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
             Err(other(format!("{e}; {total} connections taken back")))
         }
     }

@@ -295,6 +295,10 @@ impl Server {
                 .logs
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            // `IXN_TEST_SHOW_LOGS=1`: the lines read past, for a test being debugged.
+            if std::env::var_os("IXN_TEST_SHOW_LOGS").is_some() {
+                eprintln!("server: {line}");
+            }
             if line.contains(needle) {
                 return line;
             }
