@@ -238,10 +238,22 @@ pub(super) fn start(shared: Arc<Shared>, done: Option<UpgradeDone>) {
 
 /// The old process's side.
 fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
-    let path = std::env::temp_dir().join(format!("ixn-upgrade-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    // In a directory of its own that only this user can enter: nobody else can connect in
+    // the new process's place (and the peer's user is checked too).
+    let dir = std::env::temp_dir().join(format!(
+        "ixn-upgrade-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let path = dir.join("upgrade.sock");
     let listener = UnixListener::bind(&path)?;
-    let _cleanup = RemoveOnDrop(path.clone());
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let mut skip = false;
     for a in std::env::args_os().skip(1) {
@@ -259,19 +271,22 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
         args.push(a);
     }
     let exe = executable();
-    let mut child = std::process::Command::new(&exe)
-        .args(&args)
-        .arg("--upgrade-from")
-        .arg(&path)
-        .spawn()
-        .map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?;
+    let mut child = NewProcess(Some(
+        std::process::Command::new(&exe)
+            .args(&args)
+            .arg("--upgrade-from")
+            .arg(&path)
+            .spawn()
+            .map_err(|e| other(format!("cannot start {}: {e}", exe.display())))?,
+    ));
     tracing::info!(pid = child.id(), binary = %exe.display(), "upgrade: started the new binary, pid {}", child.id());
     // The new process's connection, unless it exits first.
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + STEP;
     let stream = loop {
         match listener.accept() {
-            Ok((s, _)) => break s,
+            Ok((s, _)) if same_user(&s) => break s,
+            Ok(_) => tracing::warn!("upgrade: a connection from another user was refused"),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -281,7 +296,6 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
             )));
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             return Err(other("the new binary did not connect in time"));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -299,7 +313,6 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
         } => {
             if let Some(why) = refusal((wire, h, w), workers) {
                 let _ = send(&stream, &Msg::Refuse { why: why.clone() }, &[]);
-                let _ = child.wait();
                 return Err(other(why));
             }
             tracing::info!(
@@ -434,11 +447,13 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
             for w in 0..workers {
                 shared.inboxes.post(w, Command::Upgraded);
             }
+            let pid = child.id();
+            child.taken_over();
             Ok(Upgrade {
                 duration_ms: t0.elapsed().as_millis() as u64,
                 handed: total,
                 kept,
-                pid: child.id(),
+                pid,
             })
         }
         Err(e) => {
@@ -447,14 +462,7 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
             for (w, conns) in handed.into_iter().enumerate() {
                 shared.inboxes.post(w, Command::TakeBack { conns });
             }
-            // A new process that gave up says why as it exits: a moment for that, then
-            // it goes.
-            let grace = Instant::now() + Duration::from_secs(2);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < grace {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            // `child` goes when this returns (see `NewProcess`).
             Err(other(format!("{e}; {total} connections taken back")))
         }
     }
@@ -478,12 +486,72 @@ fn refusal((wire, h, workers): (u32, u32, usize), ours: usize) -> Option<String>
     }
 }
 
+/// The upgrade's directory, removed with its socket when the upgrade ends either way.
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The new process until its commit. On any failure (this value dropped) it gets a moment
+/// to say why as it exits, then it is killed and reaped; once it has taken over it is let
+/// go ([`NewProcess::taken_over`]).
+struct NewProcess(Option<std::process::Child>);
+
+impl NewProcess {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0
+            .as_mut()
+            .map_or(Ok(None), std::process::Child::try_wait)
+    }
+
+    /// It serves now: left running (it is the server from here on).
+    fn taken_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NewProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        let grace = Instant::now() + Duration::from_secs(2);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Whether the peer of `s` runs as this process's user.
+fn same_user(s: &UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one `ucred` into the buffer we pass, of the length given;
+    // the descriptor is `s`'s, open for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no preconditions.
+    r == 0 && cred.uid == unsafe { libc::geteuid() }
 }
 
 /// What the new process takes over.
