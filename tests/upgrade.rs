@@ -509,6 +509,13 @@ each_engine! {
                 t
             })
             .collect();
+        // A plain client holds a name under `reject`; a TLS client (kept by the old
+        // process) asks for it while the handover runs: refused or closed, never granted.
+        let mut held = s.connect();
+        held.send(&rrc(1, "Held", 2, None));
+        assert!(matches!(held.answer(), Some(Ans::Ack { rid: 1, .. })));
+        let mut late = tls_open(tls, &config);
+        late.conn.complete_io(&mut late.sock).unwrap();
         begin_mid(&mut all);
         let t0 = Instant::now();
         s.signal("USR2");
@@ -516,8 +523,14 @@ each_engine! {
             &s.wait_log_within("started the new binary", Duration::from_secs(10)),
             "pid ",
         ));
+        s.wait_log_within("handing over", Duration::from_secs(10));
+        // After the workers' next tick (20 ms), which detaches the connections at rest.
+        std::thread::sleep(Duration::from_millis(30));
+        late.write_all(&rrc(1, "Held", 2, None)).unwrap();
         let done = s.wait_log_within("connections handed to pid", Duration::from_secs(60));
-        assert_eq!(number_after(&done, "kept="), 20, "{done}");
+        assert_eq!(number_after(&done, "kept="), 21, "{done}");
+        let answer = read_answer(&mut late);
+        assert!(matches!(answer, None | Some(Ans::Err { code: 14, .. })), "{answer:?}");
         // Kernel TLS is not used (docs/OPERATIONS.md 7e): each TLS client is told the server
         // is going (EventError 11, as a drain does), then closed, and registers again with
         // the new process.
@@ -533,6 +546,8 @@ each_engine! {
         assert_eq!(wait_exit(&mut s, Duration::from_secs(10)).code(), Some(0));
         end_mid(&mut all);
         ping_all(&mut all, 1000);
+        held.send(&keep_alive(2));
+        assert_eq!(held.answer(), Some(ack(2, None)));
         eprintln!(
             "TLS over an upgrade: {} clients drained and registered again with the new process within {} ms of SIGUSR2",
             back.len(),
@@ -609,6 +624,9 @@ each_engine! {
         let dir = test_dir("upgrade-sigkill");
         let s = server(&dir, &[]);
         let mut all = register_all(&s, 6000);
+        let mut held = s.connect();
+        held.send(&rrc(1, "Held", 2, None));
+        assert!(matches!(held.answer(), Some(Ans::Ack { rid: 1, .. })));
         begin_mid(&mut all);
         s.signal("USR2");
         let pid = number_after(
@@ -625,7 +643,17 @@ each_engine! {
         }
         drop(NewProcess(pid));
         let failed = s.wait_log_within("upgrade failed", Duration::from_secs(60));
-        assert!(failed.contains("6000 connections taken back"), "{failed}");
+        assert!(failed.contains("6001 connections taken back"), "{failed}");
+        // The name came back with its holder: still refused to another, free once it goes.
+        let mut other = s.connect();
+        other.send(&rrc(1, "Held", 2, None));
+        assert_eq!(other.answer(), Some(err(1, 14)));
+        held.send(&unreg(2, None));
+        assert_eq!(held.answer(), Some(ack(2, None)));
+        let mut next = s.connect();
+        next.send(&rrc(1, "Held", 2, None));
+        assert!(matches!(next.answer(), Some(Ans::Ack { rid: 1, .. })));
+        drop((other, held, next));
         still_serving(&s, &mut all);
     }
 

@@ -6,8 +6,10 @@
 //! reading every connection, and at each tick detaches those at rest: reading frames, no
 //! answer unsent or being sent, plain TCP, no verdict awaited, and nothing in flight on the
 //! socket (on io_uring the receive's cancellation must have completed). A detached
-//! connection leaves the slab without a close: its names, ids and admission count are
-//! given back here and taken again by the new process. Connections not at rest by the
+//! connection leaves the slab without a close: its ids and admission count are given back
+//! here and taken again by the new process; its names stay held here under its old key
+//! until the upgrade ends (a kept TLS connection registering meanwhile still meets them),
+//! and are let go before a take-back adopts it again. Connections not at rest by the
 //! deadline, TLS ones and closing ones stay, are read again, and are drained as a lame
 //! duck once the new process has adopted the rest.
 //!
@@ -18,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ixn_proto::connection::Connection;
+use ixn_proto::names::{Holder, Names};
 
 use super::{key, Backend, Core, SlotKey};
 use crate::control::{Handed, LastPart, Part};
@@ -139,10 +142,24 @@ impl<B: Backend> Core<B> {
         if let Some(k) = s.write_timer.take() {
             self.wheel.cancel(k);
         }
-        // What this process counted goes; the new process counts it again.
+        // What this process counted goes; the new process counts it again. Its names stay
+        // held here under its old key until the upgrade ends: a kept connection (TLS)
+        // registering meanwhile still meets them. Released if it is taken back (before
+        // its adoption claims them again); otherwise they go with this process.
         self.shared.release(&s.conn);
-        let names = self.shared.claims(key(self.index, i, s.generation));
-        s.conn.release(&mut self.ids, Some(names));
+        let old = key(self.index, i, s.generation);
+        if h.session.claimed {
+            if let Some(name) = &h.session.name {
+                self.handed_names
+                    .push((old, name.clone(), h.session.own_id));
+            }
+        }
+        for (id, name) in &h.session.logical {
+            if let Some(name) = name {
+                self.handed_names.push((old, name.clone(), *id));
+            }
+        }
+        s.conn.release(&mut self.ids, None);
         if s.counted {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -204,6 +221,9 @@ impl<B: Backend> Core<B> {
     pub(super) fn take_back(&mut self, b: &mut B, conns: Vec<Handed>) {
         self.handover = None;
         self.upgrading = false;
+        for (conn, name, id) in std::mem::take(&mut self.handed_names) {
+            self.shared.names.release(&name, Holder { conn, id });
+        }
         // Counted as `taken_back` by the upgrade's thread.
         self.adopt(b, conns);
         self.read_again(b);
