@@ -683,4 +683,34 @@ each_engine! {
         assert!(failed.contains("taken back"), "{failed}");
         still_serving(&s, &mut all);
     }
+
+    fn a_new_binary_of_another_version_is_refused_cleanly() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("upgrade-version");
+        // A "new binary" that speaks a later upgrade wire: it says hello and reports the
+        // answer it gets.
+        let fake = dir.join("newer.py");
+        std::fs::write(
+            &fake,
+            "#!/usr/bin/env python3\n\
+             import json, os, socket, struct, sys\n\
+             path = sys.argv[sys.argv.index('--upgrade-from') + 1]\n\
+             s = socket.socket(socket.AF_UNIX); s.connect(path)\n\
+             body = json.dumps({'type': 'hello', 'wire': 99, 'handoff': 1, 'workers': 2, 'pid': os.getpid()}).encode()\n\
+             s.sendall(struct.pack('>II', len(body), 0) + body)\n\
+             head = s.recv(8, socket.MSG_WAITALL); n = struct.unpack('>II', head)[0]\n\
+             print('newer binary was told: ' + s.recv(n, socket.MSG_WAITALL).decode(), file=sys.stderr)\n",
+        )
+        .unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+        let s = server(&dir, &[("IXN_UPGRADE_BINARY", fake.to_str().unwrap())]);
+        let mut all = register_all(&s, 200);
+        begin_mid(&mut all);
+        s.signal("USR2");
+        let told = s.wait_log_within("newer binary was told", Duration::from_secs(20));
+        assert!(told.contains("\"refuse\"") && told.contains("wire 99"), "{told}");
+        let failed = s.wait_log_within("upgrade failed", Duration::from_secs(20));
+        assert!(failed.contains("wire 99"), "{failed}");
+        still_serving(&s, &mut all);
+    }
 }
