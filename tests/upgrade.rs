@@ -295,6 +295,15 @@ fn end_mid(all: &mut [Registered]) {
     }
 }
 
+/// Writes `text` to `dir/name`, executable (a stand-in for the new binary).
+fn executable(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// After a failed upgrade: every client is answered, and the server still accepts.
 fn still_serving(s: &Server, all: &mut [Registered]) {
     end_mid(all);
@@ -468,16 +477,14 @@ each_engine! {
         let dir = test_dir("upgrade-killed");
         // The real binary with too few descriptors for what is handed: it dies in the
         // middle of the handover, after its first batches.
-        let wrapper = dir.join("killed.sh");
-        std::fs::write(
-            &wrapper,
-            format!(
+        let wrapper = executable(
+            &dir,
+            "killed.sh",
+            &format!(
                 "#!/bin/sh\nexec prlimit --nofile=500 \"{}\" \"$@\"\n",
                 env!("CARGO_BIN_EXE_ixn-server")
             ),
-        )
-        .unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+        );
         let s = server(&dir, &[("IXN_UPGRADE_BINARY", wrapper.to_str().unwrap())]);
         let mut all = register_all(&s, 2000);
         begin_mid(&mut all);
@@ -689,9 +696,9 @@ each_engine! {
         let dir = test_dir("upgrade-version");
         // A "new binary" that speaks a later upgrade wire: it says hello and reports the
         // answer it gets.
-        let fake = dir.join("newer.py");
-        std::fs::write(
-            &fake,
+        let fake = executable(
+            &dir,
+            "newer.py",
             "#!/usr/bin/env python3\n\
              import json, os, socket, struct, sys\n\
              path = sys.argv[sys.argv.index('--upgrade-from') + 1]\n\
@@ -700,9 +707,7 @@ each_engine! {
              s.sendall(struct.pack('>II', len(body), 0) + body)\n\
              head = s.recv(8, socket.MSG_WAITALL); n = struct.unpack('>II', head)[0]\n\
              print('newer binary was told: ' + s.recv(n, socket.MSG_WAITALL).decode(), file=sys.stderr)\n",
-        )
-        .unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+        );
         let s = server(&dir, &[("IXN_UPGRADE_BINARY", fake.to_str().unwrap())]);
         let mut all = register_all(&s, 200);
         begin_mid(&mut all);
