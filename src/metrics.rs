@@ -80,6 +80,37 @@ pub const REGISTRY_LOADED: &str = "ixn_registry_loaded_timestamp_seconds";
 /// 7e): `handed` by this process to a new one, `adopted` from an old one, `kept` by this
 /// process to drain (TLS, not at rest in time), `taken_back` after a failed upgrade.
 pub const UPGRADE_CONNECTIONS: &str = "ixn_upgrade_connections_total";
+/// `ixn_upgrades_total{result}`: live upgrades, by how they ended: `done` (counted by the
+/// new process at its commit), `failed` (started, and every connection kept by this
+/// process), `refused` (could not start: one under way, draining, a fleet).
+pub const UPGRADES: &str = "ixn_upgrades_total";
+
+ixn_proto::label_enum! {
+    /// What became of connections in a live upgrade: the label of
+    /// `ixn_upgrade_connections_total{result}`.
+    pub enum UpgradeConns {
+        /// Handed by this process to a new one.
+        Handed => "handed",
+        /// Adopted from an old process.
+        Adopted => "adopted",
+        /// Kept by the old process to drain (TLS, not at rest in time); reported by the new.
+        Kept => "kept",
+        /// Handed, then taken back when the upgrade failed.
+        TakenBack => "taken_back",
+    }
+}
+
+ixn_proto::label_enum! {
+    /// How a live upgrade ended: the label of `ixn_upgrades_total{result}`.
+    pub enum UpgradeEnd {
+        /// Committed (counted by the new process).
+        Done => "done",
+        /// Started and failed; the old process kept every connection.
+        Failed => "failed",
+        /// Could not start now.
+        Refused => "refused",
+    }
+}
 /// `ixn_upgrade_duration_seconds`: the last live upgrade's handover, from the signal to the
 /// commit (the old process lets go); reported by both processes, so the new one, which
 /// stays, has it.
@@ -187,6 +218,10 @@ pub fn describe() {
         UPGRADE_CONNECTIONS,
         "Connections in live upgrades, by result (handed, adopted, kept, taken_back)."
     );
+    describe_counter!(
+        UPGRADES,
+        "Live upgrades, by how they ended (done, failed, refused)."
+    );
     describe_gauge!(
         UPGRADE_DURATION,
         Unit::Seconds,
@@ -229,16 +264,25 @@ pub fn describe() {
     for a in crate::control::Action::ALL {
         let _ = counter!(ADMIN_REQUESTS, "action" => a.name());
     }
+    // At zero from the start, so that an alert on a failed upgrade sees its first one.
+    for e in UpgradeEnd::ALL {
+        let _ = counter!(UPGRADES, "result" => e.name());
+    }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let _ = counter!(REGISTRY_RELOADS, "result" => "ok");
     let _ = counter!(REGISTRY_RELOADS, "result" => "error");
 }
 
 /// Counts `n` connections of a live upgrade under `result` (rare: no batching).
-pub fn upgrade_connections(result: &'static str, n: usize) {
+pub fn upgrade_connections(result: UpgradeConns, n: usize) {
     if n > 0 {
-        counter!(UPGRADE_CONNECTIONS, "result" => result).increment(n as u64);
+        counter!(UPGRADE_CONNECTIONS, "result" => result.name()).increment(n as u64);
     }
+}
+
+/// A live upgrade ended so.
+pub fn upgrade_ended(end: UpgradeEnd) {
+    counter!(UPGRADES, "result" => end.name()).increment(1);
 }
 
 /// The registry in force was read now.
@@ -452,11 +496,11 @@ impl WorkerMetrics {
     }
     /// Connections this worker handed to a new process.
     pub fn handed_over(&self, n: usize) {
-        upgrade_connections("handed", n);
+        upgrade_connections(UpgradeConns::Handed, n);
     }
     /// Connections this worker adopted from an old process.
     pub fn adopted(&self, n: usize) {
-        upgrade_connections("adopted", n);
+        upgrade_connections(UpgradeConns::Adopted, n);
     }
     /// SYNs of banned addresses the listeners' filters dropped.
     pub fn syns_dropped(&self, n: u64) {

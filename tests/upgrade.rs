@@ -438,6 +438,7 @@ each_engine! {
             f64::from(handed)
         );
         assert!(s.metric("ixn_upgrade_duration_seconds") > 0.0, "the new process reports the handover");
+        assert_eq!(s.metric("ixn_upgrades_total{result=\"done\"}"), 1.0);
         let peers = listed_peers(&s);
         for i in (0..n).filter(|&i| Kind::of(i) == Kind::Proxied) {
             assert!(peers.contains(&proxied_peer(i).to_string()), "client {i}'s address");
@@ -465,10 +466,15 @@ each_engine! {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = test_dir("upgrade-false");
         let s = server(&dir, &[("IXN_UPGRADE_BINARY", "/bin/false")]);
+        let failed = "ixn_upgrades_total{result=\"failed\"}";
+        assert_eq!(s.metric(failed), 0.0);
+        assert!(s.http_get("/metrics").1.contains(failed), "at zero from the start");
         let mut all = register_all(&s, 300);
         begin_mid(&mut all);
         s.signal("USR2");
         s.wait_log_within("upgrade failed", Duration::from_secs(20));
+        // What the IxnUpgradeFailed alert watches.
+        assert_eq!(s.metric(failed), 1.0);
         still_serving(&s, &mut all);
     }
 

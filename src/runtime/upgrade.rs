@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::shared::Shared;
 use crate::admin_api::Upgrade;
 use crate::control::{Command, Handed, UpgradeDone, UpgradeRefused};
+use crate::metrics::{upgrade_ended, UpgradeConns, UpgradeEnd};
 
 /// The wire's version.
 const WIRE: u32 = 1;
@@ -216,6 +217,7 @@ pub(super) fn start(shared: Arc<Shared>, done: Option<UpgradeDone>) {
     };
     if let Some(why) = why {
         tracing::warn!("upgrade: {why}");
+        upgrade_ended(UpgradeEnd::Refused);
         if let Some(done) = done {
             let _ = done.send(Err(UpgradeRefused::Now(why.to_string())));
         }
@@ -227,6 +229,7 @@ pub(super) fn start(shared: Arc<Shared>, done: Option<UpgradeDone>) {
             let t0 = Instant::now();
             let ended = hand_over(&shared, t0).map_err(|e| {
                 tracing::error!("upgrade failed, this process keeps serving: {e}");
+                upgrade_ended(UpgradeEnd::Failed);
                 shared.upgrading.store(false, Ordering::Release);
                 UpgradeRefused::Failed(e.to_string())
             });
@@ -432,7 +435,7 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
             }
             shared.health.handed_over.store(true, Ordering::Release);
             crate::http::stop_accepting();
-            crate::metrics::upgrade_connections("kept", kept);
+            crate::metrics::upgrade_connections(UpgradeConns::Kept, kept);
             metrics::gauge!(crate::metrics::UPGRADE_DURATION).set(t0.elapsed().as_secs_f64());
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(child.id())]);
             tracing::info!(
@@ -458,7 +461,7 @@ fn hand_over(shared: &Arc<Shared>, t0: Instant) -> std::io::Result<Upgrade> {
         }
         Err(e) => {
             // Taken back at once: the new process serves nothing before `released`.
-            crate::metrics::upgrade_connections("taken_back", total);
+            crate::metrics::upgrade_connections(UpgradeConns::TakenBack, total);
             for (w, conns) in handed.into_iter().enumerate() {
                 shared.inboxes.post(w, Command::TakeBack { conns });
             }
@@ -574,7 +577,8 @@ impl Inherited {
         match self.reader.recv() {
             Ok((Msg::Released { duration_ms, kept }, _)) => {
                 // The old process's figures end with it: this process reports them.
-                crate::metrics::upgrade_connections("kept", kept);
+                crate::metrics::upgrade_connections(UpgradeConns::Kept, kept);
+                upgrade_ended(UpgradeEnd::Done);
                 metrics::gauge!(crate::metrics::UPGRADE_DURATION).set(duration_ms as f64 / 1000.0);
                 Ok(())
             }
