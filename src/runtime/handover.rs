@@ -20,7 +20,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ixn_proto::connection::Connection;
-use ixn_proto::names::{Holder, Names};
+use std::os::fd::AsRawFd;
+
+use ixn_proto::names::{ConnKey, Holder, Names};
 
 use super::{key, Backend, Core, SlotKey};
 use crate::control::{Handed, LastPart, Part};
@@ -148,22 +150,27 @@ impl<B: Backend> Core<B> {
         // its adoption claims them again); otherwise they go with this process.
         self.shared.release(&s.conn);
         let old = key(self.index, i, s.generation);
-        if h.session.claimed {
-            if let Some(name) = &h.session.name {
-                self.handed_names
-                    .push((old, name.clone(), h.session.own_id));
-            }
-        }
-        for (id, name) in &h.session.logical {
-            if let Some(name) = name {
-                self.handed_names.push((old, name.clone(), *id));
-            }
-        }
+        let own = h.session.claimed.then_some(()).and(h.session.name.as_ref());
+        let names: Vec<(ConnKey, String, i32)> = own
+            .map(|n| (old, n.clone(), h.session.own_id))
+            .into_iter()
+            .chain(
+                h.session
+                    .logical
+                    .iter()
+                    .filter_map(|(id, n)| Some((old, n.clone()?, *id))),
+            )
+            .collect();
         s.conn.release(&mut self.ids, None);
         if s.counted {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
         }
-        Detach::Done(Box::new((h, b.detach(s.io))))
+        let fd = b.detach(s.io);
+        if !names.is_empty() {
+            // Keyed by the socket, which this process holds until the upgrade ends.
+            self.handed_names.insert(fd.as_raw_fd(), names);
+        }
+        Detach::Done(Box::new((h, fd)))
     }
 
     /// In a live upgrade's new process, before the worker accepts: adopts the connections
@@ -191,6 +198,16 @@ impl<B: Backend> Core<B> {
         let registry = self.shared.registry.load_full();
         let mut adopted = 0;
         for (h, fd) in conns {
+            // Taken back: its names, held here under its old key, are let go just before
+            // it claims them again.
+            for (conn, name, id) in self
+                .handed_names
+                .remove(&fd.as_raw_fd())
+                .into_iter()
+                .flatten()
+            {
+                self.shared.names.release(&name, Holder { conn, id });
+            }
             let generation = self.next_generation();
             let i = self.slots.vacant_key();
             let claims = self.shared.claims(key(self.index, i, generation));
@@ -221,11 +238,15 @@ impl<B: Backend> Core<B> {
     pub(super) fn take_back(&mut self, b: &mut B, conns: Vec<Handed>) {
         self.handover = None;
         self.upgrading = false;
-        for (conn, name, id) in std::mem::take(&mut self.handed_names) {
-            self.shared.names.release(&name, Holder { conn, id });
-        }
         // Counted as `taken_back` by the upgrade's thread.
         self.adopt(b, conns);
+        // Any not taken back (none, in practice): their names go.
+        for (conn, name, id) in std::mem::take(&mut self.handed_names)
+            .into_values()
+            .flatten()
+        {
+            self.shared.names.release(&name, Holder { conn, id });
+        }
         self.read_again(b);
         b.resume_accepting();
     }

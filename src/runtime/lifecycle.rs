@@ -207,8 +207,8 @@ pub(super) struct Core<B: Backend> {
     /// A live upgrade's handover in progress.
     handover: Option<handover::HandOver>,
     /// Names of connections handed over, still held here under their old keys until the
-    /// upgrade ends (see `handover.rs`).
-    handed_names: Vec<(ConnKey, String, i32)>,
+    /// upgrade ends, by the socket handed (see `handover.rs`).
+    handed_names: std::collections::HashMap<std::os::fd::RawFd, Vec<(ConnKey, String, i32)>>,
     /// In a live upgrade: the listeners are not read again (until it fails).
     upgrading: bool,
 }
@@ -242,7 +242,7 @@ impl<B: Backend> Core<B> {
             pacing: None,
             ban_filters: Default::default(),
             handover: None,
-            handed_names: Vec::new(),
+            handed_names: Default::default(),
             upgrading: false,
             shared,
         }
