@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ixn::protocol::{KeepAlive, Message};
+use ixn::protocol::Message;
 
 const TICK_MS: u64 = 20;
 /// Scheduling slack on a loaded 2-core machine.
@@ -50,10 +50,6 @@ fn server(dir: &std::path::Path, extra: &[&str]) -> Server {
 
 fn register(rid: i32, name: &str, ty: i32, keep_alive: Option<u16>) -> Vec<u8> {
     rrc_keep_alive(rid, name, ty, None, keep_alive)
-}
-
-fn keep_alive(rid: i32) -> Vec<u8> {
-    frame(Message::KeepAlive(KeepAlive { reference_id: rid }))
 }
 
 /// The KeepAlive attribute of an EventAck.

@@ -25,28 +25,6 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
-/// Reads exactly `n` bytes, or what came before the stream ended.
-fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0; n];
-    let mut got = 0;
-    while got < n {
-        match s.read(&mut buf[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => got += k,
-        }
-    }
-    buf.truncate(got);
-    buf
-}
-
-/// Reads one whole answer frame (None if the stream ended first).
-fn read_answer(s: &mut TcpStream) -> Option<Ans> {
-    let head = read_n(s, 4);
-    let len = u32::from_be_bytes(head.as_slice().try_into().ok()?) as usize;
-    let body = read_n(s, len);
-    (body.len() == len).then(|| decode_answer(&[head, body].concat()))
-}
-
 /// Runs 1,500 rounds of "a misbehaving client, then an innocent one that registers and
 /// is answered twice" on each of two threads at once, against a one-worker server on
 /// `engine`; asserts that no innocent client lost an answer and that the server ends

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ixn::protocol::{KeepAlive, Message};
 
 /// The clients of the full test, unless `IXN_UPGRADE_CLIENTS` says otherwise.
 const CLIENTS: usize = 10_000;
@@ -70,19 +69,6 @@ fn server_with(dir: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> S
     ];
     args.extend_from_slice(extra);
     Server::start_with_env(&args, env)
-}
-
-/// One answer from any stream (a TLS one).
-fn read_answer(s: &mut impl Read) -> Option<Ans> {
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(decode_answer(&[&head[..], &body].concat()))
-}
-
-fn keep_alive(rid: i32) -> Vec<u8> {
-    frame(Message::KeepAlive(KeepAlive { reference_id: rid }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

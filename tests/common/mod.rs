@@ -438,6 +438,23 @@ pub fn rrc_keep_alive(
     }))
 }
 
+/// RequestKeepAlive (docs/PROTOCOL.md §12).
+pub fn keep_alive(rid: i32) -> Vec<u8> {
+    frame(Message::KeepAlive(ixn::protocol::KeepAlive {
+        reference_id: rid,
+    }))
+}
+
+/// Reads one whole answer frame from any stream (a TLS one, a raw socket); `None` if the
+/// stream ended or failed first.
+pub fn read_answer(s: &mut impl Read) -> Option<Ans> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(decode_answer(&[&head[..], &body].concat()))
+}
+
 pub fn unreg(rid: i32, id: Option<i32>) -> Vec<u8> {
     frame(Message::UnregisterClient(UnregisterClient {
         reference_id: rid,
@@ -519,7 +536,6 @@ impl Drop for Haproxy {
     }
 }
 
-/// The `ixn-loadgen` binary beside the server's, built first if missing.
 /// A loopback port nobody listens on now (for a server started on it, killed and started
 /// again, or a process whose port must be known before it starts).
 pub fn free_port() -> u16 {
