@@ -75,8 +75,10 @@ pub fn spawn(ctx: Context) -> std::io::Result<()> {
             if let Some(core) = ctx.core {
                 core_affinity::set_for_current(core);
             }
+            let fleet = ctx.fleet.clone();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(move || fleet.wake_delivered())
                 .build()
             {
                 Ok(rt) => rt,

@@ -103,7 +103,10 @@ impl Wake {
 /// One worker's inbox of verdicts.
 #[derive(Debug, Default)]
 struct Inbox {
+    /// Verdicts wait for the worker.
     pending: AtomicBool,
+    /// ... and it has not been woken for them yet ([`Fleet::wake_delivered`]).
+    unwoken: AtomicBool,
     verdicts: Mutex<Vec<Verdict>>,
 }
 
@@ -178,8 +181,8 @@ impl Fleet {
         }
     }
 
-    /// Posts a verdict to its holder's worker and wakes it, unless it was woken already
-    /// and has not looked yet (one wake-up for every verdict that arrives meanwhile).
+    /// Posts a verdict to its holder's worker, to be woken by [`Fleet::wake_delivered`]
+    /// unless it was woken already and has not looked yet.
     pub(super) fn deliver(&self, v: Verdict) {
         let worker = v.holder.conn.worker as usize;
         let Some(inbox) = self.inboxes.get(worker) else {
@@ -191,7 +194,19 @@ impl Fleet {
             .unwrap_or_else(|e| e.into_inner())
             .push(v);
         if !inbox.pending.swap(true, Ordering::AcqRel) {
-            self.wake(worker);
+            inbox.unwoken.store(true, Ordering::Release);
+        }
+    }
+
+    /// Wakes every worker whose inbox was filled since it was last woken. The fleet thread
+    /// calls it just before it sleeps: a batch's verdicts then wake each worker once, after
+    /// the last of them, instead of the first verdict waking (and, on a shared core,
+    /// yielding the core to) a worker that would take the rest on a wake of their own.
+    pub fn wake_delivered(&self) {
+        for (worker, inbox) in self.inboxes.iter().enumerate() {
+            if inbox.unwoken.swap(false, Ordering::AcqRel) {
+                self.wake(worker);
+            }
         }
     }
 
