@@ -156,6 +156,20 @@ each_engine! {
             // b gave it back (free_on unregisters): a can take it again.
             eventually(how, Duration::from_secs(3), || free_on(&a, "Rej"));
         }
+        // Releases go by the script's hash: a fresh Redis answers the first NOSCRIPT and
+        // is taught the script by its text (one EVAL), every later one is an EVALSHA.
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        let calls = |cmd: &str| -> u64 {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+                .and_then(|v| v.split(',').next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            calls("eval") <= 2 && calls("evalsha") >= 8,
+            "releases by hash, not by text: {stats}"
+        );
         // `allow` names never touch Redis.
         let (_c1, x) = register(&a, 3, "All");
         let (_c2, y) = register(&b, 4, "All");

@@ -24,10 +24,15 @@ use super::keys::{Held, Keys, Message};
 use crate::config::FleetUnavailable;
 use crate::control::{Command, Inboxes};
 
-/// Deletes a name only if this holder still holds it (one key: a Cluster's slot).
-const RELEASE: &str = "local v = redis.call('GET', KEYS[1]) \
+/// Deletes a name only if this holder still holds it (one key: a Cluster's slot). Sent by
+/// its hash (`EVALSHA`: a release is ~40 bytes shorter than the script, and Redis does not
+/// hash the script's text again for each one); a Redis that does not know the script yet
+/// (just started, or a cluster node not asked before) answers `NOSCRIPT`, and that release
+/// goes again with the text (`EVAL`), which teaches it the script.
+const RELEASE_TEXT: &str = "local v = redis.call('GET', KEYS[1]) \
      if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
        return redis.call('DEL', KEYS[1]) end return 0";
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_TEXT));
 
 /// Replaces a name's holder only if it is still the one read before.
 pub(super) static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -65,8 +70,8 @@ impl NameOp {
         }
     }
 
-    /// The operation's one command.
-    fn command(&self, keys: &Keys) -> redis::Cmd {
+    /// The operation's one command (a release by its script's hash, or with its text).
+    fn command(&self, keys: &Keys, by_hash: bool) -> redis::Cmd {
         match self {
             NameOp::Claim { name, rec, .. } => {
                 let mut c = redis::cmd("SET");
@@ -79,9 +84,16 @@ impl NameOp {
                 c
             }
             NameOp::Release { name, holder } => {
-                let mut c = redis::cmd("EVAL");
-                c.arg(RELEASE)
-                    .arg(1)
+                let mut c = if by_hash {
+                    let mut c = redis::cmd("EVALSHA");
+                    c.arg(RELEASE.get_hash());
+                    c
+                } else {
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(RELEASE_TEXT);
+                    c
+                };
+                c.arg(1)
                     .arg(keys.name(name))
                     .arg(keys.holder_prefix(*holder));
                 c
@@ -205,23 +217,57 @@ pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
 }
 
 /// Each operation's first command: to a primary, one pipeline; to a cluster, each on its
-/// own, all at once. `None` for an operation Redis did not answer.
+/// own, all at once. `None` for an operation Redis did not answer, or answered with an
+/// error; releases it answered `NOSCRIPT` go again with the script's text.
 async fn first_commands(conn: &mut Conn, keys: &Keys, ops: &[NameOp]) -> Vec<Option<Value>> {
+    let mut answers = send(conn, keys, ops.iter(), true).await;
+    let unknown: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(&answers[i], Some(Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript)))
+        .collect();
+    if !unknown.is_empty() {
+        let again = send(conn, keys, unknown.iter().map(|&i| &ops[i]), false).await;
+        for (i, a) in unknown.into_iter().zip(again) {
+            answers[i] = a;
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.filter(|v| !matches!(v, Value::ServerError(_))))
+        .collect()
+}
+
+/// Sends `ops`' commands: to a primary as one pipeline, to a cluster each on its own.
+/// An error Redis answered stays in its place (`Value::ServerError`).
+async fn send<'a>(
+    conn: &mut Conn,
+    keys: &Keys,
+    ops: impl ExactSizeIterator<Item = &'a NameOp>,
+    by_hash: bool,
+) -> Vec<Option<Value>> {
+    let n = ops.len();
     if let Conn::Cluster(_) = conn {
-        let all = ops.iter().map(|op| {
+        let all = ops.map(|op| {
             let mut c = conn.clone();
-            let cmd = op.command(keys);
-            async move { cmd.query_async::<Value>(&mut c).await.ok() }
+            let cmd = op.command(keys, by_hash);
+            async move {
+                match cmd.query_async::<Value>(&mut c).await {
+                    Ok(v) => Some(v),
+                    Err(e) => e
+                        .into_server_errors()
+                        .and_then(|v| v.first().map(|(_, e)| Value::ServerError(e.clone()))),
+                }
+            }
         });
         return futures_util::future::join_all(all).await;
     }
     let mut p = redis::pipe();
+    p.ignore_errors();
     for op in ops {
-        p.add_command(op.command(keys));
+        p.add_command(op.command(keys, by_hash));
     }
     match p.query_async::<Vec<Value>>(conn).await {
-        Ok(v) if v.len() == ops.len() => v.into_iter().map(Some).collect(),
-        Ok(_) | Err(_) => vec![None; ops.len()],
+        Ok(v) if v.len() == n => v.into_iter().map(Some).collect(),
+        Ok(_) | Err(_) => vec![None; n],
     }
 }
 
