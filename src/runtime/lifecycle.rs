@@ -65,7 +65,7 @@ const AWAITING_INPUT_MAX: usize = 64 * 1024;
 /// registrations it carries), so under load the turns of this span share one; the first
 /// after a quiet spell goes at once (no latency added at low load). Measured in
 /// docs/BENCHMARKS.md ("Fleet"): 250 µs cost 1.37× the server CPU of a registration
-/// without a fleet, 1 ms about 1.2×, for a registration p99 1.1-1.2× either way.
+/// without a fleet, 1 ms 1.18-1.28×, for a registration p99 1.1-1.2× either way.
 const FLEET_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 /// ... or as soon as this many wait.
 const FLEET_FLUSH_BATCH: usize = 64;
