@@ -28,7 +28,7 @@ use super::calls;
 use super::conn::{connect, count, jitter, timed, Conn};
 use super::handle::{unix_ms, Fleet, Op};
 use super::keys::{Keys, Message};
-use super::names::{self, alive, displace, Finished, NameOp, Rec, SWAP};
+use super::names::{self, alive, displace, Finished, Name, NameOp, Rec, SWAP};
 use crate::control::{Command, Inboxes};
 
 /// Longest a release waits for claims to share a round trip with.
@@ -102,12 +102,12 @@ enum Done {
         lost: bool,
     },
     Conflict {
-        name: String,
+        name: Name,
         settled: bool,
     },
     /// A re-assert under `replace` found a newer holder elsewhere: ours is replaced.
     Displaced {
-        name: String,
+        name: Name,
         holder: Holder,
     },
 }
@@ -117,10 +117,10 @@ struct State {
     keys: Keys,
     conn: Option<Conn>,
     up: bool,
-    held: HashMap<String, Vec<Rec>>,
+    held: HashMap<Name, Vec<Rec>>,
     /// Names with an operation in flight, and the operations waiting behind it.
-    busy: HashMap<String, VecDeque<NameOp>>,
-    conflicts: HashSet<String>,
+    busy: HashMap<Name, VecDeque<NameOp>>,
+    conflicts: HashSet<Name>,
     kicks: HashMap<u64, tokio::sync::oneshot::Sender<Option<bool>>>,
     next_request: u64,
     done: UnboundedSender<Done>,
@@ -129,7 +129,7 @@ struct State {
     deferred: Vec<NameOp>,
     deferred_until: Option<tokio::time::Instant>,
     /// Releases Redis did not answer: tried again each second while it answers.
-    unreleased: Vec<(String, Holder)>,
+    unreleased: Vec<(Name, Holder)>,
     /// The server exits: told once every name operation is done and the lease deleted.
     leaving: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -240,10 +240,10 @@ impl State {
     /// A claim or release: ready to run if nothing runs on its name, else queued behind.
     fn admit(&mut self, op: Op, ready: &mut Vec<NameOp>) {
         let Some(op) = name_op(op) else { return };
-        match self.busy.get_mut(op.name()) {
+        match self.busy.get_mut(&**op.name()) {
             Some(q) => q.push_back(op),
             None => {
-                self.busy.insert(op.name().to_string(), VecDeque::new());
+                self.busy.insert(op.name().clone(), VecDeque::new());
                 ready.push(op);
             }
         }
@@ -330,7 +330,7 @@ impl State {
                 let (keys, timeout) = (self.keys.clone(), self.timeout());
                 let local = self
                     .held
-                    .get(&name)
+                    .get(name.as_str())
                     .and_then(|r| r.last())
                     .map(|r| r.holder);
                 tokio::spawn(async move {
@@ -453,7 +453,7 @@ impl State {
                 } else if self.held.contains_key(&name) && self.conflicts.insert(name.clone()) {
                     metrics::counter!(crate::metrics::FLEET_CONFLICTS).increment(1);
                     tracing::warn!(
-                        name,
+                        name = &*name,
                         "fleet: a name is held on two servers (reject keeps both until one closes)"
                     );
                 }
@@ -572,7 +572,7 @@ impl State {
     /// Re-asserts every name this server holds (after an outage, a lost lease or an
     /// emptied Redis).
     fn reassert(&mut self) {
-        let names: Vec<(String, Rec)> = self
+        let names: Vec<(Name, Rec)> = self
             .held
             .iter()
             .filter_map(|(n, recs)| {
@@ -597,7 +597,7 @@ impl State {
     }
 
     /// Puts `rec` back as `name`'s holder, settling a conflict as §13 says.
-    fn assert_one(&mut self, name: String, rec: Rec) {
+    fn assert_one(&mut self, name: Name, rec: Rec) {
         let Some(mut conn) = self.conn.clone() else {
             let _ = self.done.send(Done::Conflict {
                 name,
@@ -683,7 +683,7 @@ impl State {
         if self.conn.is_none() {
             self.set_up(false);
         }
-        let names: Vec<String> = self.conflicts.iter().cloned().collect();
+        let names: Vec<Name> = self.conflicts.iter().cloned().collect();
         for name in names {
             if self.busy.contains_key(&name) {
                 continue;
@@ -704,7 +704,7 @@ impl State {
             let mut ready = Vec::new();
             for (name, holder) in std::mem::take(&mut self.unreleased) {
                 let op = Op::Release {
-                    name: std::sync::Arc::new(name.into()),
+                    name: std::sync::Arc::new(Box::from(&*name)),
                     holder,
                 };
                 self.admit(op, &mut ready);
@@ -826,7 +826,7 @@ fn name_op(op: Op) -> Option<NameOp> {
             holder,
             ticket,
         } => Some(NameOp::Claim {
-            name: name.to_string(),
+            name: Name::from(&**name),
             rec: Rec {
                 holder,
                 policy,
@@ -835,7 +835,7 @@ fn name_op(op: Op) -> Option<NameOp> {
             ticket,
         }),
         Op::Release { name, holder } => Some(NameOp::Release {
-            name: name.to_string(),
+            name: Name::from(&**name),
             holder,
         }),
         _ => None,

@@ -114,6 +114,15 @@ pub(super) fn jitter(d: Duration) -> Duration {
 
 /// Counts one Redis operation.
 pub(super) fn count(op: &'static str, result: &'static str, took: Duration) {
+    count_many(op, result, took, 1);
+}
+
+/// Counts `n` Redis operations that took `took` each (a pipeline's: its handles are looked
+/// up once for the lot).
+pub(super) fn count_many(op: &'static str, result: &'static str, took: Duration, n: u64) {
+    if n == 0 {
+        return;
+    }
     // The handles are resolved once per (op, result) on this thread (the fleet thread):
     // a registry lookup per operation cost more than the operation's own bookkeeping.
     type Handles = (
@@ -130,10 +139,10 @@ pub(super) fn count(op: &'static str, result: &'static str, took: Duration) {
             .or_insert_with(|| {
                 metrics::counter!(crate::metrics::FLEET_REQUESTS, "op" => op, "result" => result)
             })
-            .increment(1);
+            .increment(n);
         histogram
             .get_or_insert_with(|| metrics::histogram!(crate::metrics::FLEET_REQUEST_DURATION))
-            .record(took.as_secs_f64());
+            .record_many(took.as_secs_f64(), n as usize);
     });
 }
 

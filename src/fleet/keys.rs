@@ -53,7 +53,18 @@ impl Keys {
 
     /// A name's holder.
     pub fn name(&self, name: &str) -> String {
-        format!("{}:name:{{{name}}}", self.fleet)
+        let mut s = String::new();
+        self.write_name(&mut s, name);
+        s
+    }
+
+    /// [`Keys::name`], written over `out`.
+    pub fn write_name(&self, out: &mut String, name: &str) {
+        out.clear();
+        out.push_str(&self.fleet);
+        out.push_str(":name:{");
+        out.push_str(name);
+        out.push('}');
     }
 
     /// The pattern of every name key (for operators' `SCAN`).
@@ -89,21 +100,33 @@ impl Keys {
     /// What identifies `holder` in a name's value: everything but the claim time, so a
     /// release can compare it (with a trailing space: no holder is a prefix of another).
     pub fn holder_prefix(&self, holder: Holder) -> String {
-        let c = holder.conn;
         let mut s = String::with_capacity(48);
+        self.write_holder_prefix(&mut s, holder);
+        s
+    }
+
+    /// [`Keys::holder_prefix`], written over `out`.
+    pub fn write_holder_prefix(&self, out: &mut String, holder: Holder) {
+        let c = holder.conn;
+        out.clear();
         let _ = write!(
-            s,
+            out,
             "{} {} {}-{}-{} {} ",
             self.instance, self.generation, c.worker, c.slot, c.generation, holder.id
         );
-        s
     }
 
     /// A name's value for `holder`, claimed at `claimed_ms` (Unix milliseconds).
     pub fn holder_value(&self, holder: Holder, claimed_ms: u64) -> String {
-        let mut s = self.holder_prefix(holder);
-        let _ = write!(s, "{claimed_ms}");
+        let mut s = String::with_capacity(64);
+        self.write_holder_value(&mut s, holder, claimed_ms);
         s
+    }
+
+    /// [`Keys::holder_value`], written over `out`.
+    pub fn write_holder_value(&self, out: &mut String, holder: Holder, claimed_ms: u64) {
+        self.write_holder_prefix(out, holder);
+        let _ = write!(out, "{claimed_ms}");
     }
 }
 

@@ -18,7 +18,7 @@ use ixn_proto::registry::OnDuplicate;
 use ixn_proto::session::Kick;
 use redis::{RedisResult, Value};
 
-use super::conn::{count, Conn};
+use super::conn::{count_many, Conn};
 use super::handle::Fleet;
 use super::keys::{Held, Keys, Message};
 use crate::config::FleetUnavailable;
@@ -42,6 +42,10 @@ pub(super) static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// A ClientName as the fleet thread keeps it: shared, so the books, the operations in
+/// flight and the ones waiting behind them hold one copy (looked up by `&str`).
+pub(super) type Name = Arc<str>;
+
 /// A name this server holds in Redis (or would, once Redis is back).
 #[derive(Debug, Clone)]
 pub(super) struct Rec {
@@ -55,50 +59,52 @@ pub(super) struct Rec {
 pub(super) enum NameOp {
     /// A registration claims it.
     Claim {
-        name: String,
+        name: Name,
         rec: Rec,
         ticket: Ticket,
     },
     /// A holder gives it back.
-    Release { name: String, holder: Holder },
+    Release { name: Name, holder: Holder },
 }
 
 impl NameOp {
-    pub(super) fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &Name {
         match self {
             NameOp::Claim { name, .. } | NameOp::Release { name, .. } => name,
         }
     }
 
     /// The operation's one command (a release by its script's hash, or with its text).
-    fn command(&self, keys: &Keys, by_hash: bool) -> redis::Cmd {
+    /// Sized once, its key and value written through one scratch string: a batch builds
+    /// one per operation, and growing each argument by argument showed in profiles.
+    fn command(&self, keys: &Keys, by_hash: bool, scratch: &mut String) -> redis::Cmd {
+        let mut c = redis::Cmd::with_capacity(6, 192);
         match self {
             NameOp::Claim { name, rec, .. } => {
-                let mut c = redis::cmd("SET");
-                c.arg(keys.name(name))
-                    .arg(keys.holder_value(rec.holder, rec.claimed_ms));
+                c.arg("SET");
+                keys.write_name(scratch, name);
+                c.arg(scratch.as_str());
+                keys.write_holder_value(scratch, rec.holder, rec.claimed_ms);
+                c.arg(scratch.as_str());
                 if rec.policy != OnDuplicate::Replace {
                     c.arg("NX");
                 }
                 c.arg("GET");
-                c
             }
             NameOp::Release { name, holder } => {
-                let mut c = if by_hash {
-                    let mut c = redis::cmd("EVALSHA");
-                    c.arg(RELEASE.get_hash());
-                    c
+                if by_hash {
+                    c.arg("EVALSHA").arg(RELEASE.get_hash());
                 } else {
-                    let mut c = redis::cmd("EVAL");
-                    c.arg(RELEASE_TEXT);
-                    c
-                };
-                c.arg(1)
-                    .arg(keys.name(name))
-                    .arg(keys.holder_prefix(*holder));
-                c
+                    c.arg("EVAL").arg(RELEASE_TEXT);
+                }
+                c.arg(1);
+                keys.write_name(scratch, name);
+                c.arg(scratch.as_str());
+                keys.write_holder_prefix(scratch, *holder);
+                c.arg(scratch.as_str());
             }
         }
+        c
     }
 }
 
@@ -107,10 +113,10 @@ impl NameOp {
 pub(super) enum Finished {
     /// A claim: whether this server now holds the name (granted, or allowed while Redis
     /// did not answer).
-    Claimed { name: String, rec: Rec, kept: bool },
+    Claimed { name: Name, rec: Rec, kept: bool },
     /// A release; `done` false if Redis did not answer it (it is tried again).
     Released {
-        name: String,
+        name: Name,
         holder: Holder,
         done: bool,
     },
@@ -137,12 +143,11 @@ pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
     let mut finished = Vec::with_capacity(ops.len());
     let mut displaced = Vec::new();
     let mut held = Vec::new();
+    // Claims and releases, answered and not: counted once per kind for the batch.
+    let mut tally = [0u64; 4];
     for (op, answer) in ops.into_iter().zip(first) {
-        let op_name = match &op {
-            NameOp::Claim { .. } => "claim",
-            NameOp::Release { .. } => "release",
-        };
-        count(op_name, if answer.is_some() { "ok" } else { failed }, took);
+        let kind = usize::from(matches!(op, NameOp::Release { .. })) * 2;
+        tally[kind + usize::from(answer.is_none())] += 1;
         match op {
             NameOp::Release { name, holder } => finished.push(Finished::Released {
                 name,
@@ -172,6 +177,10 @@ pub(super) async fn run(mut b: Batch, ops: Vec<NameOp>) -> Vec<Finished> {
                 }
             }
         }
+    }
+    for (i, n) in tally.into_iter().enumerate() {
+        let op = if i < 2 { "claim" } else { "release" };
+        count_many(op, if i % 2 == 0 { "ok" } else { failed }, took, n);
     }
     // Names held by another: the holder's lease decides (a dead one's name is taken over).
     for (name, rec, ticket, cur) in held {
@@ -246,9 +255,10 @@ async fn send<'a>(
 ) -> Vec<Option<Value>> {
     let n = ops.len();
     if let Conn::Cluster(_) = conn {
+        let mut scratch = String::new();
         let all = ops.map(|op| {
             let mut c = conn.clone();
-            let cmd = op.command(keys, by_hash);
+            let cmd = op.command(keys, by_hash, &mut scratch);
             async move {
                 match cmd.query_async::<Value>(&mut c).await {
                     Ok(v) => Some(v),
@@ -260,10 +270,11 @@ async fn send<'a>(
         });
         return futures_util::future::join_all(all).await;
     }
-    let mut p = redis::pipe();
+    let mut p = redis::Pipeline::with_capacity(n);
     p.ignore_errors();
+    let mut scratch = String::with_capacity(128);
     for op in ops {
-        p.add_command(op.command(keys, by_hash));
+        p.add_command(op.command(keys, by_hash, &mut scratch));
     }
     match p.query_async::<Vec<Value>>(conn).await {
         Ok(v) if v.len() == n => v.into_iter().map(Some).collect(),
@@ -271,7 +282,7 @@ async fn send<'a>(
     }
 }
 
-fn grant(fleet: &Fleet, finished: &mut Vec<Finished>, name: String, rec: Rec, ticket: Ticket) {
+fn grant(fleet: &Fleet, finished: &mut Vec<Finished>, name: Name, rec: Rec, ticket: Ticket) {
     fleet.deliver(Verdict {
         holder: rec.holder,
         ticket,
