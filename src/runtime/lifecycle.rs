@@ -59,13 +59,14 @@ const WHEEL_SLOTS: usize = 4096;
 /// pins at most this much (plus one receive).
 const AWAITING_INPUT_MAX: usize = 64 * 1024;
 
-/// A worker hands the fleet thread its claims and releases at most this often: each
-/// hand-over wakes that thread and becomes one pipeline to Redis (a send whose loopback or
-/// network work, and whose answer's wake-up, cost the server about as much as the
-/// registrations it carries), so under load the turns of this span share one; the first
-/// after a quiet spell goes at once (no latency added at low load). Measured in
-/// docs/BENCHMARKS.md ("Fleet"): 250 µs cost 1.37× the server CPU of a registration
-/// without a fleet, 1 ms 1.18-1.28×, for a registration p99 1.1-1.2× either way.
+/// A worker hands the fleet thread its claims and releases at most this often. Each
+/// hand-over wakes that thread and becomes one pipeline to Redis: a send whose loopback or
+/// network work, plus the wake-up its answer brings, costs about 15 µs of server CPU
+/// however many registrations it carries. Under load, the turns of this span share one
+/// hand-over; the first after a quiet spell goes at once, so no latency is added at low
+/// load. Measured in docs/BENCHMARKS.md ("Fleet"): the fleet thread spends 4.5-5.0 µs per
+/// registration at 250 µs and 3.2-3.5 µs at 1 ms. The registration p99 stays within
+/// 1.0-1.2× of a server without a fleet either way.
 const FLEET_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 /// ... or as soon as this many wait.
 const FLEET_FLUSH_BATCH: usize = 64;
