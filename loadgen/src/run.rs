@@ -767,13 +767,17 @@ async fn scenario(
                 keep_alive,
             );
             let exchange = async {
+                // The server may read the request before this task sees its send complete
+                // (on a busy loadgen thread, tens of milliseconds before): a lapse is timed
+                // from before the write, the earliest the server's clock could start.
+                let writing = Instant::now();
                 c.send(request).await.map_err(io)?;
                 let connected = Instant::now();
-                Ok::<_, &'static str>((connected, c.answer().await.map_err(io)?))
+                Ok::<_, &'static str>((writing, connected, c.answer().await.map_err(io)?))
             };
             // Other kinds run under `one`'s --io-timeout already; one more timer per
             // connection would only cost (a timer-wheel entry each).
-            let (connected, answer) = if kind == Kind::Hold {
+            let (writing, connected, answer) = if kind == Kind::Hold {
                 tokio::time::timeout(a.io_timeout, exchange)
                     .await
                     .map_err(|_| err::TIMEOUT)??
@@ -793,7 +797,7 @@ async fn scenario(
             }
             if kind == Kind::Lapse {
                 let k = in_force.ok_or(err::NO_KEEPALIVE)?;
-                return lapse(t, &mut c, connected, k, measured).await;
+                return lapse(t, &mut c, writing, k, measured).await;
             }
             if kind == Kind::Hold {
                 t.held.borrow_mut().push(c.s.clone());

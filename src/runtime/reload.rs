@@ -91,19 +91,21 @@ pub(super) fn watch_registry(shared: Arc<Shared>) {
         return;
     }
     let shown = path.display().to_string();
+    // A change between the load at start and the watch's first look is not missed: what
+    // the file says now is compared with what is in force. Done here, before the server
+    // says it is listening, so that no start-up read is still under way once it does (a
+    // test counting the server's descriptors then counted the file's).
+    let mut last = std::fs::read(&path).ok();
+    if let Ok(r) = crate::config::load_registry(&path) {
+        if r != **shared.registry.load() {
+            reload_registry(&shared, "registry file changed since start");
+        }
+    }
     let spawned = std::thread::Builder::new()
         .name("ixn-registry-watch".into())
         .spawn(move || {
             // Kept alive by this thread: dropping it ends the watch.
             let mut watcher = watcher;
-            let mut last = std::fs::read(&path).ok();
-            // A change between the load at start and the watch's first look is not
-            // missed: what the file says now is compared with what is in force.
-            if let Ok(r) = crate::config::load_registry(&path) {
-                if r != **shared.registry.load() {
-                    reload_registry(&shared, "registry file changed since start");
-                }
-            }
             while rx.recv().is_ok() {
                 // Debounced: until the directory is quiet for WATCH_DEBOUNCE, but never
                 // longer than WATCH_MAX_DELAY, so another file that changes all the time
