@@ -122,6 +122,23 @@ impl NameTable {
         self.shard(name).get(name).cloned().unwrap_or_default()
     }
 
+    /// `from`'s hold on `name` passes to `to` in one step under the name's lock (a
+    /// connection taken back after a failed upgrade, under its new key): no other claim
+    /// can come between. Whether `from` held it; if not, nothing changes.
+    pub fn transfer(&self, name: &str, from: Holder, to: Holder) -> bool {
+        let mut shard = self.shard(name);
+        match shard
+            .get_mut(name)
+            .and_then(|hs| hs.iter_mut().find(|h| **h == from))
+        {
+            Some(h) => {
+                *h = to;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Names held now.
     pub fn len(&self) -> usize {
         self.held.load(Ordering::Relaxed)
@@ -271,6 +288,41 @@ mod tests {
         t.release(&n, first);
         assert!(t.is_empty());
         assert_eq!(t.claim(&n, OnDuplicate::Reject, second, T), Ok(Claim::Done));
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_transfer_keeps_the_name_held_throughout_and_only_from_its_holder() {
+        let (t, seen) = table();
+        let n: SharedName = Arc::new("A".into());
+        let (old, new, other) = (
+            Holder {
+                conn: key(0, 1),
+                id: 1,
+            },
+            Holder {
+                conn: key(0, 9),
+                id: 1,
+            },
+            Holder {
+                conn: key(1, 1),
+                id: 2,
+            },
+        );
+        t.claim(&n, OnDuplicate::Reject, old, T).unwrap();
+        assert!(!t.transfer(&n, other, new), "only its holder's hold passes");
+        assert!(!t.transfer("B", old, new), "nor a name not held");
+        assert!(t.transfer(&n, old, new));
+        assert_eq!(t.holders(&n), vec![new]);
+        assert_eq!(
+            t.claim(&n, OnDuplicate::Reject, other, T),
+            Err(ErrorCode::DuplicateClient)
+        );
+        // The old key's late release changes nothing; the new holder's frees it.
+        t.release(&n, old);
+        assert_eq!(t.holders(&n), vec![new]);
+        t.release(&n, new);
+        assert!(t.is_empty());
         assert!(seen.lock().unwrap().is_empty());
     }
 

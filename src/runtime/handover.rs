@@ -9,7 +9,8 @@
 //! connection leaves the slab without a close: its ids and admission count are given back
 //! here and taken again by the new process; its names stay held here under its old key
 //! until the upgrade ends (a kept TLS connection registering meanwhile still meets them),
-//! and are let go before a take-back adopts it again. Connections not at rest by the
+//! and pass to its new key, name by name under the name's lock, as a take-back adopts it
+//! again. Connections not at rest by the
 //! deadline, TLS ones and closing ones stay, are read again, and are drained as a lame
 //! duck once the new process has adopted the rest.
 //!
@@ -197,22 +198,30 @@ impl<B: Backend> Core<B> {
         let now = self.now;
         let registry = self.shared.registry.load_full();
         let mut adopted = 0;
+        let shared = self.shared.clone();
         for (h, fd) in conns {
-            // Taken back: its names, held here under its old key, are let go just before
-            // it claims them again.
-            for (conn, name, id) in self
+            // Taken back: the names it holds here under its old key pass to its new key as
+            // it claims them (no other client can take one in between); any it does not
+            // claim again go after.
+            let held = self
                 .handed_names
                 .remove(&fd.as_raw_fd())
-                .into_iter()
-                .flatten()
-            {
-                self.shared.names.release(&name, Holder { conn, id });
-            }
+                .unwrap_or_default();
             let generation = self.next_generation();
             let i = self.slots.vacant_key();
-            let claims = self.shared.claims(key(self.index, i, generation));
-            let (conn, change) = match Connection::adopt(&h, now, &registry, &mut self.ids, claims)
-            {
+            let table = TakenBack {
+                table: &shared.names,
+                held: &held,
+            };
+            let claims = ixn_proto::names::Claims {
+                table: &table,
+                conn: key(self.index, i, generation),
+            };
+            let adopted_conn = Connection::adopt(&h, now, &registry, &mut self.ids, claims);
+            for (conn, name, id) in held {
+                shared.names.release(&name, Holder { conn, id });
+            }
+            let (conn, change) = match adopted_conn {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(peer = %h.peer, "a handed-over connection is closed: {e}");
@@ -249,6 +258,39 @@ impl<B: Backend> Core<B> {
         }
         self.read_again(b);
         b.resume_accepting();
+    }
+}
+
+/// The name table as a taken-back connection's adoption sees it: a name it held here under
+/// its old key passes to its new key ([`NameTable::transfer`](crate::names::NameTable)),
+/// any other claim goes to the table as usual.
+struct TakenBack<'a> {
+    table: &'a crate::names::NameTable,
+    held: &'a [(ConnKey, String, i32)],
+}
+
+impl Names for TakenBack<'_> {
+    fn claim(
+        &self,
+        name: &ixn_proto::registry::SharedName,
+        policy: ixn_proto::registry::OnDuplicate,
+        holder: Holder,
+        ticket: ixn_proto::names::Ticket,
+    ) -> Result<ixn_proto::names::Claim, ixn_proto::protocol::ErrorCode> {
+        let before = self
+            .held
+            .iter()
+            .find(|(_, n, id)| **n == ***name && *id == holder.id);
+        match before {
+            Some(&(conn, _, id)) if self.table.transfer(name, Holder { conn, id }, holder) => {
+                Ok(ixn_proto::names::Claim::Done)
+            }
+            _ => self.table.claim(name, policy, holder, ticket),
+        }
+    }
+
+    fn release(&self, name: &str, holder: Holder) {
+        self.table.release(name, holder);
     }
 }
 
