@@ -10,9 +10,8 @@
 //! here and taken again by the new process; its names stay held here under its old key
 //! until the upgrade ends (a kept TLS connection registering meanwhile still meets them),
 //! and pass to its new key, name by name under the name's lock, as a take-back adopts it
-//! again. Connections not at rest by the
-//! deadline, TLS ones and closing ones stay, are read again, and are drained as a lame
-//! duck once the new process has adopted the rest.
+//! again. Connections not at rest by the deadline, TLS ones and closing ones stay, are
+//! read again, and are drained as a lame duck once the new process has adopted the rest.
 //!
 //! In the new process, and in the old one when an upgrade fails, [`Core::adopt`] makes
 //! handed-over connections this worker's own.
@@ -263,7 +262,8 @@ impl<B: Backend> Core<B> {
 
 /// The name table as a taken-back connection's adoption sees it: a name it held here under
 /// its old key passes to its new key ([`NameTable::transfer`](crate::names::NameTable)),
-/// any other claim goes to the table as usual.
+/// any other claim goes to the table as usual. A transfer asks nothing of a fleet: live
+/// upgrades are refused with `--fleet-redis`.
 struct TakenBack<'a> {
     table: &'a crate::names::NameTable,
     held: &'a [(ConnKey, String, i32)],
